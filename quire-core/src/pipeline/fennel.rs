@@ -1,0 +1,203 @@
+//! The compile VM: Debian's Fennel, embedded at build time, turning a
+//! pipeline's source into Lua plus what is needed to map Lua positions back
+//! to the `.fnl` file. It never runs pipeline code; that is the execute VM's
+//! job (`vm`). Fennel needs Lua's `debug` library, so this VM is built with
+//! mlua's unsafe constructor; macros still run in Fennel's compiler sandbox.
+
+use mlua::{Lua, LuaOptions, StdLib, Table};
+
+use super::diagnostic::{Diagnostic, Location};
+use super::SourceFile;
+
+const FENNEL_LUA: &str = include_str!(env!("QUIRE_FENNEL_LUA_PATH"));
+const COMPILE_LUA: &str = include_str!("compile.lua");
+
+/// A pipeline compiled to Lua, with its position maps.
+#[derive(Debug, Clone)]
+pub struct Compiled {
+    pub lua: String,
+    pub positions: PositionMap,
+}
+
+/// Maps positions in the compiled Lua back to the Fennel source.
+#[derive(Debug, Clone, Default)]
+pub struct PositionMap {
+    /// `fennel_lines[lua_line - 1]` is the Fennel line that produced that
+    /// Lua line, or 0 when the compiler generated it without a source form.
+    fennel_lines: Vec<u32>,
+    /// Call forms `(head …)` in source order: line, 1-based column, head.
+    calls: Vec<(u32, u32, String)>,
+}
+
+impl PositionMap {
+    /// The Fennel line for a Lua line, falling back to the nearest mapped
+    /// line above it (generated code belongs to the form before it).
+    pub fn fennel_line(&self, lua_line: u32) -> Option<u32> {
+        let upto = (lua_line as usize).min(self.fennel_lines.len());
+        self.fennel_lines[..upto].iter().rev().copied().find(|&l| l > 0)
+    }
+
+    /// The column of the call on `line` whose head ends in `head_suffix`
+    /// (e.g. `job` matches `ci.job` and `job`), else of the first call on
+    /// that line, else 1.
+    pub fn call_column(&self, line: u32, head_suffix: &str) -> u32 {
+        let on_line = || self.calls.iter().filter(move |(l, _, _)| *l == line);
+        on_line()
+            .find(|(_, _, head)| head == head_suffix || head.ends_with(&format!(".{head_suffix}")))
+            .or_else(|| on_line().next())
+            .map_or(1, |(_, col, _)| *col)
+    }
+
+    /// Rewrites `chunk:LUALINE:` references in a Lua error message or
+    /// traceback into `file:FENNELLINE:`.
+    pub fn remap_message(&self, chunk: &str, file: &str, message: &str) -> String {
+        let needle = format!("{chunk}:");
+        let mut out = String::with_capacity(message.len());
+        let mut rest = message;
+        while let Some(pos) = rest.find(&needle) {
+            let after = &rest[pos + needle.len()..];
+            let digits = after.bytes().take_while(u8::is_ascii_digit).count();
+            out.push_str(&rest[..pos]);
+            out.push_str(file);
+            out.push(':');
+            let mapped = after[..digits]
+                .parse::<u32>()
+                .ok()
+                .filter(|_| after[digits..].starts_with(':'))
+                .and_then(|lua_line| self.fennel_line(lua_line));
+            match mapped {
+                Some(line) => out.push_str(&line.to_string()),
+                None => out.push_str(&after[..digits]),
+            }
+            rest = &after[digits..];
+        }
+        out.push_str(rest);
+        out
+    }
+}
+
+/// Compiles `source` to Lua. `allowed_globals` are the names the execute VM
+/// defines; any other global is a compile error, so typos surface here with
+/// a position instead of as a nil call at run time.
+pub fn compile(source: &SourceFile, allowed_globals: &[String]) -> Result<Compiled, Diagnostic> {
+    let lua = compile_vm();
+    let fennel: Table = lua
+        .load(FENNEL_LUA)
+        .set_name("@fennel.lua")
+        .eval()
+        .map_err(|e| internal(source, "loading Fennel", &e))?;
+    let driver = lua
+        .load(COMPILE_LUA)
+        .set_name("@quire/compile.lua")
+        .into_function()
+        .map_err(|e| internal(source, "loading the compile driver", &e))?;
+    let globals = lua
+        .create_sequence_from(allowed_globals.iter().map(String::as_str))
+        .map_err(|e| internal(source, "preparing globals", &e))?;
+    let (ok, lua_or_err, lines, calls): (bool, String, Option<Vec<u32>>, Option<Vec<Table>>) = driver
+        .call((fennel, source.text.as_str(), source.display_name(), globals))
+        .map_err(|e| internal(source, "compiling", &e))?;
+    if !ok {
+        return Err(fennel_error(source, &lua_or_err));
+    }
+    let calls = calls
+        .unwrap_or_default()
+        .into_iter()
+        .map(|call| Ok((call.get(1)?, call.get(2)?, call.get(3)?)))
+        .collect::<mlua::Result<Vec<_>>>()
+        .map_err(|e| internal(source, "reading call positions", &e))?;
+    Ok(Compiled {
+        lua: lua_or_err,
+        positions: PositionMap { fennel_lines: lines.unwrap_or_default(), calls },
+    })
+}
+
+fn compile_vm() -> Lua {
+    // SAFETY: the compile VM runs only Fennel's compiler over the source; it
+    // never executes pipeline code outside Fennel's own macro sandbox.
+    unsafe { Lua::unsafe_new_with(StdLib::ALL_SAFE | StdLib::DEBUG, LuaOptions::default()) }
+}
+
+/// Turns Fennel's `file:line:col: Parse error: msg` text into a diagnostic.
+/// Fennel's columns are 0-based; ours are 1-based like editors expect.
+fn fennel_error(source: &SourceFile, raw: &str) -> Diagnostic {
+    let mut lines = raw.lines();
+    let first = lines.next().unwrap_or_default();
+    let help: Vec<&str> = lines.filter_map(|l| l.strip_prefix("* ")).collect();
+    let prefix = format!("{}:", source.display_name());
+    let parsed = first.strip_prefix(&prefix).and_then(|rest| {
+        let mut parts = rest.splitn(3, ':');
+        let line = parts.next()?.parse::<u32>().ok()?;
+        let col = parts.next()?.parse::<u32>().ok();
+        let message = parts.next()?.trim();
+        Some((line, col, message))
+    });
+    let mut diagnostic = match parsed {
+        Some((line, col, message)) => Diagnostic::error(message.to_string()).at(Location::new(
+            source.display_name(),
+            line,
+            col.map_or(1, |c| c + 1),
+        )),
+        None => Diagnostic::error(first.to_string()).at(Location::new(source.display_name(), 1, 1)),
+    };
+    if !help.is_empty() {
+        diagnostic = diagnostic.with_help(help.join("\n"));
+    }
+    diagnostic
+}
+
+fn internal(source: &SourceFile, doing: &str, error: &mlua::Error) -> Diagnostic {
+    Diagnostic::error(format!("internal error while {doing} {}: {error}", source.display_name()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn src(text: &str) -> SourceFile {
+        SourceFile::new("ci.fnl", text)
+    }
+
+    fn globals() -> Vec<String> {
+        ["require", "error"].map(String::from).to_vec()
+    }
+
+    #[test]
+    fn compiles_and_maps_lines() {
+        let compiled = compile(
+            &src("(local ci (require :quire.ci))\n\n(ci.job :a [:quire/push]\n  (fn [] (error \"x\")))\n"),
+            &globals(),
+        )
+        .unwrap();
+        assert!(compiled.lua.contains("ci.job(\"a\""), "{}", compiled.lua);
+        let lua_line = compiled.lua.lines().position(|l| l.contains("ci.job(")).unwrap() as u32 + 1;
+        assert_eq!(compiled.positions.fennel_line(lua_line), Some(3));
+        assert_eq!(compiled.positions.call_column(3, "job"), 1);
+    }
+
+    #[test]
+    fn syntax_error_keeps_fennels_line() {
+        let err = compile(&src("(local x 1)\n(let [a] a)\n"), &globals()).unwrap_err();
+        let loc = err.location.unwrap();
+        assert_eq!((loc.line, loc.column), (2, 6));
+        assert!(err.message.contains("expected even number"), "{}", err.message);
+    }
+
+    #[test]
+    fn unknown_global_is_a_compile_error() {
+        let err = compile(&src("(local x 1)\n(undefined-thing x)\n"), &globals()).unwrap_err();
+        assert!(err.message.contains("unknown identifier"), "{}", err.message);
+        assert_eq!(err.location.unwrap().line, 2);
+    }
+
+    #[test]
+    fn remaps_lua_lines_in_messages() {
+        let map = PositionMap { fennel_lines: vec![1, 0, 7], calls: vec![] };
+        assert_eq!(map.remap_message("[p]", "ci.fnl", "[p]:3: boom"), "ci.fnl:7: boom");
+        assert_eq!(
+            map.remap_message("[p]", "a/ci.fnl", "[p]:2: x\n [p]:1: in"),
+            "a/ci.fnl:1: x\n a/ci.fnl:1: in"
+        );
+        assert_eq!(map.remap_message("[p]", "ci.fnl", "other:3: x"), "other:3: x");
+    }
+}

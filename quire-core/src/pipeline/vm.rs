@@ -1,0 +1,321 @@
+//! The execute VM: the restricted Lua state that evaluates a compiled
+//! pipeline and later calls its run-fns. It owns what pipeline code can
+//! reach (SPEC §3.3: no `io`, no `os` beyond the clock, no `debug`, no
+//! bytecode, no files) and the `quire.ci` module that records `ci.job`
+//! declarations. It does not judge declarations; `graph` does.
+
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use mlua::{Function, HookTriggers, Lua, LuaOptions, StdLib, Table, Value, VmState};
+
+use super::diagnostic::{Diagnostic, Location};
+use super::fennel::PositionMap;
+
+/// The name Lua knows the pipeline's chunk by. Lua truncates long chunk
+/// names in messages, so the file's real path is substituted afterwards.
+pub const LUA_CHUNK: &str = "[pipeline]";
+
+/// Modules pipeline code may `require`.
+pub const CI_MODULE: &str = "quire.ci";
+
+/// A `ci.job` call as it was made, before validation.
+#[derive(Debug, Clone)]
+pub struct Declaration {
+    pub id: String,
+    pub inputs: Vec<String>,
+    pub run_fn: Function,
+    pub location: Location,
+}
+
+/// What evaluating the pipeline's top level recorded.
+#[derive(Debug, Default)]
+pub struct Declarations {
+    pub jobs: Vec<Declaration>,
+    /// `ci.job` calls with arguments of the wrong type.
+    pub errors: Vec<Diagnostic>,
+}
+
+/// Where positions in this VM's chunk map to in the `.fnl` file.
+#[derive(Clone)]
+pub struct ChunkInfo {
+    /// The file's display name.
+    pub name: String,
+    pub positions: Rc<PositionMap>,
+}
+
+impl ChunkInfo {
+    /// The `.fnl` location of the code running `level` frames up the stack.
+    pub fn caller_location(&self, lua: &Lua, level: usize, head: &str) -> Location {
+        let line = lua
+            .inspect_stack(level)
+            .map(|frame| frame.curr_line())
+            .filter(|&l| l > 0)
+            .and_then(|l| self.positions.fennel_line(l as u32))
+            .unwrap_or(1);
+        Location::new(&self.name, line, self.positions.call_column(line, head))
+    }
+}
+
+/// A Lua error explained in terms of the `.fnl` file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LuaFailure {
+    /// The error's own message, without position prefix or traceback.
+    pub message: String,
+    /// The `.fnl` line the error was raised at (or, for an error raised by
+    /// Rust code such as `sh`, the line that called it).
+    pub line: Option<u32>,
+}
+
+impl ChunkInfo {
+    pub fn explain(&self, error: &mlua::Error) -> LuaFailure {
+        let full = self.positions.remap_message(LUA_CHUNK, &self.name, &error.to_string());
+        let line = first_line_reference(&self.name, &full);
+        let mut message = innermost_message(error);
+        message = self.positions.remap_message(LUA_CHUNK, &self.name, &message);
+        if let Some(pos) = message.find("\nstack traceback:") {
+            message.truncate(pos);
+        }
+        let prefix = format!("{}:", self.name);
+        if let Some(rest) = message.strip_prefix(&prefix) {
+            if let Some((digits, text)) = rest.split_once(": ") {
+                if digits.bytes().all(|b| b.is_ascii_digit()) {
+                    message = text.to_string();
+                }
+            }
+        }
+        LuaFailure { message: message.trim_end().to_string(), line }
+    }
+}
+
+/// The message of the error that started it all, unwrapping mlua's
+/// callback layers.
+fn innermost_message(error: &mlua::Error) -> String {
+    match error {
+        mlua::Error::RuntimeError(m) | mlua::Error::SyntaxError { message: m, .. } => m.clone(),
+        mlua::Error::CallbackError { cause, .. } => innermost_message(cause),
+        mlua::Error::WithContext { cause, .. } => innermost_message(cause),
+        mlua::Error::ExternalError(e) => e.to_string(),
+        other => other.to_string(),
+    }
+}
+
+/// The first `chunk:LINE:` in a message or traceback.
+fn first_line_reference(chunk: &str, text: &str) -> Option<u32> {
+    let needle = format!("{chunk}:");
+    let mut rest = text;
+    while let Some(pos) = rest.find(&needle) {
+        let after = &rest[pos + needle.len()..];
+        let digits = after.bytes().take_while(u8::is_ascii_digit).count();
+        if digits > 0 && after[digits..].starts_with(':') {
+            return after[..digits].parse().ok();
+        }
+        rest = after;
+    }
+    None
+}
+
+/// Builds the execute VM. The returned VM has `require` limited to
+/// `quire.ci`, and `print` writing to stderr so that stdout stays free for
+/// the event stream.
+pub fn new_execute_vm() -> mlua::Result<Lua> {
+    let libs = StdLib::TABLE | StdLib::STRING | StdLib::MATH | StdLib::UTF8 | StdLib::COROUTINE | StdLib::OS;
+    let lua = Lua::new_with(libs, LuaOptions::default())?;
+    let globals = lua.globals();
+
+    let full_os: Table = globals.get("os")?;
+    let os = lua.create_table()?;
+    for name in ["time", "date", "clock"] {
+        os.set(name, full_os.get::<Function>(name)?)?;
+    }
+    globals.set("os", os)?;
+
+    for name in ["dofile", "loadfile"] {
+        globals.raw_remove(name)?;
+    }
+    let string: Table = globals.get("string")?;
+    string.raw_remove("dump")?;
+
+    // `load` stays for text chunks only: bytecode can break the VM's safety.
+    let raw_load: Function = globals.get("load")?;
+    let text_load =
+        lua.create_function(move |_, (chunk, name, _mode, env): (Value, Value, Value, Value)| {
+            raw_load.call::<mlua::MultiValue>((chunk, name, "t", env))
+        })?;
+    globals.set("load", text_load)?;
+
+    let print = lua.create_function(|_, args: mlua::Variadic<Value>| {
+        let line: Vec<String> = args.iter().map(|v| v.to_string().unwrap_or_else(|_| "?".into())).collect();
+        eprintln!("{}", line.join("\t"));
+        Ok(())
+    })?;
+    globals.set("print", print)?;
+    Ok(lua)
+}
+
+/// The names the execute VM defines as globals, for Fennel's compile-time
+/// global check. `require` is added by [`install_ci_module`].
+pub fn global_names(lua: &Lua) -> mlua::Result<Vec<String>> {
+    let mut names = vec!["require".to_string()];
+    for pair in lua.globals().pairs::<String, Value>() {
+        names.push(pair?.0);
+    }
+    Ok(names)
+}
+
+/// Installs `require` with the `quire.ci` module, whose `job` records
+/// declarations into the returned cell.
+pub fn install_ci_module(lua: &Lua, chunk: ChunkInfo) -> mlua::Result<Rc<RefCell<Declarations>>> {
+    let declarations = Rc::new(RefCell::new(Declarations::default()));
+    let recorded = declarations.clone();
+    let job = lua.create_function(move |lua, (id, inputs, run_fn): (Value, Value, Value)| {
+        let location = chunk.caller_location(lua, 1, "job");
+        let mut recorded = recorded.borrow_mut();
+        match declaration(id, inputs, run_fn, location) {
+            Ok(decl) => recorded.jobs.push(decl),
+            Err(diagnostic) => recorded.errors.push(diagnostic),
+        }
+        Ok(())
+    })?;
+    let module = lua.create_table()?;
+    module.set("job", job)?;
+    let module = lua.create_registry_value(module)?;
+    let require = lua.create_function(move |lua, name: String| {
+        if name == CI_MODULE {
+            lua.registry_value::<Table>(&module)
+        } else {
+            Err(mlua::Error::runtime(format!(
+                "module '{name}' is not available: pipelines can only require :{CI_MODULE}"
+            )))
+        }
+    })?;
+    lua.globals().set("require", require)?;
+    Ok(declarations)
+}
+
+fn declaration(
+    id: Value,
+    inputs: Value,
+    run_fn: Value,
+    location: Location,
+) -> Result<Declaration, Diagnostic> {
+    let id = match id {
+        Value::String(s) => s.to_string_lossy(),
+        other => {
+            return Err(Diagnostic::error(format!(
+                "ci.job: the job id must be a string or keyword, got {}",
+                other.type_name()
+            ))
+            .at(location))
+        }
+    };
+    let inputs = match inputs {
+        Value::Table(t) => {
+            let mut names = Vec::new();
+            for value in t.sequence_values::<Value>() {
+                match value {
+                    Ok(Value::String(s)) => names.push(s.to_string_lossy()),
+                    Ok(other) => {
+                        return Err(Diagnostic::error(format!(
+                            "job `{id}`: inputs must be names (strings or keywords), got a {}",
+                            other.type_name()
+                        ))
+                        .at(location))
+                    }
+                    Err(e) => {
+                        return Err(Diagnostic::error(format!("job `{id}`: reading inputs: {e}")).at(location))
+                    }
+                }
+            }
+            names
+        }
+        other => {
+            return Err(Diagnostic::error(format!(
+                "job `{id}`: inputs must be a sequence such as [:quire/push], got {}",
+                other.type_name()
+            ))
+            .at(location))
+        }
+    };
+    let run_fn = match run_fn {
+        Value::Function(f) => f,
+        other => {
+            return Err(Diagnostic::error(format!(
+                "job `{id}`: the third argument must be the run function, got {}",
+                other.type_name()
+            ))
+            .at(location))
+        }
+    };
+    Ok(Declaration { id, inputs, run_fn, location })
+}
+
+/// Stops Lua code that runs past `deadline` with an error naming `what`.
+/// Blocking calls into Rust (like `sh`) are not interrupted by this; they
+/// enforce their own timeouts.
+pub fn set_deadline(lua: &Lua, deadline: Instant, what: String) {
+    lua.set_hook(HookTriggers::new().every_nth_instruction(10_000), move |_, _| {
+        if Instant::now() >= deadline {
+            Err(mlua::Error::runtime(format!("{what} did not finish in time")))
+        } else {
+            Ok(VmState::Continue)
+        }
+    });
+}
+
+/// How long evaluating a pipeline's top level (declaring jobs) may take.
+pub const DECLARE_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn eval(code: &str) -> mlua::Result<Value> {
+        let lua = new_execute_vm().unwrap();
+        let chunk = ChunkInfo { name: "ci.fnl".into(), positions: Rc::default() };
+        install_ci_module(&lua, chunk).unwrap();
+        lua.load(code).eval()
+    }
+
+    #[test]
+    fn has_no_io_debug_or_files() {
+        for name in ["io", "debug", "dofile", "loadfile", "package"] {
+            assert!(matches!(eval(&format!("return {name}")).unwrap(), Value::Nil), "{name}");
+        }
+    }
+
+    #[test]
+    fn os_offers_only_the_clock() {
+        assert!(matches!(eval("return os.execute").unwrap(), Value::Nil));
+        assert!(matches!(eval("return os.getenv").unwrap(), Value::Nil));
+        assert!(matches!(eval("return os.remove").unwrap(), Value::Nil));
+        assert!(matches!(eval("return os.time()").unwrap(), Value::Integer(_)));
+        assert!(matches!(eval("return os.clock()").unwrap(), Value::Number(_)));
+        assert!(matches!(eval("return os.date('%Y')").unwrap(), Value::String(_)));
+    }
+
+    #[test]
+    fn load_refuses_bytecode_but_takes_text() {
+        assert!(matches!(eval("return load('return 1')()").unwrap(), Value::Integer(1)));
+        let err = eval("return load('\\27Lua', 'x', 'b')").unwrap();
+        assert!(matches!(err, Value::Nil), "bytecode must not load");
+        assert!(matches!(eval("return string.dump").unwrap(), Value::Nil));
+    }
+
+    #[test]
+    fn require_only_knows_quire_ci() {
+        assert!(matches!(eval("return require('quire.ci').job").unwrap(), Value::Function(_)));
+        let err = eval("return require('os')").unwrap_err().to_string();
+        assert!(err.contains("pipelines can only require :quire.ci"), "{err}");
+        assert!(eval("return require('fennel')").is_err());
+    }
+
+    #[test]
+    fn deadline_stops_endless_loops() {
+        let lua = new_execute_vm().unwrap();
+        set_deadline(&lua, Instant::now() + Duration::from_millis(50), "the loop".into());
+        let err = lua.load("while true do end").exec().unwrap_err().to_string();
+        assert!(err.contains("the loop did not finish in time"), "{err}");
+    }
+}
