@@ -2,10 +2,17 @@
 //! (`run`). This file owns the command line and exit statuses; the work is
 //! in one module per subcommand.
 
+mod local;
+mod progress;
+mod run;
+mod server;
 mod validate;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
+
+use quire_core::pipeline::JobId;
 
 use clap::{Parser, Subcommand};
 
@@ -30,11 +37,58 @@ enum Command {
         #[arg(long, value_enum, default_value_t = validate::Format::Human)]
         format: validate::Format,
     },
+    /// Run the pipeline's jobs, writing events, logs and progress.
+    ///
+    /// Exit status: 0 whenever the pipeline was evaluated to an outcome
+    /// (failing jobs and invalid pipelines included; the last event is then
+    /// run_finished), 1 when quire-ci itself failed, 2 for bad arguments.
+    Run {
+        /// The checkout holding .quire/ci.fnl; commands run here.
+        #[arg(long, default_value = ".")]
+        workspace: PathBuf,
+        /// Where the JSONL event stream goes: null, stdout or a file path.
+        /// With stdout, progress goes to stderr.
+        #[arg(long, default_value = "null", value_name = "null|stdout|PATH")]
+        events: run::EventsTarget,
+        /// Directory for the logs (jobs/<job-id>/sh-<n>.log); a temporary
+        /// directory is used and printed when not given.
+        #[arg(long, value_name = "DIR")]
+        out_dir: Option<PathBuf>,
+        /// The commit the run is for (local mode; default: HEAD).
+        #[arg(long)]
+        sha: Option<String>,
+        /// The ref the run is for, e.g. refs/heads/main (local mode;
+        /// default: the checked-out branch, or the tag HEAD is at).
+        #[arg(long = "ref", value_name = "REF")]
+        ref_name: Option<String>,
+        /// Run only this job and its ancestors (repeatable).
+        #[arg(long = "job", value_name = "ID", value_parser = parse_job_id)]
+        jobs: Vec<JobId>,
+        /// How long one job may take, in seconds, before its commands are
+        /// killed and it fails.
+        #[arg(long, value_name = "SECS", default_value_t = 3600)]
+        job_timeout: u64,
+    },
+}
+
+fn parse_job_id(s: &str) -> Result<JobId, String> {
+    JobId::new(s).map_err(|e| e.to_string())
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Validate { workspace, format } => validate::run(&workspace, format),
+        Command::Run { workspace, events, out_dir, sha, ref_name, jobs, job_timeout } => {
+            ExitCode::from(run::run(run::RunArgs {
+                workspace,
+                events,
+                out_dir,
+                sha,
+                ref_name,
+                jobs,
+                job_timeout: Duration::from_secs(job_timeout),
+            }))
+        }
     }
 }

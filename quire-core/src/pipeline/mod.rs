@@ -18,7 +18,7 @@ use mlua::{Function, Lua};
 pub use diagnostic::{Diagnostic, Location, Severity};
 pub use fennel::PositionMap;
 pub use job::{Input, InvalidJobId, Job, JobId, PUSH_SOURCE};
-pub use vm::ChunkInfo;
+pub use vm::{set_deadline, ChunkInfo, LuaFailure};
 
 /// Where a workspace keeps its pipeline.
 pub const PIPELINE_PATH: &str = ".quire/ci.fnl";

@@ -97,6 +97,9 @@ fn innermost_message(error: &mlua::Error) -> String {
         mlua::Error::CallbackError { cause, .. } => innermost_message(cause),
         mlua::Error::WithContext { cause, .. } => innermost_message(cause),
         mlua::Error::ExternalError(e) => e.to_string(),
+        mlua::Error::CallbackDestructed => {
+            "a job's runtime table can only be used while that job's run-fn is running".to_string()
+        }
         other => other.to_string(),
     }
 }

@@ -1,0 +1,159 @@
+//! The run's two audiences: the event stream (JSONL, for machines) and the
+//! progress a person follows (jobs, commands, durations, the tail of what
+//! failed). Both are fed from the runtime through one `Sink`.
+
+use std::collections::HashMap;
+use std::io::{self, Write};
+use std::path::Path;
+
+use quire_core::cri;
+use quire_core::event::{Event, EventKind, JobOutcome, RunOutcome};
+use quire_core::pipeline::JobId;
+use quire_core::runtime::{Note, Sink};
+
+/// How many lines of a failed command's log are shown.
+const TAIL_LINES: usize = 12;
+
+pub struct Reporter {
+    events: Box<dyn Write>,
+    progress: Box<dyn Write>,
+    started_at: HashMap<JobId, i64>,
+    run_started_ms: i64,
+    tally: Tally,
+}
+
+#[derive(Default)]
+struct Tally {
+    complete: usize,
+    failed: usize,
+    skipped: usize,
+}
+
+impl Reporter {
+    pub fn new(events: Box<dyn Write>, progress: Box<dyn Write>) -> Self {
+        Reporter {
+            events,
+            progress,
+            started_at: HashMap::new(),
+            run_started_ms: quire_core::event::now_ms(),
+            tally: Tally::default(),
+        }
+    }
+
+    /// A line for the person watching. Progress is best effort: a closed
+    /// terminal must not fail the run.
+    pub fn say(&mut self, line: &str) {
+        let _ = writeln!(self.progress, "{line}");
+        let _ = self.progress.flush();
+    }
+
+    fn show(&mut self, event: &Event) {
+        match &event.kind {
+            EventKind::JobStarted { job_id } => {
+                self.started_at.insert(job_id.clone(), event.at_ms);
+                self.say(&format!("▶ {job_id}"));
+            }
+            EventKind::ShStarted { job_id, cmd } => self.say(&format!("  [{job_id}] $ {cmd}")),
+            EventKind::ShFinished { .. } => {}
+            EventKind::JobFinished { job_id, outcome } => {
+                let took = self.started_at.get(job_id).map_or(0, |start| event.at_ms - start);
+                match outcome {
+                    JobOutcome::Complete => {
+                        self.tally.complete += 1;
+                        self.say(&format!("✔ {job_id} complete in {}", duration(took)));
+                    }
+                    JobOutcome::Failed => {
+                        self.tally.failed += 1;
+                        self.say(&format!("✘ {job_id} failed after {}", duration(took)));
+                    }
+                }
+            }
+            EventKind::JobSkipped { .. } => self.tally.skipped += 1,
+            EventKind::RunFinished { outcome } => {
+                let took = duration(event.at_ms - self.run_started_ms);
+                let Tally { complete, failed, skipped } = self.tally;
+                let verdict = match outcome {
+                    RunOutcome::Success => "run succeeded",
+                    RunOutcome::PipelineFailure => "run failed",
+                };
+                self.say(&format!(
+                    "{verdict} in {took}: {complete} complete, {failed} failed, {skipped} skipped"
+                ));
+            }
+            EventKind::Unknown => {}
+        }
+    }
+}
+
+impl Sink for Reporter {
+    fn event(&mut self, event: &Event) -> io::Result<()> {
+        writeln!(self.events, "{}", event.to_line())?;
+        self.events.flush()?;
+        self.show(event);
+        Ok(())
+    }
+
+    fn note(&mut self, note: &Note) {
+        match note {
+            Note::CommandFailed { job, exit_code, log } => {
+                let lines = tail(log, TAIL_LINES);
+                if lines.is_empty() {
+                    self.say(&format!("  [{job}] exit code {exit_code}, no output ({})", log.display()));
+                } else {
+                    self.say(&format!("  [{job}] exit code {exit_code}; last lines of {}:", log.display()));
+                }
+                for line in lines {
+                    self.say(&format!("  [{job}] | {line}"));
+                }
+            }
+            Note::JobFailed { job, reason } => {
+                for (i, line) in reason.lines().enumerate() {
+                    let lead = if i == 0 { "error: " } else { "       " };
+                    self.say(&format!("  [{job}] {lead}{line}"));
+                }
+            }
+            Note::JobSkipped { job, because } => {
+                self.say(&format!("⊘ {job} skipped: its input `{because}` did not complete"));
+            }
+        }
+    }
+}
+
+/// The last `n` lines of a CRI log, as text (stderr marked).
+fn tail(log: &Path, n: usize) -> Vec<String> {
+    let Ok(text) = std::fs::read_to_string(log) else { return Vec::new() };
+    let lines = cri::read_lines(&text);
+    lines
+        .iter()
+        .skip(lines.len().saturating_sub(n))
+        .map(|l| match l.stream {
+            cri::Stream::Stdout => l.content.clone(),
+            cri::Stream::Stderr => format!("{} (stderr)", l.content),
+        })
+        .collect()
+}
+
+/// `0.42s`, `12.3s`, `2m05s`.
+pub fn duration(ms: i64) -> String {
+    let ms = ms.max(0);
+    if ms < 10_000 {
+        format!("{:.2}s", ms as f64 / 1000.0)
+    } else if ms < 60_000 {
+        format!("{:.1}s", ms as f64 / 1000.0)
+    } else {
+        format!("{}m{:02}s", ms / 60_000, (ms % 60_000) / 1000)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_read_naturally() {
+        assert_eq!(duration(420), "0.42s");
+        assert_eq!(duration(12_345), "12.3s");
+        assert_eq!(duration(125_000), "2m05s");
+        assert_eq!(duration(-5), "0.00s");
+    }
+}

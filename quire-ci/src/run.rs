@@ -1,0 +1,194 @@
+//! `quire-ci run`: loads the pipeline, gathers the push facts and secrets
+//! (locally or from the server), and runs the jobs, writing events, logs and
+//! progress. Owns the exit-0 contract: once the pipeline is evaluated to an
+//! outcome, the exit status is 0 and `run_finished` is the last event.
+
+use std::fs::File;
+use std::io::{self, BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use quire_core::event::{now_ms, Event, EventKind, RunOutcome};
+use quire_core::pipeline::{JobId, LoadError, Pipeline};
+use quire_core::push::PushFacts;
+use quire_core::runtime::{self, RunContext, RunError, SecretSource, Sink};
+
+use crate::local::{self, EnvSecrets};
+use crate::progress::Reporter;
+use crate::server::Server;
+
+/// Exit statuses of `quire-ci run`.
+pub mod exit {
+    /// The pipeline was evaluated to an outcome (whatever it was).
+    pub const OUTCOME: u8 = 0;
+    /// quire-ci could not do its job: events or logs not writable, the
+    /// server refused the bootstrap.
+    pub const FAILED: u8 = 1;
+    /// Bad arguments: an unknown `--job`, a workspace that does not exist
+    /// or has no git checkout and no `--sha`/`--ref`.
+    pub const USAGE: u8 = 2;
+}
+
+/// Where the event stream goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EventsTarget {
+    Null,
+    Stdout,
+    File(PathBuf),
+}
+
+impl std::str::FromStr for EventsTarget {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Ok(match s {
+            "null" => EventsTarget::Null,
+            "stdout" => EventsTarget::Stdout,
+            "" => return Err("give null, stdout or a file path".into()),
+            path => EventsTarget::File(PathBuf::from(path)),
+        })
+    }
+}
+
+pub struct RunArgs {
+    pub workspace: PathBuf,
+    pub events: EventsTarget,
+    pub out_dir: Option<PathBuf>,
+    pub sha: Option<String>,
+    pub ref_name: Option<String>,
+    pub jobs: Vec<JobId>,
+    pub job_timeout: Duration,
+}
+
+/// A failure of quire-ci itself, with the exit status it maps to.
+struct Fatal {
+    status: u8,
+    message: String,
+}
+
+impl Fatal {
+    fn usage(message: impl ToString) -> Fatal {
+        Fatal { status: exit::USAGE, message: message.to_string() }
+    }
+    fn failed(message: impl ToString) -> Fatal {
+        Fatal { status: exit::FAILED, message: message.to_string() }
+    }
+}
+
+pub fn run(args: RunArgs) -> u8 {
+    match run_inner(args) {
+        Ok(()) => exit::OUTCOME,
+        Err(fatal) => {
+            eprintln!("quire-ci: error: {}", fatal.message);
+            fatal.status
+        }
+    }
+}
+
+fn run_inner(args: RunArgs) -> Result<(), Fatal> {
+    let workspace = args
+        .workspace
+        .canonicalize()
+        .map_err(|e| Fatal::usage(format!("workspace {}: {e}", args.workspace.display())))?;
+    let server = Server::from_env();
+    let push = match &server {
+        Some(server) => server.bootstrap().map_err(Fatal::failed)?.push_facts(),
+        None => {
+            local::push_facts(&workspace, args.sha.clone(), args.ref_name.clone()).map_err(Fatal::usage)?
+        }
+    };
+    let (out_dir, announce_out_dir) = prepare_out_dir(args.out_dir.as_deref())?;
+    let mut reporter = Reporter::new(open_events(&args.events)?, progress_writer(&args.events));
+    reporter.say(&describe_start(&push, &workspace));
+
+    let pipeline = match Pipeline::load(&workspace) {
+        Ok(pipeline) => pipeline,
+        Err(error) => return finish_unloadable(&mut reporter, &error),
+    };
+    let secrets: &dyn SecretSource = match &server {
+        Some(server) => server,
+        None => &EnvSecrets,
+    };
+    let ctx = RunContext {
+        workspace,
+        out_dir: out_dir.clone(),
+        only: args.jobs,
+        job_timeout: args.job_timeout,
+        base_env: std::env::vars_os()
+            .filter(|(name, _)| !runtime::is_private_variable(&name.to_string_lossy()))
+            .collect(),
+        push,
+        secrets,
+    };
+    let result = runtime::execute(&pipeline, &ctx, &mut reporter);
+    if announce_out_dir {
+        reporter.say(&format!("logs are in {}", out_dir.display()));
+    }
+    match result {
+        Ok(_) => Ok(()),
+        Err(RunError::UnknownJob(id)) => Err(Fatal::usage(format!(
+            "unknown job `{id}` given to --job; the pipeline defines: {}",
+            pipeline.jobs().iter().map(|j| j.id.as_str()).collect::<Vec<_>>().join(", ")
+        ))),
+        Err(e) => Err(Fatal::failed(e)),
+    }
+}
+
+/// A pipeline that cannot be loaded is still an outcome: the diagnostics go
+/// to stderr and the run finishes as a pipeline failure.
+fn finish_unloadable(reporter: &mut Reporter, error: &LoadError) -> Result<(), Fatal> {
+    match error {
+        LoadError::Invalid { file, diagnostics } => {
+            for diagnostic in diagnostics {
+                eprintln!("{:?}", diagnostic.report(file));
+            }
+        }
+        other => eprintln!("quire-ci: {other}"),
+    }
+    let finished = Event::new(now_ms(), EventKind::RunFinished { outcome: RunOutcome::PipelineFailure });
+    reporter.event(&finished).map_err(|e| Fatal::failed(format!("cannot write the event stream: {e}")))
+}
+
+fn describe_start(push: &PushFacts, workspace: &Path) -> String {
+    let short = &push.sha[..push.sha.len().min(12)];
+    format!("quire-ci: running {} at {short} ({}) in {}", push.repo, push.ref_name, workspace.display())
+}
+
+/// The log directory: `--out-dir`, or a fresh temporary one that is kept
+/// (and announced at the end, since nobody chose where it is).
+fn prepare_out_dir(out_dir: Option<&Path>) -> Result<(PathBuf, bool), Fatal> {
+    match out_dir {
+        Some(dir) => {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| Fatal::failed(format!("cannot create --out-dir {}: {e}", dir.display())))?;
+            Ok((dir.to_path_buf(), false))
+        }
+        None => {
+            let dir = tempfile::Builder::new()
+                .prefix("quire-ci-")
+                .tempdir()
+                .map_err(|e| Fatal::failed(format!("cannot create a temporary log directory: {e}")))?;
+            Ok((dir.keep(), true))
+        }
+    }
+}
+
+fn open_events(target: &EventsTarget) -> Result<Box<dyn Write>, Fatal> {
+    Ok(match target {
+        EventsTarget::Null => Box::new(io::sink()),
+        EventsTarget::Stdout => Box::new(io::stdout()),
+        EventsTarget::File(path) => {
+            let file = File::create(path).map_err(|e| {
+                Fatal::failed(format!("cannot write the events file {}: {e}", path.display()))
+            })?;
+            Box::new(BufWriter::new(file))
+        }
+    })
+}
+
+/// Progress goes to stdout, unless stdout carries the events.
+fn progress_writer(events: &EventsTarget) -> Box<dyn Write> {
+    match events {
+        EventsTarget::Stdout => Box::new(io::stderr()),
+        _ => Box::new(io::stdout()),
+    }
+}

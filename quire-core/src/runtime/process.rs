@@ -1,0 +1,316 @@
+//! Running one child process to completion: its output streamed to a
+//! callback as it arrives, a bounded copy kept for the caller, a deadline
+//! that kills the whole process group, and no leftovers. One thread, one
+//! `poll` over both pipes and a pidfd, so a command costs a fork/exec and
+//! little else. What the command is and where the output goes is `sh`'s
+//! concern.
+
+use std::io::{self, Read};
+use std::os::fd::AsFd;
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::process::{Child, ChildStderr, ChildStdout, Command, Stdio};
+use std::time::Instant;
+
+use rustix::event::{poll, PollFd, PollFlags, Timespec};
+use rustix::process::{kill_process_group, pidfd_open, Pid, PidfdFlags, Signal};
+
+use crate::cri::Stream;
+
+/// How much of each stream is kept in memory for the caller.
+pub const CAPTURE_LIMIT: usize = 1024 * 1024;
+
+/// At most this much is read after the command exited, from background
+/// processes still holding its pipes, before they are killed.
+const DRAIN_LIMIT: usize = 4 * 1024 * 1024;
+
+/// Output kept in memory, up to [`CAPTURE_LIMIT`].
+#[derive(Debug, Default)]
+pub struct Captured {
+    pub bytes: Vec<u8>,
+    /// Everything the stream produced, kept or not.
+    pub total: usize,
+}
+
+impl Captured {
+    fn push(&mut self, data: &[u8]) {
+        self.total += data.len();
+        let room = CAPTURE_LIMIT.saturating_sub(self.bytes.len());
+        self.bytes.extend_from_slice(&data[..data.len().min(room)]);
+    }
+
+    pub fn truncated(&self) -> bool {
+        self.total > self.bytes.len()
+    }
+}
+
+/// How a command ended.
+#[derive(Debug)]
+pub struct Finished {
+    /// The exit code, or 128 + the signal that killed it.
+    pub exit_code: i32,
+    /// The deadline passed and the process group was killed.
+    pub timed_out: bool,
+    pub stdout: Captured,
+    pub stderr: Captured,
+}
+
+/// Runs `command` with its stdin closed, in a new process group, until it
+/// exits or `deadline` passes. `on_output` sees every chunk of output in
+/// arrival order. When the command exits, whatever else is left in its
+/// process group is killed, so a `sh` never leaves processes behind.
+pub fn run(
+    mut command: Command,
+    deadline: Option<Instant>,
+    mut on_output: impl FnMut(Stream, &[u8]) -> io::Result<()>,
+) -> io::Result<Finished> {
+    command.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).process_group(0);
+    let mut child = command.spawn()?;
+    let group = Pid::from_raw(child.id() as i32).expect("child pids are positive");
+    let result = supervise(&mut child, deadline, &mut on_output);
+    // The group leader may be gone already; anything left in the group goes.
+    let _ = kill_process_group(group, Signal::KILL);
+    if result.is_err() {
+        let _ = child.wait();
+    }
+    result
+}
+
+fn supervise(
+    child: &mut Child,
+    deadline: Option<Instant>,
+    on_output: &mut impl FnMut(Stream, &[u8]) -> io::Result<()>,
+) -> io::Result<Finished> {
+    let pid = Pid::from_raw(child.id() as i32).expect("child pids are positive");
+    let exited = pidfd_open(pid, PidfdFlags::empty())?;
+    let mut pipes = Pipes { stdout: child.stdout.take(), stderr: child.stderr.take() };
+    let mut captured = [Captured::default(), Captured::default()];
+    let mut record = |stream: Stream, data: &[u8]| -> io::Result<()> {
+        captured[stream as usize].push(data);
+        on_output(stream, data)
+    };
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut timed_out = false;
+
+    loop {
+        let timeout = match deadline {
+            Some(d) => match d.checked_duration_since(Instant::now()) {
+                Some(left) => {
+                    Some(Timespec { tv_sec: left.as_secs() as _, tv_nsec: left.subsec_nanos() as _ })
+                }
+                None => {
+                    timed_out = true;
+                    let _ = kill_process_group(pid, Signal::KILL);
+                    break;
+                }
+            },
+            None => None,
+        };
+        let (out_ready, err_ready, child_exited) = wait_for_activity(&pipes, &exited, timeout.as_ref())?;
+        if out_ready {
+            pipes.read_from(Stream::Stdout, &mut buf, &mut record)?;
+        }
+        if err_ready {
+            pipes.read_from(Stream::Stderr, &mut buf, &mut record)?;
+        }
+        if child_exited {
+            break;
+        }
+    }
+
+    let status = child.wait()?;
+    pipes.drain(&mut buf, &mut record)?;
+    let exit_code = status.code().unwrap_or_else(|| 128 + status.signal().unwrap_or(0));
+    let [stdout, stderr] = captured;
+    Ok(Finished { exit_code, timed_out, stdout, stderr })
+}
+
+/// The child's output pipes; `None` once a pipe reached end of file.
+struct Pipes {
+    stdout: Option<ChildStdout>,
+    stderr: Option<ChildStderr>,
+}
+
+impl Pipes {
+    /// Reads one chunk from a ready pipe; closes it at end of file.
+    fn read_from(
+        &mut self,
+        stream: Stream,
+        buf: &mut [u8],
+        record: &mut impl FnMut(Stream, &[u8]) -> io::Result<()>,
+    ) -> io::Result<usize> {
+        let read = match stream {
+            Stream::Stdout => self.stdout.as_mut().map(|p| p.read(buf)),
+            Stream::Stderr => self.stderr.as_mut().map(|p| p.read(buf)),
+        };
+        match read {
+            None => Ok(0),
+            Some(Ok(0)) => {
+                match stream {
+                    Stream::Stdout => self.stdout = None,
+                    Stream::Stderr => self.stderr = None,
+                }
+                Ok(0)
+            }
+            Some(Ok(n)) => {
+                record(stream, &buf[..n])?;
+                Ok(n)
+            }
+            Some(Err(e))
+                if e.kind() == io::ErrorKind::Interrupted || e.kind() == io::ErrorKind::WouldBlock =>
+            {
+                Ok(0)
+            }
+            Some(Err(e)) => Err(e),
+        }
+    }
+
+    /// After the child exited: reads what is already in the pipes without
+    /// waiting for background processes that may hold them open.
+    fn drain(
+        &mut self,
+        buf: &mut [u8],
+        record: &mut impl FnMut(Stream, &[u8]) -> io::Result<()>,
+    ) -> io::Result<()> {
+        for stream in [Stream::Stdout, Stream::Stderr] {
+            let mut taken = 0;
+            while taken < DRAIN_LIMIT {
+                let ready = match stream {
+                    Stream::Stdout => self.stdout.as_ref().map(|p| readable_now(p.as_fd())),
+                    Stream::Stderr => self.stderr.as_ref().map(|p| readable_now(p.as_fd())),
+                };
+                match ready {
+                    Some(Ok(true)) => {}
+                    Some(Err(e)) => return Err(e),
+                    _ => break,
+                }
+                let n = self.read_from(stream, buf, record)?;
+                if n == 0 {
+                    break;
+                }
+                taken += n;
+            }
+        }
+        Ok(())
+    }
+}
+
+fn readable_now(fd: std::os::fd::BorrowedFd<'_>) -> io::Result<bool> {
+    let mut fds = [PollFd::new(&fd, PollFlags::IN)];
+    let zero = Timespec { tv_sec: 0, tv_nsec: 0 };
+    loop {
+        match poll(&mut fds, Some(&zero)) {
+            Ok(n) => return Ok(n > 0),
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// Blocks until a pipe has data (or closed), the child exited, or the
+/// timeout passed. Returns which of the three fired.
+fn wait_for_activity(
+    pipes: &Pipes,
+    exited: &impl AsFd,
+    timeout: Option<&Timespec>,
+) -> io::Result<(bool, bool, bool)> {
+    let ready = PollFlags::IN | PollFlags::HUP | PollFlags::ERR;
+    let mut fds = Vec::with_capacity(3);
+    fds.push(PollFd::new(exited, PollFlags::IN));
+    if let Some(out) = &pipes.stdout {
+        fds.push(PollFd::new(out, PollFlags::IN));
+    }
+    if let Some(err) = &pipes.stderr {
+        fds.push(PollFd::new(err, PollFlags::IN));
+    }
+    loop {
+        match poll(&mut fds, timeout) {
+            Ok(_) => break,
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    let child_exited = fds[0].revents().intersects(ready);
+    let mut rest = fds[1..].iter();
+    let out_ready = pipes.stdout.is_some() && rest.next().is_some_and(|f| f.revents().intersects(ready));
+    let err_ready = pipes.stderr.is_some() && rest.next().is_some_and(|f| f.revents().intersects(ready));
+    Ok((out_ready, err_ready, child_exited))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn shell(script: &str) -> Command {
+        let mut c = Command::new("/bin/sh");
+        c.args(["-c", script]);
+        c
+    }
+
+    fn run_collecting(script: &str, deadline: Option<Instant>) -> (Finished, Vec<(Stream, Vec<u8>)>) {
+        let mut seen = Vec::new();
+        let finished = run(shell(script), deadline, |s, d| {
+            seen.push((s, d.to_vec()));
+            Ok(())
+        })
+        .unwrap();
+        (finished, seen)
+    }
+
+    #[test]
+    fn captures_both_streams_and_the_exit_code() {
+        let (f, _) = run_collecting("echo out; echo err >&2; exit 3", None);
+        assert_eq!(f.exit_code, 3);
+        assert_eq!(f.stdout.bytes, b"out\n");
+        assert_eq!(f.stderr.bytes, b"err\n");
+        assert!(!f.timed_out);
+    }
+
+    #[test]
+    fn a_signal_becomes_128_plus_its_number() {
+        let (f, _) = run_collecting("kill -TERM $$", None);
+        assert_eq!(f.exit_code, 128 + 15);
+    }
+
+    #[test]
+    fn the_deadline_kills_the_process_group() {
+        let started = Instant::now();
+        let (f, _) = run_collecting(
+            "sleep 30 & sleep 30; echo never",
+            Some(Instant::now() + Duration::from_millis(200)),
+        );
+        assert!(f.timed_out);
+        assert_eq!(f.exit_code, 128 + 9);
+        assert!(started.elapsed() < Duration::from_secs(10));
+        assert!(f.stdout.bytes.is_empty());
+    }
+
+    #[test]
+    fn background_processes_do_not_hold_up_the_command() {
+        let started = Instant::now();
+        let (f, _) = run_collecting("sleep 30 & echo started", None);
+        assert_eq!(f.exit_code, 0);
+        assert_eq!(f.stdout.bytes, b"started\n");
+        assert!(started.elapsed() < Duration::from_secs(10));
+    }
+
+    #[test]
+    fn capture_is_bounded_but_the_callback_sees_everything() {
+        let mut streamed = 0;
+        let f = run(shell("head -c 3000000 /dev/zero"), None, |_, d| {
+            streamed += d.len();
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(streamed, 3_000_000);
+        assert_eq!(f.stdout.total, 3_000_000);
+        assert_eq!(f.stdout.bytes.len(), CAPTURE_LIMIT);
+        assert!(f.stdout.truncated());
+    }
+
+    #[test]
+    fn spawn_failure_is_an_error() {
+        let err = run(Command::new("/nonexistent/quire-test"), None, |_, _| Ok(())).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::NotFound);
+    }
+}

@@ -1,0 +1,377 @@
+//! `rt.sh`: what a pipeline asks for (a command and its options, checked
+//! strictly), how the command is run (environment, working directory,
+//! deadline), and what comes back (events, a CRI log, the result table).
+
+use std::ffi::OsString;
+use std::fs::File;
+use std::io::{self, BufWriter};
+use std::path::{Component, Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use mlua::{Lua, Table, Value};
+
+use super::process::{self, Captured, Finished};
+use super::redact::Redactor;
+use crate::cri::{self, Stream};
+
+/// What to run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Program {
+    /// A string, run with `/bin/sh -c`.
+    Shell(String),
+    /// An argv, run directly.
+    Argv(Vec<String>),
+}
+
+impl Program {
+    /// The command as events and logs show it (argv joined with spaces).
+    pub fn display(&self) -> String {
+        match self {
+            Program::Shell(script) => script.clone(),
+            Program::Argv(argv) => argv.join(" "),
+        }
+    }
+}
+
+/// A checked `(sh cmd opts)` call.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ShRequest {
+    pub program: Program,
+    pub env: Vec<(String, String)>,
+    pub cwd: Option<String>,
+    pub check: bool,
+    pub timeout: Option<Duration>,
+}
+
+const OPTION_KEYS: &str = "env, cwd, check, timeout";
+
+impl ShRequest {
+    /// Reads `cmd` and `opts` as Lua passed them, rejecting anything the
+    /// spec does not allow with a message that says what was wrong.
+    pub fn from_lua(cmd: Value, opts: Option<Table>) -> Result<ShRequest, String> {
+        let program = match cmd {
+            Value::String(s) => {
+                Program::Shell(s.to_str().map_err(|_| "sh: the command is not UTF-8")?.to_string())
+            }
+            Value::Table(t) => Program::Argv(argv_from(&t)?),
+            other => {
+                return Err(format!(
+                    "sh: the command must be a string or a sequence of strings, got {}",
+                    other.type_name()
+                ))
+            }
+        };
+        let mut request = ShRequest { program, env: Vec::new(), cwd: None, check: true, timeout: None };
+        if let Some(opts) = opts {
+            for pair in opts.pairs::<Value, Value>() {
+                let (key, value) = pair.map_err(|e| format!("sh: reading options: {e}"))?;
+                let key = match key {
+                    Value::String(s) => s.to_string_lossy(),
+                    other => return Err(format!("sh: option keys must be names, got {}", other.type_name())),
+                };
+                request.set_option(&key, value)?;
+            }
+        }
+        Ok(request)
+    }
+
+    fn set_option(&mut self, key: &str, value: Value) -> Result<(), String> {
+        match (key, value) {
+            ("env", Value::Table(t)) => {
+                for pair in t.pairs::<Value, Value>() {
+                    match pair.map_err(|e| format!("sh: reading :env: {e}"))? {
+                        (Value::String(k), Value::String(v)) => {
+                            self.env.push((k.to_string_lossy(), v.to_string_lossy()));
+                        }
+                        (k, v) => {
+                            return Err(format!(
+                                "sh: :env maps names to strings, got {} = {}",
+                                k.type_name(),
+                                v.type_name()
+                            ))
+                        }
+                    }
+                }
+                self.env.sort();
+            }
+            ("cwd", Value::String(s)) => self.cwd = Some(s.to_string_lossy()),
+            ("check", Value::Boolean(b)) => self.check = b,
+            ("timeout", Value::Integer(n)) if n > 0 => self.timeout = Some(Duration::from_secs(n as u64)),
+            ("timeout", Value::Number(n)) if n > 0.0 && n.is_finite() => {
+                self.timeout = Some(Duration::from_secs_f64(n))
+            }
+            ("env" | "cwd" | "check" | "timeout", value) => {
+                let expected = match key {
+                    "env" => "a table of strings",
+                    "cwd" => "a workspace-relative path string",
+                    "check" => "a boolean",
+                    _ => "a positive number of seconds",
+                };
+                return Err(format!("sh: option :{key} must be {expected}, got {}", describe(&value)));
+            }
+            (other, _) => return Err(format!("sh: unknown option :{other} (options are {OPTION_KEYS})")),
+        }
+        Ok(())
+    }
+}
+
+fn describe(value: &Value) -> String {
+    match value {
+        Value::Integer(n) => format!("{n}"),
+        Value::Number(n) => format!("{n}"),
+        other => other.type_name().to_string(),
+    }
+}
+
+fn argv_from(table: &Table) -> Result<Vec<String>, String> {
+    let mut argv = Vec::new();
+    for (i, value) in table.clone().sequence_values::<Value>().enumerate() {
+        match value.map_err(|e| format!("sh: reading argv: {e}"))? {
+            Value::String(s) => argv.push(s.to_string_lossy()),
+            other => {
+                return Err(format!("sh: argv element {} must be a string, got {}", i + 1, other.type_name()))
+            }
+        }
+    }
+    if argv.is_empty() {
+        return Err("sh: the argv is empty; give at least the program to run".into());
+    }
+    Ok(argv)
+}
+
+/// Resolves `:cwd` inside the workspace. Lexical `..` escapes and symlinks
+/// pointing outside are both refused.
+pub fn resolve_cwd(workspace: &Path, cwd: Option<&str>) -> Result<PathBuf, String> {
+    let Some(cwd) = cwd else { return Ok(workspace.to_path_buf()) };
+    let relative = Path::new(cwd);
+    let escapes = relative.is_absolute()
+        || relative
+            .components()
+            .try_fold(0i32, |depth, c| match c {
+                Component::ParentDir if depth == 0 => None,
+                Component::ParentDir => Some(depth - 1),
+                Component::Normal(_) => Some(depth + 1),
+                _ => Some(depth),
+            })
+            .is_none();
+    if escapes {
+        return Err(format!("sh: :cwd {cwd:?} must stay inside the workspace"));
+    }
+    let resolved = workspace
+        .join(relative)
+        .canonicalize()
+        .map_err(|_| format!("sh: :cwd {cwd:?} does not exist in the workspace"))?;
+    if !resolved.starts_with(workspace) {
+        return Err(format!("sh: :cwd {cwd:?} leads outside the workspace"));
+    }
+    if !resolved.is_dir() {
+        return Err(format!("sh: :cwd {cwd:?} is not a directory"));
+    }
+    Ok(resolved)
+}
+
+/// Everything about one command's execution that is not Lua.
+pub struct Execution<'a> {
+    pub request: &'a ShRequest,
+    pub cwd: PathBuf,
+    /// The environment commands start from (already scrubbed of quire's
+    /// own variables); the request's `:env` is laid over it.
+    pub base_env: &'a [(OsString, OsString)],
+    pub deadline: Option<Instant>,
+    pub log_path: &'a Path,
+    pub redactor: &'a Redactor,
+}
+
+/// How a command ended, as far as the pipeline is concerned.
+pub struct Outcome {
+    pub exit_code: i32,
+    pub timed_out: bool,
+    /// Set when the command could not be started at all.
+    pub spawn_error: Option<String>,
+    pub stdout: Captured,
+    pub stderr: Captured,
+}
+
+impl Execution<'_> {
+    /// Runs the command, writing its CRI log as output arrives.
+    pub fn run(&self) -> io::Result<Outcome> {
+        let file = File::create(self.log_path)?;
+        let mut log = cri::Writer::new(BufWriter::new(file));
+        let redact = |s: &str| self.redactor.redact(s);
+        let result =
+            process::run(self.command(), self.deadline, |stream, data| log.write(stream, data, &redact));
+        let outcome = match result {
+            Ok(Finished { exit_code, timed_out, stdout, stderr }) => {
+                Outcome { exit_code, timed_out, spawn_error: None, stdout, stderr }
+            }
+            Err(e) if is_spawn_error(&e) => {
+                let (exit_code, message) = spawn_failure(&self.request.program, &e);
+                log.write_line(Stream::Stderr, &format!("quire-ci: {message}"))?;
+                let mut stderr = Captured::default();
+                stderr.bytes = message.clone().into_bytes();
+                stderr.total = stderr.bytes.len();
+                Outcome {
+                    exit_code,
+                    timed_out: false,
+                    spawn_error: Some(message),
+                    stdout: Captured::default(),
+                    stderr,
+                }
+            }
+            Err(e) => return Err(e),
+        };
+        log.finish(&redact)?;
+        if outcome.timed_out {
+            let limit = self.deadline_description();
+            log.write_line(Stream::Stderr, &format!("quire-ci: command killed after {limit}"))?;
+        }
+        Ok(outcome)
+    }
+
+    fn command(&self) -> Command {
+        let mut command = match &self.request.program {
+            Program::Shell(script) => {
+                let mut c = Command::new("/bin/sh");
+                c.arg("-c").arg(script);
+                c
+            }
+            Program::Argv(argv) => {
+                let mut c = Command::new(&argv[0]);
+                c.args(&argv[1..]);
+                c
+            }
+        };
+        command.env_clear().envs(self.base_env.iter().cloned()).envs(self.request.env.iter().cloned());
+        command.current_dir(&self.cwd);
+        command
+    }
+
+    pub fn deadline_description(&self) -> String {
+        match self.request.timeout {
+            Some(t) => format!("its :timeout of {}", seconds(t)),
+            None => "the job's timeout".to_string(),
+        }
+    }
+}
+
+fn seconds(d: Duration) -> String {
+    let s = d.as_secs_f64();
+    if s.fract() == 0.0 {
+        format!("{s:.0}s")
+    } else {
+        format!("{s:.1}s")
+    }
+}
+
+/// Errors from `spawn` itself (as opposed to waiting or reading).
+fn is_spawn_error(e: &io::Error) -> bool {
+    matches!(e.kind(), io::ErrorKind::NotFound | io::ErrorKind::PermissionDenied)
+        || e.raw_os_error() == Some(rustix::io::Errno::NOEXEC.raw_os_error())
+}
+
+/// The shell's conventions: 127 for not found, 126 for not executable.
+fn spawn_failure(program: &Program, e: &io::Error) -> (i32, String) {
+    let name = match program {
+        Program::Argv(argv) => argv[0].as_str(),
+        Program::Shell(_) => "/bin/sh",
+    };
+    if e.kind() == io::ErrorKind::NotFound {
+        (127, format!("command not found: {name}"))
+    } else {
+        (126, format!("command cannot be executed: {name}: {e}"))
+    }
+}
+
+/// The table `sh` returns: `{:exit :stdout :stderr :cmd}`.
+pub fn result_table(lua: &Lua, outcome: &Outcome, cmd: &str, log_path: &Path) -> mlua::Result<Table> {
+    let table = lua.create_table()?;
+    table.set("exit", outcome.exit_code)?;
+    table.set("stdout", lua.create_string(captured_text(&outcome.stdout, log_path))?)?;
+    table.set("stderr", lua.create_string(captured_text(&outcome.stderr, log_path))?)?;
+    table.set("cmd", cmd)?;
+    Ok(table)
+}
+
+fn captured_text(captured: &Captured, log_path: &Path) -> Vec<u8> {
+    let mut bytes = captured.bytes.clone();
+    if captured.truncated() {
+        bytes.extend_from_slice(
+            format!(
+                "\n[quire-ci: output truncated to {} of {} bytes; the whole output is in {}]\n",
+                captured.bytes.len(),
+                captured.total,
+                log_path.display()
+            )
+            .as_bytes(),
+        );
+    }
+    bytes
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(code: &str) -> Result<ShRequest, String> {
+        let lua = Lua::new();
+        let (cmd, opts): (Value, Option<Table>) = lua.load(code).eval().unwrap();
+        ShRequest::from_lua(cmd, opts)
+    }
+
+    #[test]
+    fn strings_run_under_the_shell_and_sequences_directly() {
+        assert_eq!(request("return 'echo hi'").unwrap().program, Program::Shell("echo hi".into()));
+        assert_eq!(
+            request("return {'echo', 'a b'}").unwrap().program,
+            Program::Argv(vec!["echo".into(), "a b".into()])
+        );
+        assert_eq!(Program::Argv(vec!["echo".into(), "a".into()]).display(), "echo a");
+    }
+
+    #[test]
+    fn options_are_read_and_defaulted() {
+        let r = request("return 'x', {env = {A = '1'}, cwd = 'sub', check = false, timeout = 2}").unwrap();
+        assert_eq!(r.env, vec![("A".into(), "1".into())]);
+        assert_eq!(r.cwd.as_deref(), Some("sub"));
+        assert!(!r.check);
+        assert_eq!(r.timeout, Some(Duration::from_secs(2)));
+        let r = request("return 'x'").unwrap();
+        assert!(r.check);
+        assert_eq!(r.timeout, None);
+    }
+
+    #[test]
+    fn bad_calls_say_what_is_wrong() {
+        let cases = [
+            ("return {}", "sh: the argv is empty"),
+            ("return {'ls', 3}", "sh: argv element 2 must be a string, got integer"),
+            ("return 42", "sh: the command must be a string or a sequence of strings, got integer"),
+            ("return 'x', {chek = true}", "sh: unknown option :chek (options are env, cwd, check, timeout)"),
+            (
+                "return 'x', {timeout = -1}",
+                "sh: option :timeout must be a positive number of seconds, got -1",
+            ),
+            ("return 'x', {check = 'yes'}", "sh: option :check must be a boolean, got string"),
+            ("return 'x', {env = {A = 1}}", "sh: :env maps names to strings, got string = integer"),
+        ];
+        for (code, expected) in cases {
+            let err = request(code).unwrap_err();
+            assert!(err.starts_with(expected), "{code}: {err}");
+        }
+    }
+
+    #[test]
+    fn cwd_must_stay_inside_the_workspace() {
+        let ws = tempfile::tempdir().unwrap();
+        let ws_path = ws.path().canonicalize().unwrap();
+        std::fs::create_dir(ws_path.join("sub")).unwrap();
+        std::os::unix::fs::symlink("/", ws_path.join("root-link")).unwrap();
+        assert_eq!(resolve_cwd(&ws_path, None).unwrap(), ws_path);
+        assert_eq!(resolve_cwd(&ws_path, Some("sub")).unwrap(), ws_path.join("sub"));
+        assert_eq!(resolve_cwd(&ws_path, Some("sub/../sub")).unwrap(), ws_path.join("sub"));
+        for bad in ["..", "../x", "/etc", "sub/../../x", "root-link", "missing"] {
+            assert!(resolve_cwd(&ws_path, Some(bad)).is_err(), "{bad}");
+        }
+    }
+}
