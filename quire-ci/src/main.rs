@@ -71,12 +71,33 @@ enum Command {
     },
 }
 
+/// Commands run in process groups of their own, so a signal to quire-ci
+/// (Ctrl-C, or the server stopping a run) would not reach them: pass it on
+/// by killing the running command, then die of the signal as usual.
+fn stop_commands_on_signals() {
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    for signal in [SIGTERM, SIGINT, SIGHUP] {
+        // SAFETY: the handler only makes kill(2) calls and re-raises the
+        // signal with its default action, both async-signal-safe.
+        let registered = unsafe {
+            signal_hook::low_level::register(signal, move || {
+                quire_core::runtime::kill_running_command();
+                let _ = signal_hook::low_level::emulate_default_handler(signal);
+            })
+        };
+        if let Err(e) = registered {
+            eprintln!("quire-ci: warning: cannot handle signal {signal}: {e}");
+        }
+    }
+}
+
 fn parse_job_id(s: &str) -> Result<JobId, String> {
     JobId::new(s).map_err(|e| e.to_string())
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    stop_commands_on_signals();
     match cli.command {
         Command::Validate { workspace, format } => validate::run(&workspace, format),
         Command::Run { workspace, events, out_dir, sha, ref_name, jobs, job_timeout } => {

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use quire_core::event::{now_ms, Event, EventKind, RunOutcome};
-use quire_core::pipeline::{JobId, LoadError, Pipeline};
+use quire_core::pipeline::{JobId, LoadError, Pipeline, SourceFile, PIPELINE_PATH};
 use quire_core::push::PushFacts;
 use quire_core::runtime::{self, RunContext, RunError, SecretSource, Sink};
 
@@ -100,7 +100,11 @@ fn run_inner(args: RunArgs) -> Result<(), Fatal> {
     let mut reporter = Reporter::new(open_events(&args.events)?, progress_writer(&args.events));
     reporter.say(&describe_start(&push, &workspace));
 
-    let pipeline = match Pipeline::load(&workspace) {
+    // Paths in messages are relative to the workspace: the same in a local
+    // run and on the server, whose workspaces are temporary directories.
+    let loaded = SourceFile::read(&workspace)
+        .and_then(|source| Pipeline::from_source(source.with_display_name(PIPELINE_PATH)));
+    let pipeline = match loaded {
         Ok(pipeline) => pipeline,
         Err(error) => return finish_unloadable(&mut reporter, &error),
     };

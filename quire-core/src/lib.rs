@@ -5,6 +5,7 @@
 
 pub mod cri;
 pub mod event;
+pub mod fennel;
 pub mod pipeline;
 pub mod push;
 pub mod runtime;

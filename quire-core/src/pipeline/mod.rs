@@ -1,13 +1,12 @@
 //! Pipelines: from `.quire/ci.fnl` text to a validated job graph whose
-//! run-fns are ready to call. Compiling happens in one Lua VM (`fennel`),
+//! run-fns are ready to call. Compiling happens in one Lua VM (`crate::fennel`),
 //! evaluation in another, restricted one (`vm`); the rules of SPEC §3.1 are
 //! checked in `graph`. Running jobs is the `runtime` module's business.
 
 mod diagnostic;
-mod fennel;
 mod graph;
 mod job;
-mod vm;
+pub(crate) mod vm;
 
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
@@ -15,8 +14,9 @@ use std::time::Instant;
 
 use mlua::{Function, Lua};
 
+use crate::fennel;
+
 pub use diagnostic::{Diagnostic, Location, Severity};
-pub use fennel::PositionMap;
 pub use job::{Input, InvalidJobId, Job, JobId, PUSH_SOURCE};
 pub use vm::{set_deadline, ChunkInfo, LuaFailure};
 
@@ -44,6 +44,12 @@ impl SourceFile {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(LoadError::Missing { path }),
             Err(source) => Err(LoadError::Io { path, source }),
         }
+    }
+
+    /// Shows the file under another name, e.g. relative to its workspace.
+    pub fn with_display_name(mut self, name: impl Into<String>) -> Self {
+        self.display_name = name.into();
+        self
     }
 
     /// The path as diagnostics show it.

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use mlua::{Function, HookTriggers, Lua, LuaOptions, StdLib, Table, Value, VmState};
 
 use super::diagnostic::{Diagnostic, Location};
-use super::fennel::PositionMap;
+use crate::fennel::PositionMap;
 
 /// The name Lua knows the pipeline's chunk by. Lua truncates long chunk
 /// names in messages, so the file's real path is substituted afterwards.

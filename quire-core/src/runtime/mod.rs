@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 
 use mlua::{Lua, Table, Value};
 
+pub use process::kill_running_command;
 pub use redact::{Redactor, MASK};
 pub use sh::Program;
 

@@ -9,6 +9,7 @@ use std::io::{self, Read};
 use std::os::fd::AsFd;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::process::{Child, ChildStderr, ChildStdout, Command, Stdio};
+use std::sync::atomic::{AtomicI32, Ordering};
 use std::time::Instant;
 
 use rustix::event::{poll, PollFd, PollFlags, Timespec};
@@ -22,6 +23,20 @@ pub const CAPTURE_LIMIT: usize = 1024 * 1024;
 /// At most this much is read after the command exited, from background
 /// processes still holding its pipes, before they are killed.
 const DRAIN_LIMIT: usize = 4 * 1024 * 1024;
+
+/// The process group of the command running now (0 when none), for
+/// [`kill_running_command`].
+static RUNNING_GROUP: AtomicI32 = AtomicI32::new(0);
+
+/// Kills the process group of the command running now, if any. Only does a
+/// `kill` system call, so it may be called from a signal handler: quire-ci
+/// calls it when it is told to stop, since commands run in process groups
+/// of their own and would not get the signal themselves.
+pub fn kill_running_command() {
+    if let Some(group) = Pid::from_raw(RUNNING_GROUP.load(Ordering::SeqCst)) {
+        let _ = kill_process_group(group, Signal::KILL);
+    }
+}
 
 /// Output kept in memory, up to [`CAPTURE_LIMIT`].
 #[derive(Debug, Default)]
@@ -64,9 +79,19 @@ pub fn run(
     mut on_output: impl FnMut(Stream, &[u8]) -> io::Result<()>,
 ) -> io::Result<Finished> {
     command.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).process_group(0);
+    // SAFETY: prctl is async-signal-safe. Should quire-ci be killed outright
+    // the command dies with it rather than running on unsupervised.
+    unsafe {
+        command.pre_exec(|| {
+            rustix::process::set_parent_process_death_signal(Some(Signal::KILL))?;
+            Ok(())
+        });
+    }
     let mut child = command.spawn()?;
     let group = Pid::from_raw(child.id() as i32).expect("child pids are positive");
+    RUNNING_GROUP.store(group.as_raw_nonzero().get(), Ordering::SeqCst);
     let result = supervise(&mut child, deadline, &mut on_output);
+    RUNNING_GROUP.store(0, Ordering::SeqCst);
     // The group leader may be gone already; anything left in the group goes.
     let _ = kill_process_group(group, Signal::KILL);
     if result.is_err() {

@@ -1,0 +1,277 @@
+//! The operator's `<root>/config.fnl` (SPEC §6.7): a Fennel table evaluated
+//! with the embedded Fennel, checked key by key so that every mistake is
+//! reported with the file, the key and its line. A missing file means
+//! defaults.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use quire_core::pipeline::{Diagnostic, Location, SourceFile};
+use serde_json::{Map, Value};
+
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:3000";
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub ci: CiConfig,
+    /// Secret name → value, served to runs that ask for them.
+    pub secrets: BTreeMap<String, String>,
+    pub sentry_dsn: Option<String>,
+    pub web: WebConfig,
+}
+
+#[derive(Debug, Clone)]
+pub struct CiConfig {
+    pub max_concurrent_runs: usize,
+    /// How long a whole run may take before quire-ci is killed.
+    pub timeout: Duration,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct WebConfig {
+    /// When set, run pages and logs require this request header (set by a
+    /// trusted reverse proxy).
+    pub trusted_user_header: Option<String>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: DEFAULT_LISTEN.parse().expect("valid default"),
+            ci: CiConfig { max_concurrent_runs: 2, timeout: Duration::from_secs(3600) },
+            secrets: BTreeMap::new(),
+            sentry_dsn: None,
+            web: WebConfig::default(),
+        }
+    }
+}
+
+/// A broken config: what is wrong and where.
+#[derive(Debug, thiserror::Error)]
+#[error("{}", diagnostic.short())]
+pub struct ConfigError {
+    pub diagnostic: Box<Diagnostic>,
+    pub source_file: Option<Box<SourceFile>>,
+}
+
+impl ConfigError {
+    /// A miette report with the offending line, for the startup error.
+    pub fn report(&self) -> miette::Report {
+        match &self.source_file {
+            Some(file) => self.diagnostic.report(file),
+            None => miette::miette!("{}", self.diagnostic.short()),
+        }
+    }
+}
+
+/// Reads `path`; defaults when it does not exist.
+pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Config::default()),
+        Err(e) => {
+            return Err(ConfigError {
+                diagnostic: Box::new(Diagnostic::error(format!("cannot read {}: {e}", path.display()))),
+                source_file: None,
+            })
+        }
+    };
+    let file = SourceFile::new(path.display().to_string(), text);
+    let broken = |diagnostic: Diagnostic, file: &SourceFile| ConfigError {
+        diagnostic: Box::new(diagnostic),
+        source_file: Some(Box::new(file.clone())),
+    };
+    let value = quire_core::fennel::evaluate_data(&file).map_err(|d| broken(d, &file))?;
+    Reader { file: &file }.config(&value).map_err(|d| broken(d, &file))
+}
+
+/// Walks the evaluated table, turning each key into a typed field.
+struct Reader<'a> {
+    file: &'a SourceFile,
+}
+
+impl Reader<'_> {
+    fn config(&self, value: &Value) -> Result<Config, Diagnostic> {
+        let mut config = Config::default();
+        let top = self.table(value, "the config")?;
+        for (key, value) in top {
+            match key.as_str() {
+                "listen" => {
+                    let listen = self.string(value, key)?;
+                    config.listen = listen.parse().map_err(|_| {
+                        self.error(
+                            key,
+                            format!(":listen must be an address such as {DEFAULT_LISTEN}, got {listen:?}"),
+                        )
+                    })?;
+                }
+                "ci" => self.ci(value, &mut config.ci)?,
+                "secrets" => {
+                    for (name, secret) in self.table(value, "secrets")? {
+                        config.secrets.insert(name.clone(), self.string(secret, name)?.to_string());
+                    }
+                }
+                "sentry" => {
+                    for (k, v) in self.table(value, "sentry")? {
+                        match k.as_str() {
+                            "dsn" => config.sentry_dsn = Some(self.string(v, k)?.to_string()),
+                            _ => return Err(self.unknown(k, "sentry", &["dsn"])),
+                        }
+                    }
+                }
+                "web" => {
+                    for (k, v) in self.table(value, "web")? {
+                        match k.as_str() {
+                            "trusted-user-header" => {
+                                config.web.trusted_user_header = Some(self.string(v, k)?.to_string())
+                            }
+                            _ => return Err(self.unknown(k, "web", &["trusted-user-header"])),
+                        }
+                    }
+                }
+                _ => {
+                    return Err(self.unknown(
+                        key,
+                        "the config",
+                        &["listen", "ci", "secrets", "sentry", "web"],
+                    ))
+                }
+            }
+        }
+        Ok(config)
+    }
+
+    fn ci(&self, value: &Value, ci: &mut CiConfig) -> Result<(), Diagnostic> {
+        for (key, value) in self.table(value, "ci")? {
+            match key.as_str() {
+                "max-concurrent-runs" => {
+                    ci.max_concurrent_runs = self.positive(value, key)? as usize;
+                }
+                "timeout-secs" => ci.timeout = Duration::from_secs(self.positive(value, key)?),
+                _ => return Err(self.unknown(key, "ci", &["max-concurrent-runs", "timeout-secs"])),
+            }
+        }
+        Ok(())
+    }
+
+    fn table<'v>(&self, value: &'v Value, what: &str) -> Result<&'v Map<String, Value>, Diagnostic> {
+        match value {
+            Value::Object(map) => Ok(map),
+            // An empty Fennel table decodes as an empty sequence.
+            Value::Array(a) if a.is_empty() => Ok(empty_map()),
+            other => Err(self.error(what, format!("{what} must be a table, got {}", kind(other)))),
+        }
+    }
+
+    fn string<'v>(&self, value: &'v Value, key: &str) -> Result<&'v str, Diagnostic> {
+        value.as_str().ok_or_else(|| self.error(key, format!(":{key} must be a string, got {}", kind(value))))
+    }
+
+    fn positive(&self, value: &Value, key: &str) -> Result<u64, Diagnostic> {
+        value
+            .as_u64()
+            .filter(|&n| n > 0)
+            .ok_or_else(|| self.error(key, format!(":{key} must be a positive whole number, got {value}")))
+    }
+
+    fn unknown(&self, key: &str, within: &str, known: &[&str]) -> Diagnostic {
+        let known: Vec<String> = known.iter().map(|k| format!(":{k}")).collect();
+        self.error(key, format!("unknown key :{key} in {within} (known keys: {})", known.join(" ")))
+    }
+
+    /// An error located at the line where `:key` (or `key`) first appears.
+    fn error(&self, key: &str, message: String) -> Diagnostic {
+        let text = &self.file.text;
+        let needle = format!(":{key}");
+        let found = text.find(&needle).or_else(|| text.find(&format!("\"{key}\"")));
+        let location = match found {
+            Some(offset) => {
+                let before = &text[..offset];
+                let line = before.matches('\n').count() as u32 + 1;
+                let column = (offset - before.rfind('\n').map_or(0, |p| p + 1)) as u32 + 1;
+                Location::new(self.file.display_name(), line, column)
+            }
+            None => Location::new(self.file.display_name(), 1, 1),
+        };
+        Diagnostic::error(message).at(location)
+    }
+}
+
+fn empty_map() -> &'static Map<String, Value> {
+    static EMPTY: std::sync::OnceLock<Map<String, Value>> = std::sync::OnceLock::new();
+    EMPTY.get_or_init(Map::new)
+}
+
+fn kind(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "nil",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "a sequence",
+        Value::Object(_) => "a table",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load_text(text: &str) -> Result<Config, ConfigError> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.fnl");
+        std::fs::write(&path, text).unwrap();
+        load(&path)
+    }
+
+    #[test]
+    fn missing_file_means_defaults() {
+        let config = load(Path::new("/nonexistent/config.fnl")).unwrap();
+        assert_eq!(config.listen.to_string(), DEFAULT_LISTEN);
+        assert_eq!(config.ci.max_concurrent_runs, 2);
+    }
+
+    #[test]
+    fn the_documented_example_loads() {
+        let config = load_text(
+            r#"{:listen "127.0.0.1:3001"
+                :ci {:max-concurrent-runs 4 :timeout-secs 60}
+                :secrets {:deploy-token "abc"}
+                :sentry {:dsn "http://key@127.0.0.1:9/1"}
+                :web {:trusted-user-header "Remote-User"}}"#,
+        )
+        .unwrap();
+        assert_eq!(config.listen.port(), 3001);
+        assert_eq!(config.ci.max_concurrent_runs, 4);
+        assert_eq!(config.ci.timeout, Duration::from_secs(60));
+        assert_eq!(config.secrets["deploy-token"], "abc");
+        assert!(config.sentry_dsn.is_some());
+        assert_eq!(config.web.trusted_user_header.as_deref(), Some("Remote-User"));
+    }
+
+    #[test]
+    fn mistakes_name_the_key_and_line() {
+        let err = load_text("{:listen \"127.0.0.1:3000\"\n :ci {:max-concurent-runs 2}}").unwrap_err();
+        let d = err.diagnostic;
+        assert!(d.message.contains("unknown key :max-concurent-runs in ci"), "{}", d.message);
+        assert_eq!(d.location.unwrap().line, 2);
+
+        let err = load_text("{:ci\n {:timeout-secs \"soon\"}}").unwrap_err();
+        assert!(err.diagnostic.message.contains(":timeout-secs must be a positive whole number"));
+        assert_eq!(err.diagnostic.location.unwrap().line, 2);
+
+        let err = load_text("{:listen \"nowhere\"}").unwrap_err();
+        assert!(err.diagnostic.message.contains(":listen must be an address"));
+    }
+
+    #[test]
+    fn syntax_errors_name_the_line() {
+        let err = load_text("{:listen \"127.0.0.1:3000\"\n :ci {:max-concurrent-runs 2}").unwrap_err();
+        let loc = err.diagnostic.location.unwrap();
+        assert!(loc.file.ends_with("config.fnl"));
+        assert!(err.diagnostic.message.contains("Parse error"), "{}", err.diagnostic.message);
+    }
+}

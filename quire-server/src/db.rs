@@ -1,0 +1,124 @@
+//! The SQLite database: opening connections the one way Quire uses them
+//! (WAL, foreign keys, a busy timeout), applying the embedded migrations,
+//! and a small pool so request handlers do not reopen the file. What is
+//! stored and how it changes is `runs` and `ingest`.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rusqlite::Connection;
+use rusqlite_migration::{Migrations, M};
+
+/// Append-only: a released migration is never edited, only followed.
+const MIGRATIONS: &[&str] = &[include_str!("../../migrations/0001_initial.sql")];
+
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    #[error("cannot open the database {}: {source}", path.display())]
+    Open { path: PathBuf, source: rusqlite::Error },
+    #[error("cannot migrate the database {}: {source}", path.display())]
+    Migrate { path: PathBuf, source: rusqlite_migration::Error },
+    #[error(transparent)]
+    Sql(#[from] rusqlite::Error),
+}
+
+/// Opens a connection with Quire's settings, without migrating.
+pub fn connect(path: &Path) -> Result<Connection, DbError> {
+    let open = || -> rusqlite::Result<Connection> {
+        let conn = Connection::open(path)?;
+        conn.busy_timeout(Duration::from_secs(10))?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "foreign_keys", true)?;
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        Ok(conn)
+    };
+    open().map_err(|source| DbError::Open { path: path.to_path_buf(), source })
+}
+
+/// Opens the database and brings its schema up to date. Called once at
+/// server start (and by CLI commands that may run before any server has).
+pub fn open_and_migrate(path: &Path) -> Result<Connection, DbError> {
+    let mut conn = connect(path)?;
+    migrations()
+        .to_latest(&mut conn)
+        .map_err(|source| DbError::Migrate { path: path.to_path_buf(), source })?;
+    Ok(conn)
+}
+
+fn migrations() -> Migrations<'static> {
+    Migrations::new(MIGRATIONS.iter().map(|sql| M::up(sql)).collect())
+}
+
+/// Connections to one database file, reused across requests.
+#[derive(Clone)]
+pub struct Pool {
+    path: Arc<PathBuf>,
+    idle: Arc<Mutex<Vec<Connection>>>,
+}
+
+/// A connection borrowed from the pool; returned when dropped.
+pub struct Pooled {
+    conn: Option<Connection>,
+    idle: Arc<Mutex<Vec<Connection>>>,
+}
+
+impl Pool {
+    pub fn new(path: &Path) -> Pool {
+        Pool { path: Arc::new(path.to_path_buf()), idle: Arc::default() }
+    }
+
+    pub fn get(&self) -> Result<Pooled, DbError> {
+        let reused = self.idle.lock().expect("pool lock").pop();
+        let conn = match reused {
+            Some(conn) => conn,
+            None => connect(&self.path)?,
+        };
+        Ok(Pooled { conn: Some(conn), idle: self.idle.clone() })
+    }
+}
+
+impl std::ops::Deref for Pooled {
+    type Target = Connection;
+    fn deref(&self) -> &Connection {
+        self.conn.as_ref().expect("present until drop")
+    }
+}
+
+impl std::ops::DerefMut for Pooled {
+    fn deref_mut(&mut self) -> &mut Connection {
+        self.conn.as_mut().expect("present until drop")
+    }
+}
+
+impl Drop for Pooled {
+    fn drop(&mut self) {
+        if let Some(conn) = self.conn.take() {
+            if let Ok(mut idle) = self.idle.lock() {
+                idle.push(conn);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn migrations_are_valid() {
+        migrations().validate().unwrap();
+    }
+
+    #[test]
+    fn opening_twice_is_idempotent_and_sets_pragmas() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("quire.db");
+        drop(open_and_migrate(&path).unwrap());
+        let conn = open_and_migrate(&path).unwrap();
+        let mode: String = conn.pragma_query_value(None, "journal_mode", |r| r.get(0)).unwrap();
+        assert_eq!(mode, "wal");
+        let fk: bool = conn.pragma_query_value(None, "foreign_keys", |r| r.get(0)).unwrap();
+        assert!(fk);
+    }
+}

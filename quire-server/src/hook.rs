@@ -1,0 +1,121 @@
+//! `quire hook post-receive`, run by git in a hosted repository after a
+//! push: reads git's `<old> <new> <ref>` lines and tells the server. A push
+//! is never refused: when the server is down, the run is queued straight in
+//! the database (it starts when the server does) and a warning is printed.
+
+use std::io::BufRead;
+use std::path::Path;
+
+use crate::db;
+use crate::repos::RepoName;
+use crate::root::DataRoot;
+use crate::runs::{self, NewRun};
+use crate::socket::{self, is_zero_sha, Message, RefUpdate, SendError};
+
+/// What the hook did, for its message to the pusher.
+#[derive(Debug, PartialEq, Eq)]
+pub enum HookOutcome {
+    Sent(Vec<String>),
+    QueuedOffline(usize),
+    NothingToRun,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum HookError {
+    #[error("the hook runs in {0}, which is not a repository under {1}")]
+    NotARepository(String, String),
+    #[error(transparent)]
+    Name(#[from] crate::repos::InvalidRepoName),
+    #[error("reading the pushed refs: {0}")]
+    Input(#[from] std::io::Error),
+    #[error("the server refused the push: {0}")]
+    Refused(String),
+    #[error("the server is down and the run could not be queued in the database: {0}")]
+    Offline(String),
+}
+
+/// The repository the hook runs for: git runs hooks in the bare
+/// repository's directory.
+pub fn current_repo(root: &DataRoot, git_dir: &Path) -> Result<RepoName, HookError> {
+    let repos = root.repos_dir().canonicalize().unwrap_or_else(|_| root.repos_dir());
+    let dir = git_dir.canonicalize().unwrap_or_else(|_| git_dir.to_path_buf());
+    let relative = dir
+        .strip_prefix(&repos)
+        .map_err(|_| HookError::NotARepository(dir.display().to_string(), repos.display().to_string()))?;
+    Ok(relative.to_string_lossy().parse()?)
+}
+
+/// Parses git's post-receive input. Malformed lines are skipped.
+pub fn read_updates(input: impl BufRead) -> Result<Vec<RefUpdate>, std::io::Error> {
+    let mut updates = Vec::new();
+    for line in input.lines() {
+        let line = line?;
+        let mut parts = line.split_whitespace();
+        if let (Some(old), Some(new), Some(ref_name), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        {
+            updates.push(RefUpdate { ref_name: ref_name.into(), old_sha: old.into(), new_sha: new.into() });
+        }
+    }
+    Ok(updates)
+}
+
+pub fn post_receive(
+    root: &DataRoot,
+    repo: RepoName,
+    updates: Vec<RefUpdate>,
+) -> Result<HookOutcome, HookError> {
+    if updates.iter().all(RefUpdate::is_deletion) {
+        return Ok(HookOutcome::NothingToRun);
+    }
+    let pushed_at_ms = runs::now_ms();
+    let message = Message::Push { repo: repo.to_string(), pushed_at_ms, refs: updates.clone() };
+    match socket::send(&root.socket_path(), &message) {
+        Ok(runs) => Ok(HookOutcome::Sent(runs)),
+        Err(SendError::NotRunning { .. }) => queue_offline(root, &repo, &updates, pushed_at_ms),
+        Err(SendError::Refused(reason)) => Err(HookError::Refused(reason)),
+        Err(other) => Err(HookError::Refused(other.to_string())),
+    }
+}
+
+fn queue_offline(
+    root: &DataRoot,
+    repo: &RepoName,
+    updates: &[RefUpdate],
+    pushed_at_ms: i64,
+) -> Result<HookOutcome, HookError> {
+    let offline = |e: &dyn std::fmt::Display| HookError::Offline(e.to_string());
+    let mut conn = db::open_and_migrate(&root.db_path()).map_err(|e| offline(&e))?;
+    let mut queued = 0;
+    for update in updates.iter().filter(|u| !u.is_deletion()) {
+        let new = NewRun {
+            repo: repo.clone(),
+            ref_name: update.ref_name.clone(),
+            sha: update.new_sha.clone(),
+            previous_sha: Some(update.old_sha.clone()).filter(|s| !is_zero_sha(s)),
+            pushed_at_ms,
+        };
+        runs::enqueue(&mut conn, &new).map_err(|e| offline(&e))?;
+        queued += 1;
+    }
+    Ok(HookOutcome::QueuedOffline(queued))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_gits_lines() {
+        let input = format!(
+            "{a} {b} refs/heads/main\ngarbage\n{b} {z} refs/heads/gone\n",
+            a = "1".repeat(40),
+            b = "2".repeat(40),
+            z = socket::ZERO_SHA
+        );
+        let updates = read_updates(input.as_bytes()).unwrap();
+        assert_eq!(updates.len(), 2);
+        assert_eq!(updates[0].ref_name, "refs/heads/main");
+        assert!(updates[1].is_deletion());
+    }
+}

@@ -1,0 +1,400 @@
+//! Ingest: a finished run's `events.jsonl` into the `jobs` and `sh_events`
+//! tables (SPEC §6.4 step 4). One transaction, two passes: jobs first, then
+//! the commands that reference them. A line that cannot be decoded is
+//! skipped and counted; the lines around it are kept. Deciding what the run
+//! became is the launcher's job, from the report returned here.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::fs::File;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+
+use quire_core::event::{Event, EventKind, JobOutcome, RunOutcome};
+use rusqlite::{params, Connection};
+
+use crate::runs::RunId;
+
+/// What an ingest found.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct IngestReport {
+    /// Decoded events (including ones of unknown types).
+    pub events: usize,
+    pub jobs: usize,
+    pub commands: usize,
+    /// Lines that could not be decoded, or that referred to no job.
+    pub skipped_lines: usize,
+    /// The outcome, if the stream's last known event is `run_finished`.
+    pub run_finished: Option<RunOutcome>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum IngestError {
+    #[error("cannot read {}: {source}", path.display())]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("writing the run's jobs failed: {0}")]
+    Sql(#[from] rusqlite::Error),
+}
+
+/// Ingests the events file of `run`. A missing file (quire-ci died before
+/// writing any) gives an empty report.
+pub fn ingest_file(
+    conn: &mut Connection,
+    run: RunId,
+    path: &Path,
+    now_ms: i64,
+) -> Result<IngestReport, IngestError> {
+    match File::open(path) {
+        Ok(file) => ingest(conn, run, BufReader::with_capacity(256 * 1024, file), now_ms),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => ingest(conn, run, std::io::empty(), now_ms),
+        Err(source) => Err(IngestError::Io { path: path.to_path_buf(), source }),
+    }
+}
+
+/// A job as pass 1 assembles it.
+struct JobRecord {
+    position: usize,
+    started: Option<i64>,
+    finished: Option<i64>,
+    state: &'static str,
+    last_exit: Option<i32>,
+}
+
+/// A command as pass 2 assembles it.
+struct CommandRecord<'e> {
+    job: &'e str,
+    seq: u32,
+    cmd: &'e str,
+    started: i64,
+    finished: Option<(i64, i32)>,
+}
+
+pub fn ingest(
+    conn: &mut Connection,
+    run: RunId,
+    events: impl BufRead,
+    now_ms: i64,
+) -> Result<IngestReport, IngestError> {
+    let mut report = IngestReport::default();
+    let decoded = decode(events, &mut report)?;
+    report.run_finished =
+        decoded.iter().rev().find(|e| !matches!(e.kind, EventKind::Unknown)).and_then(|e| match e.kind {
+            EventKind::RunFinished { outcome } => Some(outcome),
+            _ => None,
+        });
+
+    let jobs = collect_jobs(&decoded, now_ms);
+    let (commands, orphans) = collect_commands(&decoded, &jobs);
+    report.skipped_lines += orphans;
+
+    let run_id = run.to_string();
+    let tx = conn.transaction()?;
+    tx.execute("DELETE FROM jobs WHERE run_id = ?1", params![run_id])?;
+    {
+        let mut insert = tx.prepare_cached(
+            "INSERT INTO jobs (run_id, job_id, position, state, exit_code, started_at_ms, finished_at_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        )?;
+        for (job_id, job) in &jobs {
+            insert.execute(params![
+                run_id,
+                job_id,
+                job.position,
+                job.state,
+                job.last_exit,
+                job.started,
+                job.finished
+            ])?;
+        }
+    }
+    {
+        let mut insert = tx.prepare_cached(
+            "INSERT INTO sh_events (run_id, job_id, seq, cmd, started_at_ms, finished_at_ms, exit_code)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        )?;
+        for command in &commands {
+            let (finished, exit) = command.finished.map_or((None, None), |(at, code)| (Some(at), Some(code)));
+            insert.execute(params![
+                run_id,
+                command.job,
+                command.seq,
+                command.cmd,
+                command.started,
+                finished,
+                exit
+            ])?;
+        }
+    }
+    tx.commit()?;
+    report.jobs = jobs.len();
+    report.commands = commands.len();
+    Ok(report)
+}
+
+/// Decodes every line it can; the rest are counted as skipped.
+fn decode(events: impl BufRead, report: &mut IngestReport) -> Result<Vec<Event>, IngestError> {
+    let mut decoded = Vec::new();
+    let mut warned = 0;
+    for (number, line) in events.split(b'\n').enumerate() {
+        let line = line.map_err(|source| IngestError::Io { path: PathBuf::from("events.jsonl"), source })?;
+        if line.iter().all(u8::is_ascii_whitespace) {
+            continue;
+        }
+        let parsed = std::str::from_utf8(&line).ok().map(Event::from_line);
+        match parsed {
+            Some(Ok(event)) => decoded.push(event),
+            Some(Err(e)) => {
+                report.skipped_lines += 1;
+                if warned < 3 {
+                    warned += 1;
+                    tracing::warn!(line = number + 1, error = %e, "skipping an unreadable event line");
+                }
+            }
+            None => report.skipped_lines += 1,
+        }
+    }
+    report.events = decoded.len();
+    Ok(decoded)
+}
+
+/// Pass 1: one record per job, in order of first appearance.
+fn collect_jobs(events: &[Event], now_ms: i64) -> Vec<(&str, JobRecord)> {
+    let mut jobs: Vec<(&str, JobRecord)> = Vec::new();
+    let mut index: HashMap<&str, usize> = HashMap::new();
+    for event in events {
+        let Some(job_id) = event.job_id() else { continue };
+        let slot = *index.entry(job_id.as_str()).or_insert_with(|| {
+            let position = jobs.len();
+            jobs.push((
+                job_id.as_str(),
+                JobRecord { position, started: None, finished: None, state: "pending", last_exit: None },
+            ));
+            position
+        });
+        let job = &mut jobs[slot].1;
+        match &event.kind {
+            EventKind::JobStarted { .. } => {
+                job.started = Some(event.at_ms);
+                job.state = "active";
+            }
+            EventKind::JobFinished { outcome, .. } => {
+                job.state = match outcome {
+                    JobOutcome::Complete => "complete",
+                    JobOutcome::Failed => "failed",
+                };
+                job.finished = Some(event.at_ms);
+            }
+            EventKind::JobSkipped { .. } => {
+                job.state = "skipped";
+                job.started = None;
+                job.finished = Some(event.at_ms);
+            }
+            EventKind::ShFinished { exit_code, .. } => job.last_exit = Some(*exit_code),
+            _ => {}
+        }
+    }
+    for (_, job) in &mut jobs {
+        match job.state {
+            // Started, never finished: quire-ci was stopped mid-job.
+            "active" => {
+                job.state = "aborted";
+                job.finished = Some(now_ms);
+            }
+            // Commands or a finish without a start: a mangled stream. The
+            // job ran, so it is recorded as aborted at its first sign.
+            "pending" | "complete" | "failed" if job.started.is_none() => {
+                job.started = job.finished.or(Some(now_ms));
+                job.finished = job.started;
+                job.state = "aborted";
+            }
+            _ => {}
+        }
+        if let (Some(start), Some(finish)) = (job.started, job.finished) {
+            job.finished = Some(finish.max(start));
+        }
+    }
+    jobs
+}
+
+/// Pass 2: commands numbered per job; a finish completes the job's oldest
+/// unfinished command. Returns the commands and how many events referred
+/// to no command or job.
+fn collect_commands<'e>(events: &'e [Event], jobs: &[(&str, JobRecord)]) -> (Vec<CommandRecord<'e>>, usize) {
+    let known: HashSet<&str> = jobs.iter().map(|(id, _)| *id).collect();
+    let mut commands: Vec<CommandRecord<'e>> = Vec::new();
+    let mut per_job: HashMap<&str, (u32, VecDeque<usize>)> = HashMap::new();
+    let mut orphans = 0;
+    for event in events {
+        match &event.kind {
+            EventKind::ShStarted { job_id, cmd } if known.contains(job_id.as_str()) => {
+                let (count, open) = per_job.entry(job_id.as_str()).or_default();
+                *count += 1;
+                open.push_back(commands.len());
+                commands.push(CommandRecord {
+                    job: job_id.as_str(),
+                    seq: *count,
+                    cmd,
+                    started: event.at_ms,
+                    finished: None,
+                });
+            }
+            EventKind::ShFinished { job_id, exit_code } => {
+                let open = per_job.get_mut(job_id.as_str()).map(|(_, open)| open).filter(|o| !o.is_empty());
+                match open {
+                    Some(open) => {
+                        let command = &mut commands[open.pop_front().expect("not empty")];
+                        command.finished = Some((event.at_ms.max(command.started), *exit_code));
+                    }
+                    None => orphans += 1,
+                }
+            }
+            EventKind::ShStarted { .. } => orphans += 1,
+            _ => {}
+        }
+    }
+    (commands, orphans)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::db;
+    use crate::runs::{self, NewRun};
+
+    fn setup() -> (tempfile::TempDir, Connection, RunId) {
+        let dir = tempfile::tempdir().unwrap();
+        let mut conn = db::open_and_migrate(&dir.path().join("quire.db")).unwrap();
+        let new = NewRun {
+            repo: "foo.git".parse().unwrap(),
+            ref_name: "refs/heads/main".into(),
+            sha: "c".repeat(40),
+            previous_sha: None,
+            pushed_at_ms: 0,
+        };
+        let (run, _) = runs::enqueue(&mut conn, &new).unwrap();
+        (dir, conn, run)
+    }
+
+    fn rows(conn: &Connection, sql: &str) -> Vec<String> {
+        let mut stmt = conn.prepare(sql).unwrap();
+        let count = stmt.column_count();
+        stmt.query_map([], |r| {
+            Ok((0..count)
+                .map(|i| match r.get_ref(i).unwrap() {
+                    rusqlite::types::ValueRef::Null => "-".to_string(),
+                    rusqlite::types::ValueRef::Integer(n) => n.to_string(),
+                    rusqlite::types::ValueRef::Text(t) => String::from_utf8_lossy(t).into_owned(),
+                    other => format!("{other:?}"),
+                })
+                .collect::<Vec<_>>()
+                .join(" "))
+        })
+        .unwrap()
+        .map(|r| r.unwrap())
+        .collect()
+    }
+
+    const FULL: &str = r#"{"at_ms":100,"type":"job_started","job_id":"build"}
+{"at_ms":110,"type":"sh_started","job_id":"build","cmd":"echo hi"}
+{"at_ms":190,"type":"sh_finished","job_id":"build","exit_code":0}
+{"at_ms":200,"type":"job_finished","job_id":"build","outcome":"complete"}
+{"at_ms":210,"type":"job_started","job_id":"test"}
+{"at_ms":212,"type":"sh_started","job_id":"test","cmd":"true"}
+{"at_ms":213,"type":"sh_finished","job_id":"test","exit_code":0}
+{"at_ms":214,"type":"sh_started","job_id":"test","cmd":"false"}
+{"at_ms":215,"type":"sh_finished","job_id":"test","exit_code":1}
+{"at_ms":220,"type":"job_finished","job_id":"test","outcome":"failed"}
+{"at_ms":225,"type":"job_skipped","job_id":"deploy"}
+{"at_ms":230,"type":"run_finished","outcome":"pipeline_failure"}
+"#;
+
+    #[test]
+    fn a_whole_stream_becomes_rows() {
+        let (_d, mut conn, run) = setup();
+        let report = ingest(&mut conn, run, FULL.as_bytes(), 999).unwrap();
+        assert_eq!(
+            report,
+            IngestReport {
+                events: 12,
+                jobs: 3,
+                commands: 3,
+                skipped_lines: 0,
+                run_finished: Some(RunOutcome::PipelineFailure)
+            }
+        );
+        assert_eq!(
+            rows(&conn, "SELECT job_id, position, state, exit_code, started_at_ms, finished_at_ms FROM jobs ORDER BY position"),
+            ["build 0 complete 0 100 200", "test 1 failed 1 210 220", "deploy 2 skipped - - 225"]
+        );
+        assert_eq!(
+            rows(&conn, "SELECT job_id, seq, cmd, started_at_ms, finished_at_ms, exit_code FROM sh_events ORDER BY job_id, seq"),
+            ["build 1 echo hi 110 190 0", "test 1 true 212 213 0", "test 2 false 214 215 1"]
+        );
+    }
+
+    #[test]
+    fn reingest_replaces_rows() {
+        let (_d, mut conn, run) = setup();
+        ingest(&mut conn, run, FULL.as_bytes(), 999).unwrap();
+        ingest(&mut conn, run, FULL.as_bytes(), 999).unwrap();
+        assert_eq!(rows(&conn, "SELECT count(*) FROM jobs"), ["3"]);
+        assert_eq!(rows(&conn, "SELECT count(*) FROM sh_events"), ["3"]);
+    }
+
+    #[test]
+    fn a_killed_run_leaves_aborted_jobs_and_unfinished_commands() {
+        let (_d, mut conn, run) = setup();
+        let stream = r#"{"at_ms":100,"type":"job_started","job_id":"build"}
+{"at_ms":110,"type":"sh_started","job_id":"build","cmd":"sleep 100"}
+"#;
+        let report = ingest(&mut conn, run, stream.as_bytes(), 5000).unwrap();
+        assert_eq!(report.run_finished, None);
+        assert_eq!(
+            rows(&conn, "SELECT state, started_at_ms, finished_at_ms, exit_code FROM jobs"),
+            ["aborted 100 5000 -"]
+        );
+        assert_eq!(rows(&conn, "SELECT seq, finished_at_ms, exit_code FROM sh_events"), ["1 - -"]);
+    }
+
+    #[test]
+    fn corrupt_and_truncated_lines_lose_nothing_else() {
+        let (_d, mut conn, run) = setup();
+        let stream = r#"{"at_ms":100,"type":"job_started","job_id":"a"}
+{"at_ms":101,"type":"sh_sta
+not json at all
+{"at_ms":102,"type":"job_finished","job_id":"a","outcome":"complete"}
+{"at_ms":103,"type":"artifact_uploaded","job_id":"a"}
+{"at_ms":104,"type":"run_finished","outcome":"success"}
+{"at_ms":105,"type":"job_st"#;
+        let report = ingest(&mut conn, run, stream.as_bytes(), 999).unwrap();
+        assert_eq!(report.skipped_lines, 3);
+        assert_eq!(report.events, 4, "the unknown type decodes and is ignored");
+        assert_eq!(report.run_finished, Some(RunOutcome::Success));
+        assert_eq!(rows(&conn, "SELECT job_id, state FROM jobs"), ["a complete"]);
+    }
+
+    #[test]
+    fn run_finished_counts_only_when_last() {
+        let (_d, mut conn, run) = setup();
+        let stream = r#"{"at_ms":1,"type":"run_finished","outcome":"success"}
+{"at_ms":2,"type":"job_started","job_id":"late"}
+"#;
+        assert_eq!(ingest(&mut conn, run, stream.as_bytes(), 9).unwrap().run_finished, None);
+    }
+
+    #[test]
+    fn a_missing_file_is_an_empty_report() {
+        let (dir, mut conn, run) = setup();
+        let report = ingest_file(&mut conn, run, &dir.path().join("nope.jsonl"), 1).unwrap();
+        assert_eq!(report, IngestReport::default());
+    }
+
+    #[test]
+    fn commands_of_unknown_jobs_are_skipped() {
+        let (_d, mut conn, run) = setup();
+        let stream = r#"{"at_ms":1,"type":"sh_finished","job_id":"ghost","exit_code":0}
+"#;
+        let report = ingest(&mut conn, run, stream.as_bytes(), 9).unwrap();
+        assert_eq!(report.skipped_lines, 1);
+        assert_eq!(rows(&conn, "SELECT state, started_at_ms, finished_at_ms FROM jobs"), ["aborted 9 9"]);
+    }
+}

@@ -1,0 +1,479 @@
+//! The runner: turns pushes into runs and runs into `quire-ci` processes.
+//! It owns the queue discipline (oldest pending first, at most
+//! `max-concurrent-runs` at once), workspace materialization, run tokens,
+//! spawning and stopping quire-ci (supersede, cancel, timeout), and calling
+//! ingest and the final transition when a process exits. The state changes
+//! themselves are `runs`' statements.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use quire_core::event::RunOutcome;
+use rustix::process::{kill_process_group, Pid, Signal};
+use tokio::sync::Notify;
+
+use crate::config::Config;
+use crate::db::Pool;
+use crate::ingest;
+use crate::repos::RepoName;
+use crate::root::DataRoot;
+use crate::runs::{self, Ending, FailureKind, NewRun, Run, RunId};
+use crate::socket::{is_zero_sha, Message};
+
+/// How long quire-ci gets to stop its commands after SIGTERM before the
+/// whole process group is killed.
+const STOP_GRACE: Duration = Duration::from_secs(5);
+
+/// Why the server stopped a run's process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stop {
+    Superseded,
+    Canceled,
+    Timeout,
+}
+
+/// A quire-ci process the runner is waiting for.
+struct Running {
+    group: Pid,
+    stop: Option<Stop>,
+}
+
+#[derive(Clone)]
+pub struct Launcher {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    root: DataRoot,
+    db: Pool,
+    config: Config,
+    quire_ci: PathBuf,
+    server_url: String,
+    wake: Notify,
+    running: Mutex<HashMap<RunId, Running>>,
+}
+
+/// Where the executor binary is: `$QUIRE_CI_BIN`, else next to `quire`.
+pub fn quire_ci_binary() -> PathBuf {
+    if let Some(path) = std::env::var_os("QUIRE_CI_BIN").filter(|p| !p.is_empty()) {
+        return PathBuf::from(path);
+    }
+    std::env::current_exe()
+        .ok()
+        .and_then(|exe| exe.parent().map(|dir| dir.join("quire-ci")))
+        .unwrap_or_else(|| PathBuf::from("quire-ci"))
+}
+
+impl Launcher {
+    pub fn new(root: DataRoot, db: Pool, config: Config, server_url: String) -> Launcher {
+        Launcher {
+            inner: Arc::new(Inner {
+                root,
+                db,
+                config,
+                quire_ci: quire_ci_binary(),
+                server_url,
+                wake: Notify::new(),
+                running: Mutex::new(HashMap::new()),
+            }),
+        }
+    }
+
+    /// Handles a message from the socket; returns the runs it created or
+    /// touched, or a message for the sender.
+    pub async fn handle(&self, message: Message) -> Result<Vec<RunId>, String> {
+        match message {
+            Message::Push { repo, pushed_at_ms, refs } => {
+                let repo: RepoName =
+                    repo.parse().map_err(|e: crate::repos::InvalidRepoName| e.to_string())?;
+                let mut created = Vec::new();
+                for update in refs.into_iter().filter(|u| !u.is_deletion()) {
+                    let new = NewRun {
+                        repo: repo.clone(),
+                        ref_name: update.ref_name,
+                        sha: update.new_sha,
+                        previous_sha: Some(update.old_sha).filter(|s| !is_zero_sha(s)),
+                        pushed_at_ms,
+                    };
+                    created.push(self.queue(new).await?);
+                }
+                Ok(created)
+            }
+            Message::Cancel { run_id } => {
+                let id: RunId = run_id.parse().map_err(|e: runs::InvalidRunId| e.to_string())?;
+                self.cancel(id).await?;
+                Ok(vec![id])
+            }
+        }
+    }
+
+    /// Supersedes the ref's unfinished runs and queues a new one.
+    pub async fn queue(&self, new: NewRun) -> Result<RunId, String> {
+        let db = self.inner.db.clone();
+        let (repo, ref_name) = (new.repo.to_string(), new.ref_name.clone());
+        let (id, superseded) = tokio::task::spawn_blocking(move || -> Result<_, String> {
+            let mut conn = db.get().map_err(|e| e.to_string())?;
+            let active: Vec<RunId> = runs::unfinished_of_ref(&conn, &repo, &ref_name)
+                .map_err(|e| e.to_string())?
+                .into_iter()
+                .map(|r| r.id)
+                .collect();
+            let (id, pending) =
+                runs::enqueue(&mut conn, &new).map_err(|e| format!("cannot queue the run: {e}"))?;
+            Ok((id, active.into_iter().chain(pending).collect::<Vec<_>>()))
+        })
+        .await
+        .map_err(|e| e.to_string())??;
+        for old in superseded {
+            self.stop(old, Stop::Superseded);
+        }
+        tracing::info!(run = %id, "run queued");
+        self.inner.wake.notify_one();
+        Ok(id)
+    }
+
+    /// Cancels a run: a pending one fails at once, a running one is stopped
+    /// and fails when its process is gone.
+    pub async fn cancel(&self, id: RunId) -> Result<(), String> {
+        if self.stop(id, Stop::Canceled) {
+            return Ok(());
+        }
+        let db = self.inner.db.clone();
+        tokio::task::spawn_blocking(move || -> Result<(), String> {
+            let conn = db.get().map_err(|e| e.to_string())?;
+            let run = runs::get(&conn, id).map_err(|e| e.to_string())?.ok_or(format!("no run {id}"))?;
+            if run.state.is_finished() {
+                return Err(format!("run {id} already finished ({})", run.state.as_str()));
+            }
+            runs::finish(&conn, id, &Ending::Failed(FailureKind::Canceled)).map_err(|e| e.to_string())?;
+            Ok(())
+        })
+        .await
+        .map_err(|e| e.to_string())?
+    }
+
+    /// Asks a running quire-ci to stop (SIGTERM to its process group, SIGKILL
+    /// after a grace period). False when the run has no process.
+    fn stop(&self, id: RunId, why: Stop) -> bool {
+        let group = {
+            let mut running = self.inner.running.lock().expect("running lock");
+            let Some(run) = running.get_mut(&id) else { return false };
+            run.stop.get_or_insert(why);
+            run.group
+        };
+        tracing::info!(run = %id, reason = ?why, "stopping quire-ci");
+        let _ = kill_process_group(group, Signal::TERM);
+        let inner = self.inner.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(STOP_GRACE).await;
+            let still_there =
+                inner.running.lock().expect("running lock").get(&id).map(|r| r.group) == Some(group);
+            if still_there {
+                let _ = kill_process_group(group, Signal::KILL);
+            }
+        });
+        true
+    }
+
+    /// The runner: starts pending runs while there is room, then sleeps
+    /// until a push arrives or a run ends.
+    pub async fn run_queue(self) {
+        loop {
+            while self.running_count() < self.inner.config.ci.max_concurrent_runs {
+                match self.next_pending().await {
+                    Ok(Some(run)) => self.start(run).await,
+                    Ok(None) => break,
+                    Err(e) => {
+                        tracing::error!(error = %e, "reading the run queue failed");
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                        break;
+                    }
+                }
+            }
+            self.inner.wake.notified().await;
+        }
+    }
+
+    fn running_count(&self) -> usize {
+        self.inner.running.lock().expect("running lock").len()
+    }
+
+    async fn next_pending(&self) -> Result<Option<Run>, String> {
+        let db = self.inner.db.clone();
+        tokio::task::spawn_blocking(move || {
+            let conn = db.get().map_err(|e| e.to_string())?;
+            runs::next_pending(&conn).map_err(|e| e.to_string())
+        })
+        .await
+        .map_err(|e| e.to_string())?
+    }
+
+    /// Prepares and spawns one run. Failures before quire-ci runs fail the
+    /// run (with the reason in its quire-ci.log) rather than the server.
+    async fn start(&self, run: Run) {
+        let id = run.id;
+        let Ok(repo) = run.repo.parse::<RepoName>() else {
+            tracing::error!(run = %id, repo = %run.repo, "queued run has an invalid repository name");
+            self.finish_without_process(id, None, "invalid repository name").await;
+            return;
+        };
+        let run_dir = self.inner.root.run_dir(&repo, id);
+        let workspace = run_dir.join("workspace");
+        let token = mint_token();
+        let prepared = {
+            let (root, db) = (self.inner.root.clone(), self.inner.db.clone());
+            let (repo, workspace, sha) = (repo.clone(), workspace.clone(), run.sha.clone());
+            let hash = runs::token_hash(&token);
+            tokio::task::spawn_blocking(move || -> Result<bool, String> {
+                std::fs::create_dir_all(&workspace)
+                    .map_err(|e| format!("cannot create {}: {e}", workspace.display()))?;
+                materialize(&root.repo_path(&repo), &sha, &workspace)?;
+                let conn = db.get().map_err(|e| e.to_string())?;
+                runs::claim(&conn, id, &hash, &workspace.display().to_string()).map_err(|e| e.to_string())
+            })
+            .await
+            .unwrap_or_else(|e| Err(e.to_string()))
+        };
+        match prepared {
+            Ok(true) => {}
+            Ok(false) => {
+                // Superseded or canceled while the checkout was made.
+                let _ = std::fs::remove_dir_all(&workspace);
+                return;
+            }
+            Err(reason) => {
+                tracing::error!(run = %id, %reason, "preparing the run failed");
+                self.finish_without_process(id, Some(&run_dir), &reason).await;
+                return;
+            }
+        }
+        match self.spawn(id, &run_dir, &workspace, &token) {
+            Ok(child) => {
+                let launcher = self.clone();
+                tokio::spawn(async move { launcher.supervise(id, repo, run_dir, workspace, child).await });
+            }
+            Err(reason) => {
+                tracing::error!(run = %id, %reason, "spawning quire-ci failed");
+                let _ = std::fs::remove_dir_all(&workspace);
+                self.finish_without_process(id, Some(&run_dir), &reason).await;
+            }
+        }
+    }
+
+    fn spawn(
+        &self,
+        id: RunId,
+        run_dir: &Path,
+        workspace: &Path,
+        token: &str,
+    ) -> Result<tokio::process::Child, String> {
+        let log_path = run_dir.join("quire-ci.log");
+        let log = std::fs::File::create(&log_path)
+            .map_err(|e| format!("cannot create {}: {e}", log_path.display()))?;
+        let log_err = log.try_clone().map_err(|e| e.to_string())?;
+        let mut command = tokio::process::Command::new(&self.inner.quire_ci);
+        command
+            .arg("run")
+            .arg("--workspace")
+            .arg(workspace)
+            .arg("--events")
+            .arg(run_dir.join("events.jsonl"))
+            .arg("--out-dir")
+            .arg(run_dir)
+            .env("QUIRE__SERVER_URL", &self.inner.server_url)
+            .env("QUIRE__RUN_TOKEN", token)
+            .env_remove("QUIRE_ROOT")
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(log))
+            .stderr(Stdio::from(log_err))
+            .process_group(0)
+            .kill_on_drop(false);
+        if let Some(dsn) = &self.inner.config.sentry_dsn {
+            command.env("QUIRE__SENTRY_DSN", dsn);
+        }
+        // SAFETY: only calls prctl, which is async-signal-safe.
+        unsafe {
+            command.pre_exec(|| {
+                // If the server dies, its runs die with it instead of running
+                // on unsupervised; restart marks them orphaned.
+                rustix::process::set_parent_process_death_signal(Some(Signal::KILL))?;
+                Ok(())
+            });
+        }
+        let child =
+            command.spawn().map_err(|e| format!("cannot start {}: {e}", self.inner.quire_ci.display()))?;
+        let pid = child.id().ok_or("quire-ci exited before it could be tracked")?;
+        let group = Pid::from_raw(pid as i32).ok_or("quire-ci has no pid")?;
+        self.inner.running.lock().expect("running lock").insert(id, Running { group, stop: None });
+        tracing::info!(run = %id, pid, "quire-ci started");
+        Ok(child)
+    }
+
+    /// Waits for quire-ci (killing it at the run timeout), then records the
+    /// run: ingest, transition, cleanup.
+    async fn supervise(
+        &self,
+        id: RunId,
+        repo: RepoName,
+        run_dir: PathBuf,
+        workspace: PathBuf,
+        mut child: tokio::process::Child,
+    ) {
+        let timeout = self.inner.config.ci.timeout;
+        let status = match tokio::time::timeout(timeout, child.wait()).await {
+            Ok(status) => status,
+            Err(_) => {
+                self.stop(id, Stop::Timeout);
+                child.wait().await
+            }
+        };
+        let stop = self.inner.running.lock().expect("running lock").get(&id).and_then(|r| r.stop);
+        // Whatever is left of the process group goes now.
+        if let Some(group) = self.inner.running.lock().expect("running lock").get(&id).map(|r| r.group) {
+            let _ = kill_process_group(group, Signal::KILL);
+        }
+        let exited_cleanly = matches!(&status, Ok(s) if s.success());
+        if let Err(e) = &status {
+            tracing::error!(run = %id, error = %e, "waiting for quire-ci failed");
+        }
+
+        let db = self.inner.db.clone();
+        let events = run_dir.join("events.jsonl");
+        let recorded = tokio::task::spawn_blocking(move || -> Result<Ending, String> {
+            let mut conn = db.get().map_err(|e| e.to_string())?;
+            let report = ingest::ingest_file(&mut conn, id, &events, runs::now_ms()).map_err(|e| e.to_string())?;
+            if report.skipped_lines > 0 {
+                tracing::warn!(run = %id, skipped = report.skipped_lines, "events.jsonl had unreadable lines");
+            }
+            let ending = ending_for(stop, exited_cleanly, report.run_finished);
+            runs::finish(&conn, id, &ending).map_err(|e| e.to_string())?;
+            Ok(ending)
+        })
+        .await
+        .unwrap_or_else(|e| Err(e.to_string()));
+
+        match recorded {
+            Ok(Ending::Complete) => tracing::info!(run = %id, %repo, "run complete"),
+            Ok(Ending::Failed(FailureKind::PipelineFailure)) => {
+                tracing::info!(run = %id, %repo, "run failed: the pipeline failed")
+            }
+            Ok(Ending::Failed(kind)) => tracing::warn!(run = %id, %repo, %kind, "run failed"),
+            Ok(Ending::Superseded) => tracing::info!(run = %id, %repo, "run superseded"),
+            Err(e) => {
+                tracing::error!(run = %id, error = %e, "recording the run failed");
+                let db = self.inner.db.clone();
+                let _ = tokio::task::spawn_blocking(move || {
+                    db.get().map(|conn| runs::finish(&conn, id, &Ending::Failed(FailureKind::ProcessCrashed)))
+                })
+                .await;
+            }
+        }
+        if let Err(e) = tokio::fs::remove_dir_all(&workspace).await {
+            tracing::warn!(run = %id, error = %e, "cannot remove the workspace");
+        }
+        self.inner.running.lock().expect("running lock").remove(&id);
+        self.inner.wake.notify_one();
+    }
+
+    /// Fails a run that never got a process, leaving the reason where its
+    /// logs would be.
+    async fn finish_without_process(&self, id: RunId, run_dir: Option<&Path>, reason: &str) {
+        if let Some(dir) = run_dir {
+            let _ = std::fs::create_dir_all(dir);
+            let _ = std::fs::write(
+                dir.join("quire-ci.log"),
+                format!("quire: the run could not start: {reason}\n"),
+            );
+        }
+        let db = self.inner.db.clone();
+        let result = tokio::task::spawn_blocking(move || {
+            let conn = db.get().map_err(|e| e.to_string())?;
+            runs::finish(&conn, id, &Ending::Failed(FailureKind::ProcessCrashed)).map_err(|e| e.to_string())
+        })
+        .await;
+        if let Ok(Err(e)) | Err(e) = result.map_err(|e| e.to_string()) {
+            tracing::error!(run = %id, error = %e, "cannot mark the run failed");
+        }
+        self.inner.wake.notify_one();
+    }
+}
+
+/// The transition table of SPEC §6.4: how a run ends given why the server
+/// stopped it (if it did), quire-ci's exit status and its last event.
+fn ending_for(stop: Option<Stop>, exited_cleanly: bool, run_finished: Option<RunOutcome>) -> Ending {
+    match (stop, exited_cleanly, run_finished) {
+        (Some(Stop::Superseded), _, _) => Ending::Superseded,
+        (Some(Stop::Canceled), _, _) => Ending::Failed(FailureKind::Canceled),
+        (Some(Stop::Timeout), _, _) => Ending::Failed(FailureKind::Timeout),
+        (None, true, Some(RunOutcome::Success)) => Ending::Complete,
+        (None, true, Some(RunOutcome::PipelineFailure)) => Ending::Failed(FailureKind::PipelineFailure),
+        (None, _, _) => Ending::Failed(FailureKind::ProcessCrashed),
+    }
+}
+
+/// ≥128 random bits, hex.
+fn mint_token() -> String {
+    let mut bytes = [0u8; 32];
+    getrandom::fill(&mut bytes).expect("the OS random source works");
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// `git archive <sha> | tar -x` into the workspace.
+fn materialize(bare: &Path, sha: &str, workspace: &Path) -> Result<(), String> {
+    use std::process::Command;
+    let mut archive = Command::new("git")
+        .arg("--git-dir")
+        .arg(bare)
+        .args(["archive", "--format=tar", sha])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("cannot run git archive: {e}"))?;
+    let tar = Command::new("tar")
+        .arg("-x")
+        .arg("-C")
+        .arg(workspace)
+        .stdin(archive.stdout.take().expect("piped"))
+        .output()
+        .map_err(|e| format!("cannot run tar: {e}"))?;
+    let archived = archive.wait_with_output().map_err(|e| format!("git archive failed: {e}"))?;
+    if !archived.status.success() {
+        return Err(format!(
+            "git archive of {sha} failed: {}",
+            String::from_utf8_lossy(&archived.stderr).trim()
+        ));
+    }
+    if !tar.status.success() {
+        return Err(format!("tar failed: {}", String::from_utf8_lossy(&tar.stderr).trim()));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_transition_table() {
+        use FailureKind::*;
+        let ok = Some(RunOutcome::Success);
+        let failed = Some(RunOutcome::PipelineFailure);
+        assert_eq!(ending_for(None, true, ok), Ending::Complete);
+        assert_eq!(ending_for(None, true, failed), Ending::Failed(PipelineFailure));
+        assert_eq!(ending_for(None, false, ok), Ending::Failed(ProcessCrashed));
+        assert_eq!(ending_for(None, true, None), Ending::Failed(ProcessCrashed));
+        assert_eq!(ending_for(Some(Stop::Timeout), false, None), Ending::Failed(Timeout));
+        assert_eq!(ending_for(Some(Stop::Canceled), true, ok), Ending::Failed(Canceled));
+        assert_eq!(ending_for(Some(Stop::Superseded), false, None), Ending::Superseded);
+    }
+
+    #[test]
+    fn tokens_are_long_and_fresh() {
+        let (a, b) = (mint_token(), mint_token());
+        assert_eq!(a.len(), 64);
+        assert_ne!(a, b);
+    }
+}

@@ -1,0 +1,238 @@
+//! The operator's `quire ci …` commands: listing runs, showing one, printing
+//! its logs, canceling and retriggering. They read the database and files
+//! directly and talk to a running server over the socket when they need it
+//! to act (stopping a process, queueing a run).
+
+use std::fmt::Write as _;
+use std::path::Path;
+use std::process::Command;
+
+use quire_core::cri;
+
+use crate::db;
+use crate::hook::{self, HookOutcome};
+use crate::jobs;
+use crate::repos::RepoName;
+use crate::root::DataRoot;
+use crate::runs::{self, Run, RunId};
+use crate::socket::{self, Message, RefUpdate, SendError, ZERO_SHA};
+
+#[derive(Debug, thiserror::Error)]
+pub enum OpsError {
+    #[error(transparent)]
+    Db(#[from] db::DbError),
+    #[error("database query failed: {0}")]
+    Sql(#[from] rusqlite::Error),
+    #[error("no run matches {0:?}")]
+    NoSuchRun(String),
+    #[error("{0:?} matches several runs; give more of the id")]
+    Ambiguous(String),
+    #[error("run {0} has no job `{1}`")]
+    NoSuchJob(RunId, String),
+    #[error(transparent)]
+    Repo(#[from] crate::repos::InvalidRepoName),
+    #[error("no repository {0}")]
+    NoSuchRepo(RepoName),
+    #[error("{0} has no ref {1}")]
+    NoSuchRef(RepoName, String),
+    #[error("{0}")]
+    Refused(String),
+    #[error(transparent)]
+    Hook(#[from] hook::HookError),
+}
+
+/// Finds a run by its id or a unique prefix of it (at least 4 characters).
+pub fn find_run(conn: &rusqlite::Connection, id_or_prefix: &str) -> Result<Run, OpsError> {
+    let not_found = || OpsError::NoSuchRun(id_or_prefix.to_string());
+    if let Ok(id) = id_or_prefix.parse::<RunId>() {
+        return runs::get(conn, id)?.ok_or_else(not_found);
+    }
+    let valid_prefix =
+        id_or_prefix.len() >= 4 && id_or_prefix.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-');
+    if !valid_prefix {
+        return Err(not_found());
+    }
+    let mut stmt =
+        conn.prepare("SELECT id FROM runs WHERE id >= ?1 AND id < ?1 || 'g' ORDER BY id LIMIT 2")?;
+    let ids: Vec<String> = stmt.query_map([id_or_prefix], |r| r.get(0))?.collect::<rusqlite::Result<_>>()?;
+    match ids.as_slice() {
+        [one] => runs::get(conn, one.parse().map_err(|_| not_found())?)?.ok_or_else(not_found),
+        [] => Err(not_found()),
+        _ => Err(OpsError::Ambiguous(id_or_prefix.to_string())),
+    }
+}
+
+/// `quire ci runs [REPO]`: newest first.
+pub fn list_runs(root: &DataRoot, repo: Option<&RepoName>) -> Result<String, OpsError> {
+    let conn = db::open_and_migrate(&root.db_path())?;
+    let runs = runs::list(&conn, repo.map(RepoName::as_str), 50, 0)?;
+    let now = runs::now_ms();
+    let mut out = String::new();
+    if runs.is_empty() {
+        out.push_str("no runs yet\n");
+        return Ok(out);
+    }
+    let _ = writeln!(
+        out,
+        "{:<36}  {:<20}  {:<24}  {:<10}  {:<10}  {:<16}  DURATION",
+        "RUN", "REPO", "REF", "SHA", "STATE", "FAILURE"
+    );
+    for run in runs {
+        let _ = writeln!(
+            out,
+            "{:<36}  {:<20}  {:<24}  {:<10}  {:<10}  {:<16}  {}",
+            run.id,
+            run.repo,
+            run.ref_name,
+            run.short_sha(),
+            run.state.as_str(),
+            run.failure_kind.as_ref().map_or("-", |k| k.as_str()),
+            seconds(run.duration_ms(now)),
+        );
+    }
+    Ok(out)
+}
+
+/// `quire ci show RUN`: the run, its jobs and their commands.
+pub fn show_run(root: &DataRoot, id: &str) -> Result<String, OpsError> {
+    let conn = db::open_and_migrate(&root.db_path())?;
+    let run = find_run(&conn, id)?;
+    let jobs = jobs::of_run(&conn, run.id)?;
+    let mut out = String::new();
+    let _ = writeln!(out, "run       {}", run.id);
+    let _ = writeln!(out, "repo      {} {} at {}", run.repo, run.ref_name, run.sha);
+    let state = match &run.failure_kind {
+        Some(kind) => format!("{} ({kind})", run.state.as_str()),
+        None => run.state.as_str().to_string(),
+    };
+    let _ = writeln!(out, "state     {state}");
+    let _ = writeln!(out, "queued    {}", timestamp(run.queued_at_ms));
+    if let Some(started) = run.started_at_ms {
+        let _ = writeln!(out, "started   {}", timestamp(started));
+    }
+    if let Some(finished) = run.finished_at_ms {
+        let _ =
+            writeln!(out, "finished  {} (took {})", timestamp(finished), seconds(run.duration_ms(finished)));
+    }
+    if jobs.is_empty() {
+        let _ = writeln!(out, "\nno jobs recorded (see `quire ci logs {}` for quire-ci's own log)", run.id);
+    }
+    for job in &jobs {
+        let took = job.duration_ms().map(seconds).unwrap_or_default();
+        let _ = writeln!(out, "\njob {}  {}  {}", job.job_id, job.state, took);
+        for command in &job.commands {
+            let exit = command.exit_code.map_or("unfinished".to_string(), |c| format!("exit {c}"));
+            let took = command.duration_ms().map(seconds).unwrap_or_default();
+            let _ = writeln!(out, "  sh-{}  {exit:<10}  {took:>8}  $ {}", command.seq, command.cmd);
+        }
+    }
+    Ok(out)
+}
+
+/// `quire ci logs RUN [JOB]`: the CRI logs as text, command by command.
+pub fn logs(root: &DataRoot, id: &str, job: Option<&str>) -> Result<String, OpsError> {
+    let conn = db::open_and_migrate(&root.db_path())?;
+    let run = find_run(&conn, id)?;
+    let jobs = jobs::of_run(&conn, run.id)?;
+    let repo: RepoName = run.repo.parse()?;
+    let run_dir = root.run_dir(&repo, run.id);
+    let mut out = String::new();
+    let selected: Vec<_> = match job {
+        Some(name) => {
+            let found: Vec<_> = jobs.iter().filter(|j| j.job_id == name).collect();
+            if found.is_empty() {
+                return Err(OpsError::NoSuchJob(run.id, name.to_string()));
+            }
+            found
+        }
+        None => jobs.iter().collect(),
+    };
+    for job in selected {
+        let dir = run_dir.join("jobs").join(&job.job_id);
+        for command in &job.commands {
+            let _ = writeln!(out, "==> {} sh-{}: $ {}", job.job_id, command.seq, command.cmd);
+            append_log(&mut out, &dir.join(format!("sh-{}.log", command.seq)));
+        }
+        let job_log = dir.join("job.log");
+        if job_log.exists() {
+            let _ = writeln!(out, "==> {} (job)", job.job_id);
+            append_log(&mut out, &job_log);
+        }
+    }
+    if job.is_none() {
+        let _ = writeln!(out, "==> quire-ci.log");
+        match std::fs::read_to_string(run_dir.join("quire-ci.log")) {
+            Ok(text) => out.push_str(&text),
+            Err(_) => out.push_str("(no quire-ci.log)\n"),
+        }
+    }
+    Ok(out)
+}
+
+fn append_log(out: &mut String, path: &Path) {
+    match std::fs::read_to_string(path) {
+        Ok(text) => {
+            for line in cri::read_lines(&text) {
+                out.push_str(&line.content);
+                out.push('\n');
+            }
+        }
+        Err(_) => out.push_str("(no log file)\n"),
+    }
+}
+
+/// `quire ci cancel RUN`: through the server when it runs (it owns the
+/// process); directly in the database when it does not.
+pub fn cancel(root: &DataRoot, id: &str) -> Result<String, OpsError> {
+    let conn = db::open_and_migrate(&root.db_path())?;
+    let run = find_run(&conn, id)?;
+    if run.state.is_finished() {
+        return Err(OpsError::Refused(format!("run {} already finished ({})", run.id, run.state.as_str())));
+    }
+    match socket::send(&root.socket_path(), &Message::Cancel { run_id: run.id.to_string() }) {
+        Ok(_) => Ok(format!("run {} canceled\n", run.id)),
+        Err(SendError::NotRunning { .. }) => {
+            runs::finish(&conn, run.id, &runs::Ending::Failed(runs::FailureKind::Canceled))?;
+            Ok(format!("run {} canceled (the server is not running)\n", run.id))
+        }
+        Err(e) => Err(OpsError::Refused(e.to_string())),
+    }
+}
+
+/// `quire ci retrigger REPO REF`: a new run of the ref's current commit,
+/// queued exactly like a push of it.
+pub fn retrigger(root: &DataRoot, repo: &RepoName, ref_name: &str) -> Result<String, OpsError> {
+    let path = root.repo_path(repo);
+    if !path.is_dir() {
+        return Err(OpsError::NoSuchRepo(repo.clone()));
+    }
+    let full_ref =
+        if ref_name.starts_with("refs/") { ref_name.to_string() } else { format!("refs/heads/{ref_name}") };
+    let out = Command::new("git")
+        .arg("--git-dir")
+        .arg(&path)
+        .args(["rev-parse", "--verify", "--quiet"])
+        .arg(format!("{full_ref}^{{commit}}"))
+        .output()
+        .map_err(|e| OpsError::Refused(format!("cannot run git: {e}")))?;
+    let sha = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    if !out.status.success() || sha.is_empty() {
+        return Err(OpsError::NoSuchRef(repo.clone(), full_ref));
+    }
+    let update = RefUpdate { ref_name: full_ref.clone(), old_sha: ZERO_SHA.into(), new_sha: sha.clone() };
+    Ok(match hook::post_receive(root, repo.clone(), vec![update])? {
+        HookOutcome::Sent(runs) => format!("queued run {} for {repo} {full_ref} at {sha}\n", runs.join(", ")),
+        HookOutcome::QueuedOffline(_) => {
+            format!("queued a run for {repo} {full_ref} at {sha}; it starts when `quire serve` runs\n")
+        }
+        HookOutcome::NothingToRun => String::new(),
+    })
+}
+
+fn seconds(ms: i64) -> String {
+    format!("{:.2}s", ms.max(0) as f64 / 1000.0)
+}
+
+fn timestamp(ms: i64) -> String {
+    jiff::Timestamp::from_millisecond(ms).map(|t| t.to_string()).unwrap_or_else(|_| ms.to_string())
+}

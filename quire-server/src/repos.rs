@@ -1,0 +1,193 @@
+//! Hosted repositories: the `RepoName` newtype (the only way a name from a
+//! user, a URL or a hook becomes a path), and creating, listing and
+//! removing bare repositories with their post-receive hook.
+
+use std::fmt;
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::str::FromStr;
+
+use crate::root::DataRoot;
+
+/// A repository name: `name.git` or `group/name.git`, characters
+/// `[A-Za-z0-9._-]`, no `..`, no hidden components.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RepoName(String);
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid repository name {name:?}: {reason}")]
+pub struct InvalidRepoName {
+    pub name: String,
+    pub reason: &'static str,
+}
+
+impl FromStr for RepoName {
+    type Err = InvalidRepoName;
+    fn from_str(name: &str) -> Result<RepoName, InvalidRepoName> {
+        let fail = |reason| Err(InvalidRepoName { name: name.chars().take(100).collect(), reason });
+        if !name.ends_with(".git") {
+            return fail("it must end in .git, e.g. foo.git");
+        }
+        let parts: Vec<&str> = name.split('/').collect();
+        if parts.len() > 2 {
+            return fail("at most one group level is allowed, e.g. group/foo.git");
+        }
+        for part in &parts {
+            if part.is_empty() || part.starts_with('.') {
+                return fail("components must be non-empty and must not start with a dot");
+            }
+            if !part.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b)) {
+                return fail("only letters, digits, '.', '_' and '-' are allowed");
+            }
+        }
+        if name.contains("..") {
+            return fail("'..' is not allowed");
+        }
+        if parts.last().is_some_and(|p| *p == ".git") {
+            return fail("the name before .git is empty");
+        }
+        Ok(RepoName(name.to_string()))
+    }
+}
+
+impl RepoName {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for RepoName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RepoError {
+    #[error(transparent)]
+    Name(#[from] InvalidRepoName),
+    #[error("repository {0} already exists")]
+    Exists(RepoName),
+    #[error("no repository {0}")]
+    Missing(RepoName),
+    #[error("{what} {}: {source}", path.display())]
+    Io { what: &'static str, path: PathBuf, source: std::io::Error },
+    #[error("git init failed for {0}: {1}")]
+    Git(RepoName, String),
+}
+
+fn io<'p>(what: &'static str, path: &'p Path) -> impl FnOnce(std::io::Error) -> RepoError + 'p {
+    move |source| RepoError::Io { what, path: path.to_path_buf(), source }
+}
+
+/// Creates a bare repository with a post-receive hook calling this binary.
+pub fn create(root: &DataRoot, name: &RepoName) -> Result<PathBuf, RepoError> {
+    let path = root.repo_path(name);
+    if path.exists() {
+        return Err(RepoError::Exists(name.clone()));
+    }
+    let parent = path.parent().expect("repo paths have a parent");
+    fs::create_dir_all(parent).map_err(io("cannot create", parent))?;
+    let out = Command::new("git")
+        .args(["init", "--bare", "--quiet", "--initial-branch=main"])
+        .arg(&path)
+        .output()
+        .map_err(io("cannot run git for", &path))?;
+    if !out.status.success() {
+        return Err(RepoError::Git(name.clone(), String::from_utf8_lossy(&out.stderr).trim().to_string()));
+    }
+    install_hook(root, &path)?;
+    Ok(path)
+}
+
+/// The hook is a two-line script so that moving the binary only needs
+/// `repo new` again, not editing git internals by hand.
+fn install_hook(root: &DataRoot, repo: &Path) -> Result<(), RepoError> {
+    let exe = std::env::current_exe().map_err(io("cannot locate the quire binary for", repo))?;
+    let hook = repo.join("hooks/post-receive");
+    let script = format!(
+        "#!/bin/sh\n# Installed by quire: queues a CI run for each updated ref.\nexec {} --root {} hook post-receive\n",
+        shell_quote(&exe.display().to_string()),
+        shell_quote(&root.path().display().to_string()),
+    );
+    fs::write(&hook, script).map_err(io("cannot write the hook", &hook))?;
+    fs::set_permissions(&hook, fs::Permissions::from_mode(0o755))
+        .map_err(io("cannot make executable", &hook))?;
+    Ok(())
+}
+
+fn shell_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "'\\''"))
+}
+
+/// Every hosted repository, sorted.
+pub fn list(root: &DataRoot) -> Result<Vec<RepoName>, RepoError> {
+    let base = root.repos_dir();
+    let mut names = Vec::new();
+    let Ok(entries) = fs::read_dir(&base) else { return Ok(names) };
+    for entry in entries {
+        let entry = entry.map_err(io("cannot read", &base))?;
+        let file_name = entry.file_name().to_string_lossy().into_owned();
+        if !entry.path().is_dir() {
+            continue;
+        }
+        if let Ok(name) = file_name.parse::<RepoName>() {
+            names.push(name);
+        } else if let Ok(group) = fs::read_dir(entry.path()) {
+            for inner in group.flatten() {
+                let candidate = format!("{file_name}/{}", inner.file_name().to_string_lossy());
+                if let Ok(name) = candidate.parse::<RepoName>() {
+                    names.push(name);
+                }
+            }
+        }
+    }
+    names.sort();
+    Ok(names)
+}
+
+/// Removes a repository (its runs stay in the database and on disk).
+pub fn remove(root: &DataRoot, name: &RepoName) -> Result<(), RepoError> {
+    let path = root.repo_path(name);
+    if !path.is_dir() {
+        return Err(RepoError::Missing(name.clone()));
+    }
+    fs::remove_dir_all(&path).map_err(io("cannot remove", &path))?;
+    if let Some(group) = path.parent().filter(|p| *p != root.repos_dir()) {
+        let _ = fs::remove_dir(group);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_follow_the_rules() {
+        for ok in ["foo.git", "group/foo.git", "a.b_c-d.git", "x.y.git"] {
+            assert!(ok.parse::<RepoName>().is_ok(), "{ok}");
+        }
+        for bad in [
+            "foo",
+            "foo.git/",
+            "/foo.git",
+            "a/b/c.git",
+            "../foo.git",
+            "a/../b.git",
+            "a..b.git",
+            ".git",
+            ".hidden.git",
+            "g/.git",
+            "sp ace.git",
+            "é.git",
+            "",
+            "foo.git\n",
+            "a//b.git",
+        ] {
+            assert!(bad.parse::<RepoName>().is_err(), "{bad:?}");
+        }
+    }
+}

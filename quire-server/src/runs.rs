@@ -1,0 +1,526 @@
+//! Runs and their state machine (docs/CI-STATE.md): the types, and every
+//! statement that creates a run or moves it between states. Each transition
+//! is one conditional `UPDATE`, so a run can never be moved twice or from
+//! the wrong state, and the schema's CHECKs and triggers back this up. Jobs
+//! and commands are written by `ingest`; processes are `launcher`'s.
+
+use std::fmt;
+use std::str::FromStr;
+
+use rusqlite::{params, Connection, OptionalExtension, Row};
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+use crate::repos::RepoName;
+
+/// A run's id: a UUIDv7, so ids sort by creation time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RunId(uuid::Uuid);
+
+impl RunId {
+    pub fn generate() -> RunId {
+        RunId(uuid::Uuid::now_v7())
+    }
+}
+
+impl fmt::Display for RunId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.hyphenated().fmt(f)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0:?} is not a run id (a UUID such as 0193a4b2-7c1e-7d3f-8a9b-0c1d2e3f4a5b)")]
+pub struct InvalidRunId(pub String);
+
+impl FromStr for RunId {
+    type Err = InvalidRunId;
+    fn from_str(s: &str) -> Result<RunId, InvalidRunId> {
+        // Only the canonical hyphenated form, so a run has one spelling.
+        match uuid::Uuid::try_parse(s) {
+            Ok(id) if s.len() == 36 && id.hyphenated().to_string() == s => Ok(RunId(id)),
+            _ => Err(InvalidRunId(s.chars().take(64).collect())),
+        }
+    }
+}
+
+impl Serialize for RunId {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RunState {
+    Pending,
+    Active,
+    Complete,
+    Failed,
+    Superseded,
+}
+
+impl RunState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunState::Pending => "pending",
+            RunState::Active => "active",
+            RunState::Complete => "complete",
+            RunState::Failed => "failed",
+            RunState::Superseded => "superseded",
+        }
+    }
+
+    pub fn is_finished(self) -> bool {
+        matches!(self, RunState::Complete | RunState::Failed | RunState::Superseded)
+    }
+
+    fn parse(s: &str) -> Option<RunState> {
+        Some(match s {
+            "pending" => RunState::Pending,
+            "active" => RunState::Active,
+            "complete" => RunState::Complete,
+            "failed" => RunState::Failed,
+            "superseded" => RunState::Superseded,
+            _ => return None,
+        })
+    }
+}
+
+/// Why a run failed. The set is open: a newer database may hold kinds this
+/// build does not know, which read as [`FailureKind::Other`].
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum FailureKind {
+    PipelineFailure,
+    ProcessCrashed,
+    Orphaned,
+    Timeout,
+    Canceled,
+    Other(String),
+}
+
+impl FailureKind {
+    pub fn as_str(&self) -> &str {
+        match self {
+            FailureKind::PipelineFailure => "pipeline-failure",
+            FailureKind::ProcessCrashed => "process-crashed",
+            FailureKind::Orphaned => "orphaned",
+            FailureKind::Timeout => "timeout",
+            FailureKind::Canceled => "canceled",
+            FailureKind::Other(s) => s,
+        }
+    }
+
+    fn parse(s: &str) -> FailureKind {
+        match s {
+            "pipeline-failure" => FailureKind::PipelineFailure,
+            "process-crashed" => FailureKind::ProcessCrashed,
+            "orphaned" => FailureKind::Orphaned,
+            "timeout" => FailureKind::Timeout,
+            "canceled" => FailureKind::Canceled,
+            other => FailureKind::Other(other.to_string()),
+        }
+    }
+}
+
+impl fmt::Display for FailureKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl Serialize for FailureKind {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+/// A row of `runs`.
+#[derive(Debug, Clone, Serialize)]
+pub struct Run {
+    pub id: RunId,
+    pub repo: String,
+    pub ref_name: String,
+    pub sha: String,
+    pub previous_sha: Option<String>,
+    pub pushed_at_ms: i64,
+    pub state: RunState,
+    pub failure_kind: Option<FailureKind>,
+    pub queued_at_ms: i64,
+    pub started_at_ms: Option<i64>,
+    pub finished_at_ms: Option<i64>,
+}
+
+const RUN_COLUMNS: &str = "id, repo, ref_name, sha, previous_sha, pushed_at_ms, state, failure_kind, \
+                           queued_at_ms, started_at_ms, finished_at_ms";
+
+impl Run {
+    fn from_row(row: &Row) -> rusqlite::Result<Run> {
+        let id: String = row.get(0)?;
+        let state: String = row.get(6)?;
+        let bad = |what: String| {
+            rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, what.into())
+        };
+        Ok(Run {
+            id: id.parse().map_err(|e: InvalidRunId| bad(e.to_string()))?,
+            repo: row.get(1)?,
+            ref_name: row.get(2)?,
+            sha: row.get(3)?,
+            previous_sha: row.get(4)?,
+            pushed_at_ms: row.get(5)?,
+            state: RunState::parse(&state).ok_or_else(|| bad(format!("unknown run state {state:?}")))?,
+            failure_kind: row.get::<_, Option<String>>(7)?.map(|k| FailureKind::parse(&k)),
+            queued_at_ms: row.get(8)?,
+            started_at_ms: row.get(9)?,
+            finished_at_ms: row.get(10)?,
+        })
+    }
+
+    pub fn short_sha(&self) -> &str {
+        &self.sha[..self.sha.len().min(10)]
+    }
+
+    /// Milliseconds from start (or queueing) to finish, or to `now` while
+    /// the run is unfinished.
+    pub fn duration_ms(&self, now: i64) -> i64 {
+        let from = self.started_at_ms.unwrap_or(self.queued_at_ms);
+        self.finished_at_ms.unwrap_or(now) - from
+    }
+}
+
+/// How a run ends.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Ending {
+    Complete,
+    Failed(FailureKind),
+    Superseded,
+}
+
+/// What a push asks for: a run of `sha` for `ref_name`.
+#[derive(Debug, Clone)]
+pub struct NewRun {
+    pub repo: RepoName,
+    pub ref_name: String,
+    pub sha: String,
+    pub previous_sha: Option<String>,
+    pub pushed_at_ms: i64,
+}
+
+/// The server's clock, Unix milliseconds.
+pub fn now_ms() -> i64 {
+    jiff::Timestamp::now().as_millisecond()
+}
+
+/// Hex SHA-256 of a run token; only this is stored.
+pub fn token_hash(token: &str) -> String {
+    let digest = Sha256::digest(token.as_bytes());
+    digest.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Queues a run, first superseding the ref's earlier pending runs (their
+/// ids are returned with the new one). Active runs of the ref are the
+/// caller's to stop: they have processes.
+pub fn enqueue(conn: &mut Connection, new: &NewRun) -> rusqlite::Result<(RunId, Vec<RunId>)> {
+    let tx = conn.transaction()?;
+    let now = now_ms();
+    let superseded = {
+        let mut stmt = tx.prepare(
+            "UPDATE runs SET state = 'superseded', finished_at_ms = max(?3, queued_at_ms)
+             WHERE repo = ?1 AND ref_name = ?2 AND state = 'pending' RETURNING id",
+        )?;
+        let ids = stmt.query_map(params![new.repo.as_str(), new.ref_name, now], |r| r.get::<_, String>(0))?;
+        ids.filter_map(|id| id.ok()?.parse().ok()).collect()
+    };
+    let id = RunId::generate();
+    tx.execute(
+        "INSERT INTO runs (id, repo, ref_name, sha, previous_sha, pushed_at_ms, state, queued_at_ms)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'pending', ?7)",
+        params![
+            id.to_string(),
+            new.repo.as_str(),
+            new.ref_name,
+            new.sha,
+            new.previous_sha,
+            new.pushed_at_ms,
+            now
+        ],
+    )?;
+    tx.commit()?;
+    Ok((id, superseded))
+}
+
+/// Unfinished runs of a ref, oldest first.
+pub fn unfinished_of_ref(conn: &Connection, repo: &str, ref_name: &str) -> rusqlite::Result<Vec<Run>> {
+    let mut stmt = conn.prepare(&format!(
+        "SELECT {RUN_COLUMNS} FROM runs
+         WHERE repo = ?1 AND ref_name = ?2 AND state IN ('pending', 'active') ORDER BY id"
+    ))?;
+    let runs = stmt.query_map(params![repo, ref_name], Run::from_row)?;
+    runs.collect()
+}
+
+/// The oldest pending run nobody has claimed yet.
+pub fn next_pending(conn: &Connection) -> rusqlite::Result<Option<Run>> {
+    conn.query_row(
+        &format!(
+            "SELECT {RUN_COLUMNS} FROM runs WHERE state = 'pending' AND token_hash IS NULL
+             ORDER BY queued_at_ms, id LIMIT 1"
+        ),
+        [],
+        Run::from_row,
+    )
+    .optional()
+}
+
+/// Claims a pending run for execution: records the token's hash and the
+/// workspace. False when the run is no longer pending and unclaimed.
+pub fn claim(conn: &Connection, id: RunId, token_hash: &str, workspace: &str) -> rusqlite::Result<bool> {
+    let changed = conn.execute(
+        "UPDATE runs SET token_hash = ?2, workspace_path = ?3
+         WHERE id = ?1 AND state = 'pending' AND token_hash IS NULL",
+        params![id.to_string(), token_hash, workspace],
+    )?;
+    Ok(changed == 1)
+}
+
+/// `pending → active` on bootstrap, in one conditional UPDATE. A repeated
+/// bootstrap of an active run returns it unchanged. `None` for an unknown
+/// or dead token.
+pub fn start_by_token(conn: &Connection, token_hash: &str) -> rusqlite::Result<Option<Run>> {
+    let started = conn
+        .query_row(
+            &format!(
+                "UPDATE runs SET state = 'active', started_at_ms = max(?2, queued_at_ms)
+                 WHERE token_hash = ?1 AND state = 'pending' RETURNING {RUN_COLUMNS}"
+            ),
+            params![token_hash, now_ms()],
+            Run::from_row,
+        )
+        .optional()?;
+    match started {
+        Some(run) => Ok(Some(run)),
+        None => live_run_by_token(conn, token_hash),
+    }
+}
+
+/// The active run a token belongs to. Tokens of runs in any other state are
+/// dead.
+pub fn live_run_by_token(conn: &Connection, token_hash: &str) -> rusqlite::Result<Option<Run>> {
+    conn.query_row(
+        &format!("SELECT {RUN_COLUMNS} FROM runs WHERE token_hash = ?1 AND state = 'active'"),
+        params![token_hash],
+        Run::from_row,
+    )
+    .optional()
+}
+
+/// Moves an unfinished run to its end, stamping `finished_at_ms`. False
+/// when the run had already ended (e.g. superseded meanwhile) or the
+/// ending is impossible from its state (complete needs active).
+pub fn finish(conn: &Connection, id: RunId, ending: &Ending) -> rusqlite::Result<bool> {
+    let (state, kind, from): (&str, Option<&str>, &str) = match ending {
+        Ending::Complete => ("complete", None, "('active')"),
+        Ending::Failed(kind) => ("failed", Some(kind.as_str()), "('pending', 'active')"),
+        Ending::Superseded => ("superseded", None, "('pending', 'active')"),
+    };
+    let changed = conn.execute(
+        &format!(
+            "UPDATE runs SET state = ?2, failure_kind = ?3,
+                    finished_at_ms = max(?4, coalesce(started_at_ms, queued_at_ms))
+             WHERE id = ?1 AND state IN {from}"
+        ),
+        params![id.to_string(), state, kind, now_ms()],
+    )?;
+    Ok(changed == 1)
+}
+
+/// At server start: runs a previous instance left active are orphaned, and
+/// pending runs it had claimed are released so they run again.
+pub fn reconcile(conn: &Connection) -> rusqlite::Result<(usize, usize)> {
+    let orphaned = conn.execute(
+        "UPDATE runs SET state = 'failed', failure_kind = 'orphaned',
+                finished_at_ms = max(?1, coalesce(started_at_ms, queued_at_ms))
+         WHERE state = 'active'",
+        params![now_ms()],
+    )?;
+    let released = conn.execute(
+        "UPDATE runs SET token_hash = NULL, workspace_path = NULL
+         WHERE state = 'pending' AND token_hash IS NOT NULL",
+        [],
+    )?;
+    Ok((orphaned, released))
+}
+
+pub fn get(conn: &Connection, id: RunId) -> rusqlite::Result<Option<Run>> {
+    conn.query_row(
+        &format!("SELECT {RUN_COLUMNS} FROM runs WHERE id = ?1"),
+        params![id.to_string()],
+        Run::from_row,
+    )
+    .optional()
+}
+
+/// Runs newest first, of one repository or all, a page at a time.
+pub fn list(conn: &Connection, repo: Option<&str>, limit: u32, offset: u32) -> rusqlite::Result<Vec<Run>> {
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {RUN_COLUMNS} FROM runs WHERE (?1 IS NULL OR repo = ?1) ORDER BY id DESC LIMIT ?2 OFFSET ?3"
+    ))?;
+    let runs = stmt.query_map(params![repo, limit, offset], Run::from_row)?;
+    runs.collect()
+}
+
+/// Where a claimed run's checkout was materialized.
+pub fn workspace_path(conn: &Connection, id: RunId) -> rusqlite::Result<Option<String>> {
+    conn.query_row("SELECT workspace_path FROM runs WHERE id = ?1", params![id.to_string()], |r| r.get(0))
+        .optional()
+        .map(Option::flatten)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::db;
+
+    fn conn() -> (tempfile::TempDir, Connection) {
+        let dir = tempfile::tempdir().unwrap();
+        let conn = db::open_and_migrate(&dir.path().join("quire.db")).unwrap();
+        (dir, conn)
+    }
+
+    fn push(ref_name: &str) -> NewRun {
+        NewRun {
+            repo: "foo.git".parse().unwrap(),
+            ref_name: ref_name.into(),
+            sha: "a".repeat(40),
+            previous_sha: None,
+            pushed_at_ms: 1,
+        }
+    }
+
+    #[test]
+    fn run_ids_round_trip_and_reject_other_spellings() {
+        let id = RunId::generate();
+        assert_eq!(id.to_string().parse::<RunId>().unwrap(), id);
+        for bad in ["", "x", "../etc", &id.to_string().to_uppercase(), &id.to_string().replace('-', "")] {
+            assert!(bad.parse::<RunId>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn the_lifecycle_of_a_good_run() {
+        let (_d, mut conn) = conn();
+        let (id, superseded) = enqueue(&mut conn, &push("refs/heads/main")).unwrap();
+        assert!(superseded.is_empty());
+        assert_eq!(next_pending(&conn).unwrap().unwrap().id, id);
+        let hash = token_hash("tok");
+        assert!(claim(&conn, id, &hash, "/ws").unwrap());
+        assert!(!claim(&conn, id, &hash, "/ws").unwrap(), "claimed once");
+        assert!(next_pending(&conn).unwrap().is_none());
+        let run = start_by_token(&conn, &hash).unwrap().unwrap();
+        assert_eq!(run.state, RunState::Active);
+        assert!(run.started_at_ms.unwrap() >= run.queued_at_ms);
+        assert_eq!(start_by_token(&conn, &hash).unwrap().unwrap().started_at_ms, run.started_at_ms);
+        assert!(finish(&conn, id, &Ending::Complete).unwrap());
+        assert!(!finish(&conn, id, &Ending::Failed(FailureKind::Timeout)).unwrap(), "finished once");
+        assert!(start_by_token(&conn, &hash).unwrap().is_none(), "token died with the run");
+        let run = get(&conn, id).unwrap().unwrap();
+        assert_eq!((run.state, run.failure_kind), (RunState::Complete, None));
+    }
+
+    #[test]
+    fn a_new_push_supersedes_pending_runs_of_the_same_ref_only() {
+        let (_d, mut conn) = conn();
+        let (first, _) = enqueue(&mut conn, &push("refs/heads/main")).unwrap();
+        let (other, _) = enqueue(&mut conn, &push("refs/heads/dev")).unwrap();
+        let (_second, superseded) = enqueue(&mut conn, &push("refs/heads/main")).unwrap();
+        assert_eq!(superseded, vec![first]);
+        assert_eq!(get(&conn, first).unwrap().unwrap().state, RunState::Superseded);
+        assert_eq!(get(&conn, other).unwrap().unwrap().state, RunState::Pending);
+    }
+
+    #[test]
+    fn complete_needs_an_active_run() {
+        let (_d, mut conn) = conn();
+        let (id, _) = enqueue(&mut conn, &push("refs/heads/main")).unwrap();
+        assert!(!finish(&conn, id, &Ending::Complete).unwrap());
+        assert!(finish(&conn, id, &Ending::Failed(FailureKind::ProcessCrashed)).unwrap());
+        let run = get(&conn, id).unwrap().unwrap();
+        assert_eq!(run.failure_kind, Some(FailureKind::ProcessCrashed));
+        assert_eq!(run.started_at_ms, None);
+    }
+
+    #[test]
+    fn reconcile_orphans_active_runs_and_releases_claims() {
+        let (_d, mut conn) = conn();
+        let (active, _) = enqueue(&mut conn, &push("refs/heads/a")).unwrap();
+        let (claimed, _) = enqueue(&mut conn, &push("refs/heads/b")).unwrap();
+        claim(&conn, active, &token_hash("1"), "/w1").unwrap();
+        start_by_token(&conn, &token_hash("1")).unwrap().unwrap();
+        claim(&conn, claimed, &token_hash("2"), "/w2").unwrap();
+        assert_eq!(reconcile(&conn).unwrap(), (1, 1));
+        let run = get(&conn, active).unwrap().unwrap();
+        assert_eq!((run.state, run.failure_kind), (RunState::Failed, Some(FailureKind::Orphaned)));
+        assert_eq!(next_pending(&conn).unwrap().unwrap().id, claimed);
+    }
+
+    /// The database itself refuses rows in shapes the state machine forbids.
+    #[test]
+    fn the_schema_rejects_illegal_rows() {
+        let (_d, conn) = conn();
+        let sha = "b".repeat(40);
+        let insert = |state: &str, kind: Option<&str>, started: Option<i64>, finished: Option<i64>| {
+            conn.execute(
+                "INSERT INTO runs (id, repo, ref_name, sha, pushed_at_ms, state, failure_kind,
+                                   queued_at_ms, started_at_ms, finished_at_ms)
+                 VALUES (?1, 'foo.git', 'refs/heads/main', ?2, 0, ?3, ?4, 10, ?5, ?6)",
+                params![RunId::generate().to_string(), sha, state, kind, started, finished],
+            )
+        };
+        assert!(insert("complete", None, Some(11), None).is_err(), "complete without finish");
+        assert!(insert("complete", None, None, Some(12)).is_err(), "complete without start");
+        assert!(insert("pending", None, Some(11), None).is_err(), "pending with start");
+        assert!(insert("active", None, None, None).is_err(), "active without start");
+        assert!(insert("failed", None, Some(11), Some(12)).is_err(), "failed without kind");
+        assert!(insert("failed", Some("bogus"), Some(11), Some(12)).is_err(), "unknown kind");
+        assert!(insert("complete", Some("timeout"), Some(11), Some(12)).is_err(), "kind on success");
+        assert!(insert("superseded", None, None, None).is_err(), "superseded without finish");
+        assert!(insert("active", None, Some(9), None).is_err(), "started before queued");
+        assert!(insert("complete", None, Some(11), Some(10)).is_err(), "finished before started");
+        assert!(insert("exploded", None, None, None).is_err(), "unknown state");
+        insert("complete", None, Some(11), Some(12)).unwrap();
+        insert("failed", Some("timeout"), None, Some(12)).unwrap();
+
+        let id: String =
+            conn.query_row("SELECT id FROM runs WHERE state = 'complete'", [], |r| r.get(0)).unwrap();
+        let update = |sql: &str| conn.execute(sql, params![id]);
+        assert!(update("UPDATE runs SET finished_at_ms = 13 WHERE id = ?1").is_err(), "stamped twice");
+        assert!(update("UPDATE runs SET state = 'active', finished_at_ms = NULL WHERE id = ?1").is_err());
+
+        let jobs_made = std::cell::Cell::new(0);
+        let job = |state: &str, started: Option<i64>, finished: Option<i64>| {
+            jobs_made.set(jobs_made.get() + 1);
+            conn.execute(
+                "INSERT INTO jobs (run_id, job_id, position, state, started_at_ms, finished_at_ms)
+                 VALUES (?1, ?2, 0, ?3, ?4, ?5)",
+                params![id, format!("job-{}", jobs_made.get()), state, started, finished],
+            )
+        };
+        assert!(job("skipped", Some(11), Some(12)).is_err(), "skipped with a start");
+        assert!(job("complete", Some(11), None).is_err(), "complete without finish");
+        assert!(job("started", Some(11), None).is_err(), "unknown job state");
+        job("skipped", None, Some(12)).unwrap();
+        assert!(conn
+            .execute(
+                "INSERT INTO jobs (run_id, job_id, position, state) VALUES (?1, 'a/b', 1, 'pending')",
+                params![id]
+            )
+            .is_err());
+        assert!(conn
+            .execute(
+                "INSERT INTO sh_events (run_id, job_id, seq, cmd, started_at_ms) VALUES (?1, 'nope', 1, 'x', 1)",
+                params![id]
+            )
+            .is_err(),
+            "command of an unknown job");
+    }
+}

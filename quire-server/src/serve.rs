@@ -1,0 +1,82 @@
+//! `quire serve`: one process running the HTTP server (API and web UI), the
+//! push-socket listener and the runner, on tokio. Startup order matters:
+//! migrate, reconcile what a previous instance left, bind the HTTP port (so
+//! runs know the server's URL), then start taking pushes and running.
+
+use std::net::SocketAddr;
+
+use actix_web::{web, App, HttpServer};
+
+use crate::api::{self, AppState};
+use crate::config::Config;
+use crate::db::{self, Pool};
+use crate::launcher::{self, Launcher};
+use crate::root::DataRoot;
+use crate::{runs, socket};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("cannot create the data root {}: {source}", path.display())]
+    Root { path: std::path::PathBuf, source: std::io::Error },
+    #[error(transparent)]
+    Db(#[from] db::DbError),
+    #[error("reconciling runs left by a previous server failed: {0}")]
+    Reconcile(rusqlite::Error),
+    #[error("cannot listen on {addr}: {source}")]
+    Listen { addr: SocketAddr, source: std::io::Error },
+    #[error("cannot open the push socket {}: {source}", path.display())]
+    Socket { path: std::path::PathBuf, source: std::io::Error },
+    #[error("the HTTP server failed: {0}")]
+    Http(std::io::Error),
+}
+
+pub async fn serve(root: DataRoot, config: Config, listen: Option<SocketAddr>) -> Result<(), ServeError> {
+    for dir in [root.path().to_path_buf(), root.repos_dir(), root.runs_dir()] {
+        std::fs::create_dir_all(&dir).map_err(|source| ServeError::Root { path: dir.clone(), source })?;
+    }
+    let conn = db::open_and_migrate(&root.db_path())?;
+    let (orphaned, released) = runs::reconcile(&conn).map_err(ServeError::Reconcile)?;
+    if orphaned > 0 {
+        tracing::warn!(orphaned, "runs left active by a previous server were marked failed (orphaned)");
+    }
+    if released > 0 {
+        tracing::info!(released, "pending runs claimed by a previous server were queued again");
+    }
+    drop(conn);
+
+    let pool = Pool::new(&root.db_path());
+    let addr = listen.unwrap_or(config.listen);
+    let state = web::Data::new(AppState { db: pool.clone(), config: config.clone(), root: root.clone() });
+    let http = HttpServer::new(move || {
+        App::new()
+            .app_data(state.clone())
+            .app_data(api::json_errors())
+            .configure(api::configure)
+            .default_service(web::to(api::not_found))
+    })
+    .workers(2)
+    .bind(addr)
+    .map_err(|source| ServeError::Listen { addr, source })?;
+    let bound = http.addrs().first().copied().unwrap_or(addr);
+    let url = format!("http://{bound}");
+
+    let socket_path = root.socket_path();
+    let listener = socket::bind(&socket_path)
+        .map_err(|source| ServeError::Socket { path: socket_path.clone(), source })?;
+    let launcher = Launcher::new(root.clone(), pool, config.clone(), url.clone());
+    tracing::info!(
+        root = %root.path().display(),
+        %url,
+        quire_ci = %launcher::quire_ci_binary().display(),
+        max_concurrent_runs = config.ci.max_concurrent_runs,
+        "quire serving"
+    );
+    // Tests and scripts wait for this line on stdout.
+    println!("quire: listening on {url}");
+
+    tokio::spawn(socket::serve(listener, launcher.clone()));
+    tokio::spawn(launcher.run_queue());
+    let result = http.disable_signals().run().await.map_err(ServeError::Http);
+    let _ = std::fs::remove_file(&socket_path);
+    result
+}
