@@ -1,0 +1,217 @@
+//! Test harness for driving `quire` as an operator would: a temporary data
+//! root, a real `quire serve` on a loopback port, real bare repositories and
+//! real `git push`es. Every server started here is killed on drop.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use rusqlite::Connection;
+
+pub const QUIRE: &str = env!("CARGO_BIN_EXE_quire");
+
+/// The quire-ci binary built alongside (target/<profile>/quire-ci).
+pub fn quire_ci_bin() -> PathBuf {
+    Path::new(QUIRE).with_file_name("quire-ci")
+}
+
+/// A data root in a temporary directory.
+pub struct Root {
+    pub dir: tempfile::TempDir,
+}
+
+impl Root {
+    pub fn new() -> Root {
+        Root { dir: tempfile::tempdir().expect("tempdir") }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Runs `quire --root <root> ARGS` to completion.
+    pub fn quire(&self, args: &[&str]) -> Output {
+        Command::new(QUIRE).arg("--root").arg(self.path()).args(args).output().expect("quire runs")
+    }
+
+    pub fn quire_ok(&self, args: &[&str]) -> String {
+        let out = self.quire(args);
+        assert!(out.status.success(), "quire {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    pub fn write_config(&self, text: &str) {
+        std::fs::write(self.path().join("config.fnl"), text).unwrap();
+    }
+
+    pub fn db(&self) -> Connection {
+        let conn = Connection::open(self.path().join("quire.db")).unwrap();
+        conn.busy_timeout(Duration::from_secs(10)).unwrap();
+        conn
+    }
+
+    /// Starts `quire serve` on an ephemeral loopback port.
+    pub fn serve(&self) -> Server {
+        self.serve_with(&[])
+    }
+
+    pub fn serve_with(&self, env: &[(&str, &str)]) -> Server {
+        let mut child = Command::new(QUIRE)
+            .arg("--root")
+            .arg(self.path())
+            .args(["serve", "--listen", "127.0.0.1:0"])
+            .env("QUIRE_CI_BIN", quire_ci_bin())
+            .envs(env.iter().copied())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(std::fs::File::create(self.path().join("server.log")).unwrap()))
+            .spawn()
+            .expect("quire serve starts");
+        let stdout = child.stdout.take().unwrap();
+        let mut lines = BufReader::new(stdout).lines();
+        let url = loop {
+            match lines.next() {
+                Some(Ok(line)) => {
+                    if let Some(url) = line.strip_prefix("quire: listening on ") {
+                        break url.to_string();
+                    }
+                }
+                _ => {
+                    let _ = child.kill();
+                    let log = std::fs::read_to_string(self.path().join("server.log")).unwrap_or_default();
+                    panic!("quire serve did not start:\n{log}");
+                }
+            }
+        };
+        Server { child, url }
+    }
+
+    /// Creates a repository and a working clone with `files` committed.
+    pub fn repo(&self, name: &str) -> Work {
+        self.quire_ok(&["repo", "new", name]);
+        let work = tempfile::tempdir().unwrap();
+        git(work.path(), &["init", "-q", "-b", "main"]);
+        git(work.path(), &["config", "user.email", "test@example.com"]);
+        git(work.path(), &["config", "user.name", "Test"]);
+        let remote = self.path().join("repos").join(name);
+        git(work.path(), &["remote", "add", "origin", remote.to_str().unwrap()]);
+        Work { dir: work, name: name.to_string() }
+    }
+
+    pub fn server_log(&self) -> String {
+        std::fs::read_to_string(self.path().join("server.log")).unwrap_or_default()
+    }
+
+    /// Polls until `check` returns Some, or panics after `secs`.
+    pub fn wait_for<T>(&self, what: &str, secs: u64, mut check: impl FnMut() -> Option<T>) -> T {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        loop {
+            if let Some(value) = check() {
+                return value;
+            }
+            if Instant::now() > deadline {
+                panic!("timed out waiting for {what}\nserver log:\n{}", self.server_log());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// The state and failure kind of a run, once it has finished.
+    pub fn wait_finished(&self, run_id: &str) -> (String, Option<String>) {
+        self.wait_for(&format!("run {run_id} to finish"), 60, || {
+            self.db()
+                .query_row(
+                    "SELECT state, failure_kind FROM runs WHERE id = ?1 AND state IN ('complete','failed','superseded')",
+                    [run_id],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
+                .ok()
+        })
+    }
+
+    /// Ids of the runs of a repository, oldest first.
+    pub fn run_ids(&self, repo: &str) -> Vec<String> {
+        let conn = self.db();
+        let mut stmt = conn.prepare("SELECT id FROM runs WHERE repo = ?1 ORDER BY id").unwrap();
+        stmt.query_map([repo], |r| r.get(0)).unwrap().map(|r| r.unwrap()).collect()
+    }
+
+    pub fn wait_run_count(&self, repo: &str, n: usize) -> Vec<String> {
+        self.wait_for(&format!("{n} runs of {repo}"), 30, || {
+            let ids = self.run_ids(repo);
+            (ids.len() >= n).then_some(ids)
+        })
+    }
+}
+
+/// A running `quire serve`, killed on drop.
+pub struct Server {
+    pub child: Child,
+    pub url: String,
+}
+
+impl Server {
+    /// Kills the server abruptly (SIGKILL), as a crash would.
+    pub fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A working clone that pushes to a hosted repository.
+pub struct Work {
+    pub dir: tempfile::TempDir,
+    pub name: String,
+}
+
+impl Work {
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn write(&self, path: &str, text: &str) -> &Self {
+        let full = self.path().join(path);
+        std::fs::create_dir_all(full.parent().unwrap()).unwrap();
+        std::fs::write(full, text).unwrap();
+        self
+    }
+
+    pub fn pipeline(&self, fennel: &str) -> &Self {
+        self.write(".quire/ci.fnl", fennel)
+    }
+
+    /// Commits everything and returns the new HEAD.
+    pub fn commit(&self, message: &str) -> String {
+        git(self.path(), &["add", "-A"]);
+        git(self.path(), &["commit", "-q", "--allow-empty", "-m", message]);
+        git(self.path(), &["rev-parse", "HEAD"]).trim().to_string()
+    }
+
+    /// `git push origin HEAD:<branch>`; returns git's stderr (the hook's
+    /// messages).
+    pub fn push(&self, branch: &str) -> String {
+        let out = Command::new("git")
+            .current_dir(self.path())
+            .args(["push", "-q", "origin", &format!("HEAD:refs/heads/{branch}")])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(out.status.success(), "git push failed: {stderr}");
+        stderr
+    }
+}
+
+pub fn git(dir: &Path, args: &[&str]) -> String {
+    let out = Command::new("git").current_dir(dir).args(args).output().expect("git runs");
+    assert!(out.status.success(), "git {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap()
+}

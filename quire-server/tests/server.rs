@@ -1,0 +1,592 @@
+//! End to end: a real `quire serve` on a temporary root and a loopback port,
+//! real repositories, real `git push`es, real `quire-ci` processes; the
+//! assertions read the database, the run directories and the CLI's output.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use common::{Root, Work};
+
+const PASSING: &str = r#"(local ci (require :quire.ci))
+(ci.job :build [:quire/push]
+  (fn [{: sh : jobs}]
+    (sh (.. "echo building " (. (jobs :quire/push) :sha)))
+    {:artifact "app"}))
+(ci.job :test [:build]
+  (fn [{: sh : jobs}]
+    (sh ["echo" "testing" (. (jobs :build) :artifact)])
+    (sh "echo to-stderr >&2")))
+"#;
+
+const FAILING: &str = r#"(local ci (require :quire.ci))
+(ci.job :build [:quire/push] (fn [{: sh}] (sh "echo compiling; exit 2")))
+(ci.job :test [:build] (fn [{: sh}] (sh "echo never")))
+(ci.job :lint [:quire/push] (fn [{: sh}] (sh "echo lint ok")))
+"#;
+
+/// Sleeps long enough to be caught active, unless the branch is `fast`.
+const SLOW: &str = r#"(local ci (require :quire.ci))
+(ci.job :wait [:quire/push]
+  (fn [{: sh : jobs}]
+    (when (not= (. (jobs :quire/push) :branch) "fast")
+      (sh "echo $$ > \"$MARKER_DIR/pid-$(date +%s%N)\"; exec sleep 30"))))
+"#;
+
+fn push_pipeline(root: &Root, repo: &str, pipeline: &str, branch: &str) -> (Work, String) {
+    let work = root.repo(repo);
+    work.pipeline(pipeline);
+    let sha = work.commit("pipeline");
+    work.push(branch);
+    (work, sha)
+}
+
+fn only_run(root: &Root, repo: &str) -> String {
+    root.wait_run_count(repo, 1).remove(0)
+}
+
+fn rows(root: &Root, sql: &str, id: &str) -> Vec<String> {
+    let conn = root.db();
+    let mut stmt = conn.prepare(sql).unwrap();
+    let n = stmt.column_count();
+    stmt.query_map([id], |r| {
+        Ok((0..n)
+            .map(|i| match r.get_ref(i).unwrap() {
+                rusqlite::types::ValueRef::Null => "-".to_string(),
+                rusqlite::types::ValueRef::Integer(v) => v.to_string(),
+                rusqlite::types::ValueRef::Text(t) => String::from_utf8_lossy(t).into_owned(),
+                other => format!("{other:?}"),
+            })
+            .collect::<Vec<_>>()
+            .join("|"))
+    })
+    .unwrap()
+    .map(Result::unwrap)
+    .collect()
+}
+
+fn run_dir(root: &Root, repo: &str, id: &str) -> std::path::PathBuf {
+    root.path().join("runs").join(repo).join(id)
+}
+
+fn wait_state(root: &Root, id: &str, state: &str) {
+    root.wait_for(&format!("run {id} to be {state}"), 30, || {
+        let now: String =
+            root.db().query_row("SELECT state FROM runs WHERE id = ?1", [id], |r| r.get(0)).ok()?;
+        (now == state).then_some(())
+    });
+}
+
+/// A stand-in executor: a shell script used through `QUIRE_CI_BIN`.
+fn fake_executor(dir: &Path, name: &str, script: &str) -> String {
+    let path = dir.join(name);
+    std::fs::write(&path, format!("#!/bin/sh\n{script}\n")).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    path.display().to_string()
+}
+
+fn http_get(url: &str, token: Option<&str>) -> (u16, serde_json::Value) {
+    let mut request = reqwest::blocking::Client::new().get(url);
+    if let Some(t) = token {
+        request = request.header("Authorization", t);
+    }
+    let response = request.send().unwrap();
+    let status = response.status().as_u16();
+    (status, response.json().unwrap_or(serde_json::Value::Null))
+}
+
+#[test]
+fn a_passing_pipeline_is_recorded_as_complete() {
+    let root = Root::new();
+    let _server = root.serve();
+    let (_work, sha) = push_pipeline(&root, "app.git", PASSING, "main");
+    let id = only_run(&root, "app.git");
+    assert_eq!(root.wait_finished(&id), ("complete".to_string(), None));
+
+    let run = rows(&root, "SELECT repo, ref_name, sha, previous_sha FROM runs WHERE id = ?1", &id);
+    assert_eq!(run, [format!("app.git|refs/heads/main|{sha}|-")]);
+    assert_eq!(
+        rows(&root, "SELECT job_id, state, exit_code FROM jobs WHERE run_id = ?1 ORDER BY position", &id),
+        ["build|complete|0", "test|complete|0"]
+    );
+    assert_eq!(
+        rows(
+            &root,
+            "SELECT job_id, seq, cmd, exit_code FROM sh_events WHERE run_id = ?1 ORDER BY job_id, seq",
+            &id
+        ),
+        [
+            format!("build|1|echo building {sha}|0"),
+            "test|1|echo testing app|0".into(),
+            "test|2|echo to-stderr >&2|0".into()
+        ]
+    );
+    // The rows match the event stream the executor wrote.
+    let dir = run_dir(&root, "app.git", &id);
+    let events = std::fs::read_to_string(dir.join("events.jsonl")).unwrap();
+    let sh_started = events.lines().filter(|l| l.contains("\"sh_started\"")).count();
+    assert_eq!(sh_started, 3);
+    assert!(events.trim_end().ends_with(r#""type":"run_finished","outcome":"success"}"#), "{events}");
+    let log = std::fs::read_to_string(dir.join("jobs/test/sh-2.log")).unwrap();
+    assert!(log.contains(" stderr F to-stderr"), "{log}");
+    assert!(!dir.join("workspace").exists(), "the workspace is removed after the run");
+    // Timestamps are ordered and stamped.
+    let times = rows(
+        &root,
+        "SELECT queued_at_ms <= started_at_ms AND started_at_ms <= finished_at_ms FROM runs WHERE id = ?1",
+        &id,
+    );
+    assert_eq!(times, ["1"]);
+
+    let shown = root.quire_ok(&["ci", "show", &id]);
+    assert!(shown.contains("state     complete"), "{shown}");
+    assert!(shown.contains("sh-1  exit 0"), "{shown}");
+    let logs = root.quire_ok(&["ci", "logs", &id, "test"]);
+    assert!(logs.contains("testing app\n") && logs.contains("to-stderr\n"), "{logs}");
+    let listed = root.quire_ok(&["ci", "runs", "app.git"]);
+    assert!(listed.contains(&id) && listed.contains("complete"), "{listed}");
+}
+
+#[test]
+fn a_failing_job_fails_the_run_and_skips_its_dependents() {
+    let root = Root::new();
+    let _server = root.serve();
+    push_pipeline(&root, "app.git", FAILING, "main");
+    let id = only_run(&root, "app.git");
+    assert_eq!(root.wait_finished(&id), ("failed".to_string(), Some("pipeline-failure".to_string())));
+    assert_eq!(
+        rows(&root, "SELECT job_id, state, exit_code, started_at_ms IS NULL FROM jobs WHERE run_id = ?1 ORDER BY position", &id),
+        ["build|failed|2|0", "test|skipped|-|1", "lint|complete|0|0"]
+    );
+}
+
+#[test]
+fn a_compile_error_is_a_pipeline_failure() {
+    let root = Root::new();
+    let _server = root.serve();
+    push_pipeline(&root, "app.git", "(local ci (require :quire.ci))\n(ci.job :a [:quire/push]\n", "main");
+    let id = only_run(&root, "app.git");
+    assert_eq!(root.wait_finished(&id), ("failed".to_string(), Some("pipeline-failure".to_string())));
+    let log = std::fs::read_to_string(run_dir(&root, "app.git", &id).join("quire-ci.log")).unwrap();
+    assert!(log.contains(".quire/ci.fnl:3"), "the diagnostic names the line: {log}");
+    assert!(rows(&root, "SELECT job_id FROM jobs WHERE run_id = ?1", &id).is_empty());
+}
+
+#[test]
+fn a_crashing_executor_is_process_crashed() {
+    let root = Root::new();
+    let bin = fake_executor(root.path(), "crash.sh", "echo 'executor exploding' >&2; exit 3");
+    let _server = root.serve_with(&[("QUIRE_CI_BIN", &bin)]);
+    push_pipeline(&root, "app.git", PASSING, "main");
+    let id = only_run(&root, "app.git");
+    assert_eq!(root.wait_finished(&id), ("failed".to_string(), Some("process-crashed".to_string())));
+    let log = std::fs::read_to_string(run_dir(&root, "app.git", &id).join("quire-ci.log")).unwrap();
+    assert!(log.contains("executor exploding"), "{log}");
+}
+
+#[test]
+fn an_executor_exiting_0_without_run_finished_is_process_crashed() {
+    let root = Root::new();
+    let real = common::quire_ci_bin().display().to_string();
+    // Runs the real executor, then drops the stream's final line.
+    let bin = fake_executor(
+        root.path(),
+        "truncate.sh",
+        &format!(
+            "'{real}' \"$@\"; for a in \"$@\"; do case \"$prev\" in --events) ev=\"$a\";; esac; prev=\"$a\"; done\n\
+             sed -i '$d' \"$ev\"; exit 0"
+        ),
+    );
+    let _server = root.serve_with(&[("QUIRE_CI_BIN", &bin)]);
+    push_pipeline(&root, "app.git", PASSING, "main");
+    let id = only_run(&root, "app.git");
+    assert_eq!(root.wait_finished(&id), ("failed".to_string(), Some("process-crashed".to_string())));
+    // What the executor did report is still recorded.
+    assert_eq!(rows(&root, "SELECT count(*) FROM jobs WHERE run_id = ?1", &id), ["2"]);
+}
+
+#[test]
+fn a_run_exceeding_the_timeout_is_killed() {
+    let root = Root::new();
+    root.write_config("{:ci {:timeout-secs 2}}");
+    let markers = tempfile::tempdir().unwrap();
+    let _server = root.serve_with(&[("MARKER_DIR", markers.path().to_str().unwrap())]);
+    let started = Instant::now();
+    push_pipeline(&root, "app.git", SLOW, "main");
+    let id = only_run(&root, "app.git");
+    assert_eq!(root.wait_finished(&id), ("failed".to_string(), Some("timeout".to_string())));
+    assert!(started.elapsed() < Duration::from_secs(25));
+    assert_all_marked_processes_gone(markers.path());
+    assert_eq!(
+        rows(&root, "SELECT job_id, state FROM jobs WHERE run_id = ?1", &id),
+        ["wait|aborted"],
+        "the job cut off by the kill is recorded as aborted"
+    );
+}
+
+/// Every process that wrote a pid marker is gone.
+fn assert_all_marked_processes_gone(dir: &Path) {
+    let pids: Vec<i32> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| std::fs::read_to_string(e.unwrap().path()).unwrap().trim().parse().unwrap())
+        .collect();
+    assert!(!pids.is_empty(), "the pipeline wrote its pid");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    for pid in pids {
+        while Path::new(&format!("/proc/{pid}")).exists() {
+            let zombie =
+                std::fs::read_to_string(format!("/proc/{pid}/stat")).map_or(true, |s| s.contains(") Z "));
+            if zombie {
+                break;
+            }
+            assert!(Instant::now() < deadline, "process {pid} is still running");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+#[test]
+fn a_second_push_to_a_ref_supersedes_the_first() {
+    let root = Root::new();
+    let markers = tempfile::tempdir().unwrap();
+    let _server = root.serve_with(&[("MARKER_DIR", markers.path().to_str().unwrap())]);
+    let (work, _) = push_pipeline(&root, "app.git", SLOW, "main");
+    let first = only_run(&root, "app.git");
+    wait_state(&root, &first, "active");
+    root.wait_for("the first run's command", 20, || {
+        (std::fs::read_dir(markers.path()).ok()?.count() > 0).then_some(())
+    });
+
+    work.pipeline(PASSING);
+    work.commit("fix");
+    work.push("main");
+    let ids = root.wait_run_count("app.git", 2);
+    assert_eq!(ids[0], first);
+    assert_eq!(root.wait_finished(&first).0, "superseded");
+    assert_all_marked_processes_gone(markers.path());
+    assert_eq!(root.wait_finished(&ids[1]), ("complete".to_string(), None));
+}
+
+#[test]
+fn pushes_to_two_refs_both_run() {
+    let root = Root::new();
+    let _server = root.serve();
+    let (work, _) = push_pipeline(&root, "app.git", PASSING, "main");
+    work.push("feature");
+    let ids = root.wait_run_count("app.git", 2);
+    for id in &ids {
+        assert_eq!(root.wait_finished(id), ("complete".to_string(), None));
+    }
+    let refs = rows(&root, "SELECT group_concat(ref_name, ',') FROM (SELECT ref_name FROM runs WHERE repo = ?1 ORDER BY ref_name)", "app.git");
+    assert_eq!(refs, ["refs/heads/feature,refs/heads/main"]);
+}
+
+#[test]
+fn a_server_killed_mid_run_orphans_it_and_runs_the_queue_after_restart() {
+    let root = Root::new();
+    root.write_config("{:ci {:max-concurrent-runs 1}}");
+    let markers = tempfile::tempdir().unwrap();
+    let env = [("MARKER_DIR", markers.path().to_str().unwrap())];
+    let server = root.serve_with(&env);
+    let (work, _) = push_pipeline(&root, "app.git", SLOW, "main");
+    let active = only_run(&root, "app.git");
+    wait_state(&root, &active, "active");
+    work.push("fast");
+    let queued = root.wait_run_count("app.git", 2)[1].clone();
+    wait_state(&root, &queued, "pending");
+
+    server.kill();
+    // The executor dies with the server rather than running unsupervised.
+    assert_all_marked_processes_gone(markers.path());
+
+    let _server = root.serve_with(&env);
+    assert_eq!(root.wait_finished(&active), ("failed".to_string(), Some("orphaned".to_string())));
+    assert_eq!(root.wait_finished(&queued), ("complete".to_string(), None));
+}
+
+#[test]
+fn a_push_while_the_server_is_down_runs_when_it_starts() {
+    let root = Root::new();
+    let work = root.repo("app.git");
+    work.pipeline(PASSING);
+    work.commit("pipeline");
+    let said = work.push("main");
+    assert!(said.contains("quire server is not running"), "the hook warns: {said}");
+    let id = only_run(&root, "app.git");
+    wait_state(&root, &id, "pending");
+    let _server = root.serve();
+    assert_eq!(root.wait_finished(&id), ("complete".to_string(), None));
+}
+
+#[test]
+fn deleting_a_ref_starts_nothing() {
+    let root = Root::new();
+    let _server = root.serve();
+    let (work, _) = push_pipeline(&root, "app.git", PASSING, "main");
+    work.push("doomed");
+    let ids = root.wait_run_count("app.git", 2);
+    for id in &ids {
+        root.wait_finished(id);
+    }
+    common::git(work.path(), &["push", "-q", "origin", ":refs/heads/doomed"]);
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(root.run_ids("app.git").len(), 2);
+}
+
+/// Captures each run token the server hands out, then runs the real
+/// executor.
+fn token_recorder(root: &Root) -> String {
+    let real = common::quire_ci_bin().display().to_string();
+    let tokens = root.path().join("tokens");
+    fake_executor(
+        root.path(),
+        "record.sh",
+        &format!("echo \"$QUIRE__RUN_TOKEN\" >> '{}'\nexec '{real}' \"$@\"", tokens.display()),
+    )
+}
+
+#[test]
+fn run_tokens_authenticate_only_their_own_live_run() {
+    let root = Root::new();
+    root.write_config("{:secrets {:deploy-token \"s3cr3t-value\"}}");
+    let markers = tempfile::tempdir().unwrap();
+    let server = root.serve_with(&[
+        ("QUIRE_CI_BIN", &token_recorder(&root)),
+        ("MARKER_DIR", markers.path().to_str().unwrap()),
+    ]);
+    let (_work, sha) = push_pipeline(&root, "app.git", SLOW, "main");
+    let id = only_run(&root, "app.git");
+    wait_state(&root, &id, "active");
+    let token = std::fs::read_to_string(root.path().join("tokens")).unwrap().trim().to_string();
+    assert!(token.len() >= 32);
+    let url = |path: &str| format!("{}{path}", server.url);
+
+    for (header, what) in
+        [(None, "no token"), (Some("Token abc"), "malformed"), (Some("Bearer wrong"), "wrong token")]
+    {
+        let (status, body) = http_get(&url("/api/run/bootstrap"), header);
+        assert_eq!(status, 401, "{what}");
+        assert!(body["error"].is_string(), "{what}: {body}");
+        assert_eq!(http_get(&url("/api/run/secrets/deploy-token"), header).0, 401, "{what}");
+    }
+    let bearer = format!("Bearer {token}");
+    let (status, body) = http_get(&url("/api/run/bootstrap"), Some(&bearer));
+    assert_eq!(status, 200);
+    assert_eq!(body["run_id"], id.as_str(), "a token yields its own run");
+    assert_eq!(body["repo"], "app.git");
+    assert_eq!(body["meta"]["sha"], sha.as_str());
+    assert_eq!(body["meta"]["ref"], "refs/heads/main");
+    let (status, body) = http_get(&url("/api/run/secrets/deploy-token"), Some(&bearer));
+    assert_eq!((status, body["value"].as_str()), (200, Some("s3cr3t-value")));
+    let (status, body) = http_get(&url("/api/run/secrets/undeclared"), Some(&bearer));
+    assert_eq!(status, 404);
+    assert!(body["error"].as_str().unwrap().contains("undeclared"));
+
+    root.quire_ok(&["ci", "cancel", &id]);
+    assert_eq!(root.wait_finished(&id), ("failed".to_string(), Some("canceled".to_string())));
+    assert_eq!(http_get(&url("/api/run/bootstrap"), Some(&bearer)).0, 401, "the token died with the run");
+    assert_eq!(http_get(&url("/api/run/secrets/deploy-token"), Some(&bearer)).0, 401);
+    assert_eq!(http_get(&url("/api/nope"), None).0, 404);
+}
+
+#[test]
+fn secrets_reach_the_pipeline_and_are_redacted() {
+    let root = Root::new();
+    root.write_config("{:secrets {:deploy-token \"hunter2-very-secret\"}}");
+    let _server = root.serve();
+    let pipeline = r#"(local ci (require :quire.ci))
+(ci.job :deploy [:quire/push]
+  (fn [{: sh : secret}]
+    (let [token (secret :deploy-token)]
+      (sh (.. "echo using " token))
+      (sh ["test" token "=" "hunter2-very-secret"]))))
+"#;
+    push_pipeline(&root, "app.git", pipeline, "main");
+    let id = only_run(&root, "app.git");
+    assert_eq!(root.wait_finished(&id), ("complete".to_string(), None));
+    let dir = run_dir(&root, "app.git", &id);
+    let log = std::fs::read_to_string(dir.join("jobs/deploy/sh-1.log")).unwrap();
+    assert!(log.contains("stdout F using ***"), "{log}");
+    for entry in walk(&dir) {
+        let text = std::fs::read(&entry).unwrap();
+        assert!(
+            !String::from_utf8_lossy(&text).contains("hunter2-very-secret"),
+            "secret leaked into {}",
+            entry.display()
+        );
+    }
+    assert_eq!(
+        rows(&root, "SELECT cmd FROM sh_events WHERE run_id = ?1 ORDER BY seq", &id),
+        ["echo using ***", "test *** = ***"]
+    );
+}
+
+fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            files.extend(walk(&path));
+        } else {
+            files.push(path);
+        }
+    }
+    files
+}
+
+#[test]
+fn a_malformed_socket_message_is_refused_and_the_server_keeps_working() {
+    let root = Root::new();
+    let _server = root.serve();
+    let socket = root.path().join("server.sock");
+    let mode = std::fs::metadata(&socket).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+    for garbage in [
+        "this is not json\n",
+        "{\"type\":\"push\",\"repo\":\"../../etc.git\",\"pushed_at_ms\":1,\"refs\":[]}\n",
+        "{\"type\":\"launch\"}\n",
+    ] {
+        let mut stream = UnixStream::connect(&socket).unwrap();
+        stream.write_all(garbage.as_bytes()).unwrap();
+        let mut answer = String::new();
+        BufReader::new(&stream).read_line(&mut answer).unwrap();
+        assert!(answer.contains("\"error\""), "{garbage:?} got {answer}");
+    }
+    // A connection that sends nothing at all does not wedge the listener.
+    let mut silent = UnixStream::connect(&socket).unwrap();
+    silent.shutdown(std::net::Shutdown::Write).unwrap();
+    let mut rest = String::new();
+    let _ = silent.read_to_string(&mut rest);
+
+    push_pipeline(&root, "app.git", PASSING, "main");
+    let id = only_run(&root, "app.git");
+    assert_eq!(root.wait_finished(&id).0, "complete");
+}
+
+#[test]
+fn cancel_and_retrigger() {
+    let root = Root::new();
+    let markers = tempfile::tempdir().unwrap();
+    let _server = root.serve_with(&[("MARKER_DIR", markers.path().to_str().unwrap())]);
+    let (_work, sha) = push_pipeline(&root, "app.git", SLOW, "main");
+    let id = only_run(&root, "app.git");
+    wait_state(&root, &id, "active");
+    let said = root.quire_ok(&["ci", "cancel", &id[..13]]);
+    assert!(said.contains("canceled"), "{said}");
+    assert_eq!(root.wait_finished(&id), ("failed".to_string(), Some("canceled".to_string())));
+    assert_all_marked_processes_gone(markers.path());
+    let again = root.quire(&["ci", "cancel", &id]);
+    assert!(!again.status.success(), "canceling a finished run is refused");
+
+    let said = root.quire_ok(&["ci", "retrigger", "app.git", "main"]);
+    assert!(said.contains(&sha), "{said}");
+    let ids = root.wait_run_count("app.git", 2);
+    assert_eq!(
+        rows(&root, "SELECT sha, ref_name FROM runs WHERE id = ?1", &ids[1]),
+        [format!("{sha}|refs/heads/main")]
+    );
+    root.quire_ok(&["ci", "cancel", &ids[1]]);
+    assert_eq!(root.wait_finished(&ids[1]).1.as_deref(), Some("canceled"));
+
+    let missing = root.quire(&["ci", "retrigger", "app.git", "nope"]);
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("has no ref refs/heads/nope"));
+}
+
+#[test]
+fn repositories_are_created_listed_and_removed_with_valid_names_only() {
+    let root = Root::new();
+    root.quire_ok(&["repo", "new", "one.git"]);
+    root.quire_ok(&["repo", "new", "team/two.git"]);
+    assert_eq!(root.quire_ok(&["repo", "list"]), "one.git\nteam/two.git\n");
+    for bad in ["../evil.git", "noext", "a/b/c.git", "sp ace.git"] {
+        let out = root.quire(&["repo", "new", bad]);
+        assert!(!out.status.success(), "{bad}");
+        assert!(String::from_utf8_lossy(&out.stderr).contains("invalid repository name"), "{bad}");
+    }
+    assert!(!root.quire(&["repo", "new", "one.git"]).status.success(), "no duplicates");
+    root.quire_ok(&["repo", "rm", "team/two.git"]);
+    assert_eq!(root.quire_ok(&["repo", "list"]), "one.git\n");
+}
+
+#[test]
+fn a_broken_config_is_a_startup_error_naming_file_and_line() {
+    let root = Root::new();
+    root.write_config("{:listen \"127.0.0.1:0\"\n :ci {:max-concurrent-runs \"lots\"}}");
+    let out = root.quire(&["serve"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("config.fnl:2"), "{err}");
+    assert!(err.contains(":max-concurrent-runs must be a positive whole number"), "{err}");
+}
+
+/// A stand-in Sentry: accepts envelopes over HTTP and keeps their bodies.
+struct FakeSentry {
+    dsn: String,
+    received: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl FakeSentry {
+    fn start() -> FakeSentry {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let dsn = format!("http://publickey@{}/1", listener.local_addr().unwrap());
+        let received = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = received.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { continue };
+                let mut reader = BufReader::new(stream.try_clone().unwrap());
+                let mut length = 0;
+                loop {
+                    let mut line = String::new();
+                    if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                        break;
+                    }
+                    if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                        length = v.trim().parse().unwrap_or(0);
+                    }
+                }
+                let mut body = vec![0; length];
+                let _ = reader.read_exact(&mut body);
+                sink.lock().unwrap().push(String::from_utf8_lossy(&body).into_owned());
+                let _ =
+                    stream.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\n{}");
+            }
+        });
+        FakeSentry { dsn, received }
+    }
+
+    fn bodies(&self) -> Vec<String> {
+        self.received.lock().unwrap().clone()
+    }
+}
+
+#[test]
+fn operational_errors_reach_sentry_and_pipeline_failures_do_not() {
+    let sentry = FakeSentry::start();
+    let root = Root::new();
+    root.write_config(&format!("{{:sentry {{:dsn \"{}\"}}}}", sentry.dsn));
+    {
+        let _server = root.serve();
+        push_pipeline(&root, "app.git", FAILING, "main");
+        let id = only_run(&root, "app.git");
+        assert_eq!(root.wait_finished(&id).1.as_deref(), Some("pipeline-failure"));
+        std::thread::sleep(Duration::from_secs(2));
+        let events: Vec<String> =
+            sentry.bodies().into_iter().filter(|b| b.contains("\"type\":\"event\"")).collect();
+        assert!(events.is_empty(), "a failing pipeline is not an operational error: {events:?}");
+    }
+    let _server = root.serve_with(&[("QUIRE_CI_BIN", "/nonexistent/quire-ci")]);
+    let work = root.repo("other.git");
+    work.pipeline(PASSING);
+    work.commit("x");
+    work.push("main");
+    let id = only_run(&root, "other.git");
+    assert_eq!(root.wait_finished(&id).1.as_deref(), Some("process-crashed"));
+    root.wait_for("a Sentry event", 20, || {
+        sentry.bodies().into_iter().any(|b| b.contains("spawning quire-ci failed")).then_some(())
+    });
+}
