@@ -9,7 +9,7 @@ use serde_json::json;
 
 use crate::config::Config;
 use crate::db::Pool;
-use crate::runs::{self, Run};
+use crate::runs::{self, Run, RunId};
 
 /// Shared by every handler.
 pub struct AppState {
@@ -133,13 +133,125 @@ async fn secret(
     }
 }
 
-/// JSON 404 for unknown API paths.
-pub async fn not_found() -> HttpResponse {
-    ApiError::not_found("no such endpoint").error_response()
+/// 404 for unknown paths: JSON under `/api/`, the HTML page elsewhere.
+pub async fn not_found(request: HttpRequest) -> HttpResponse {
+    if request.path().starts_with("/api/") {
+        ApiError::not_found("no such endpoint").error_response()
+    } else {
+        crate::web::not_found_page().await
+    }
+}
+
+/// `GET /api/repos`: every repository with its latest run.
+#[get("/api/repos")]
+async fn list_repos(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    let root = state.root.clone();
+    let repos = with_db(&state, move |conn| {
+        let names = crate::repos::list(&root).map_err(ApiError::internal)?;
+        names
+            .into_iter()
+            .map(|name| {
+                let latest = runs::list(conn, Some(name.as_str()), 1, 0).map_err(ApiError::internal)?.pop();
+                Ok(json!({ "name": name.as_str(), "latest_run": latest }))
+            })
+            .collect::<Result<Vec<_>, ApiError>>()
+    })
+    .await?;
+    Ok(HttpResponse::Ok().json(repos))
+}
+
+/// `GET /api/repos/{repo}/runs?page=N`: newest first, 50 a page.
+async fn repo_runs(
+    state: web::Data<AppState>,
+    repo: web::Path<String>,
+    query: web::Query<crate::web::PageQuery>,
+) -> Result<HttpResponse, ApiError> {
+    let repo: crate::repos::RepoName = repo.parse().map_err(|e| ApiError::not_found(format!("{e}")))?;
+    let page = query.page.unwrap_or(1).max(1);
+    let offset = (page - 1).saturating_mul(crate::web::PAGE_SIZE);
+    let runs = with_db(&state, move |conn| {
+        runs::list(conn, Some(repo.as_str()), crate::web::PAGE_SIZE, offset).map_err(ApiError::internal)
+    })
+    .await?;
+    Ok(HttpResponse::Ok().json(runs))
+}
+
+/// `GET /api/runs/{id}`: the run with its jobs and commands.
+#[get("/api/runs/{id}")]
+async fn run_detail(
+    state: web::Data<AppState>,
+    request: HttpRequest,
+    id: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    crate::web::require_user(&state, &request)?;
+    let id: RunId = id.parse().map_err(|e: runs::InvalidRunId| ApiError::not_found(e.to_string()))?;
+    let root = state.root.clone();
+    let view = with_db(&state, move |conn| crate::web::load_run(conn, &root, id)).await?;
+    let view = view.ok_or_else(|| ApiError::not_found(format!("no run {id}")))?;
+    let mut body = serde_json::to_value(&view.run).map_err(ApiError::internal)?;
+    body["jobs"] = serde_json::to_value(&view.jobs).map_err(ApiError::internal)?;
+    Ok(HttpResponse::Ok().json(body))
+}
+
+/// `GET /api/runs/{id}/events`: Server-Sent Events with the run's events
+/// (`event: event`) and log lines (`event: log`) so far and as they happen;
+/// `event: end` with the final state closes the stream.
+#[get("/api/runs/{id}/events")]
+async fn run_events(
+    state: web::Data<AppState>,
+    request: HttpRequest,
+    id: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    crate::web::require_user(&state, &request)?;
+    let id: RunId = id.parse().map_err(|e: runs::InvalidRunId| ApiError::not_found(e.to_string()))?;
+    let run = with_db(&state, move |conn| runs::get(conn, id).map_err(ApiError::internal)).await?;
+    let run = run.ok_or_else(|| ApiError::not_found(format!("no run {id}")))?;
+    let repo: crate::repos::RepoName = run.repo.parse().map_err(ApiError::internal)?;
+    let follower = crate::live::Follower::new(state.root.run_dir(&repo, id));
+    let stream = futures_util::stream::unfold(
+        (follower, state.clone(), Some(())),
+        move |(mut follower, state, open)| async move {
+            open?;
+            loop {
+                let finished = with_db(&state, move |conn| runs::get(conn, id).map_err(ApiError::internal))
+                    .await
+                    .ok()
+                    .flatten()
+                    .filter(|run| run.state.is_finished());
+                let mut messages = follower.poll();
+                if let Some(run) = finished {
+                    // The files are complete once the run is: one last read.
+                    messages.extend(follower.poll());
+                    let end = json!({ "state": run.state, "failure_kind": run.failure_kind });
+                    messages.push(crate::live::message("end", &end.to_string()));
+                    let chunk: Vec<u8> = messages.concat();
+                    return Some((
+                        Ok::<_, actix_web::Error>(bytes::Bytes::from(chunk)),
+                        (follower, state, None),
+                    ));
+                }
+                if !messages.is_empty() {
+                    let chunk: Vec<u8> = messages.concat();
+                    return Some((Ok(bytes::Bytes::from(chunk)), (follower, state, Some(()))));
+                }
+                tokio::time::sleep(crate::live::POLL).await;
+            }
+        },
+    );
+    Ok(HttpResponse::Ok()
+        .content_type("text/event-stream")
+        .insert_header(("Cache-Control", "no-cache"))
+        .insert_header(("X-Accel-Buffering", "no"))
+        .streaming(stream))
 }
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.service(bootstrap).service(secret);
+    cfg.service(bootstrap)
+        .service(secret)
+        .service(list_repos)
+        .service(run_detail)
+        .service(run_events)
+        .route(&format!("/api/repos/{}/runs", crate::web::REPO_PATTERN), web::get().to(repo_runs));
 }
 
 /// Turns extractor failures (bad path or query values) into JSON errors.

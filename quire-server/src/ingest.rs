@@ -82,7 +82,7 @@ pub fn ingest(
             _ => None,
         });
 
-    let jobs = collect_jobs(&decoded, now_ms);
+    let jobs = collect_jobs(&decoded, now_ms, Stream::Ended);
     let (commands, orphans) = collect_commands(&decoded, &jobs);
     report.skipped_lines += orphans;
 
@@ -156,8 +156,45 @@ fn decode(events: impl BufRead, report: &mut IngestReport) -> Result<Vec<Event>,
     Ok(decoded)
 }
 
+/// Whether the stream is complete (quire-ci exited) or still growing.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Stream {
+    Ended,
+    Live,
+}
+
+/// What a run has done so far, from its events file, for showing a run
+/// that is still going (its rows are only written when it ends).
+pub fn progress(path: &Path) -> Vec<crate::jobs::JobRow> {
+    let Ok(file) = File::open(path) else { return Vec::new() };
+    let mut report = IngestReport::default();
+    let Ok(decoded) = decode(BufReader::new(file), &mut report) else { return Vec::new() };
+    let jobs = collect_jobs(&decoded, 0, Stream::Live);
+    let (commands, _) = collect_commands(&decoded, &jobs);
+    jobs.iter()
+        .map(|(id, job)| crate::jobs::JobRow {
+            job_id: id.to_string(),
+            state: job.state.to_string(),
+            exit_code: job.last_exit.map(i64::from),
+            started_at_ms: job.started,
+            finished_at_ms: job.finished,
+            commands: commands
+                .iter()
+                .filter(|c| c.job == *id)
+                .map(|c| crate::jobs::CommandRow {
+                    seq: c.seq.into(),
+                    cmd: c.cmd.to_string(),
+                    exit_code: c.finished.map(|(_, code)| code.into()),
+                    started_at_ms: c.started,
+                    finished_at_ms: c.finished.map(|(at, _)| at),
+                })
+                .collect(),
+        })
+        .collect()
+}
+
 /// Pass 1: one record per job, in order of first appearance.
-fn collect_jobs(events: &[Event], now_ms: i64) -> Vec<(&str, JobRecord)> {
+fn collect_jobs(events: &[Event], now_ms: i64, stream: Stream) -> Vec<(&str, JobRecord)> {
     let mut jobs: Vec<(&str, JobRecord)> = Vec::new();
     let mut index: HashMap<&str, usize> = HashMap::new();
     for event in events {
@@ -191,6 +228,9 @@ fn collect_jobs(events: &[Event], now_ms: i64) -> Vec<(&str, JobRecord)> {
             EventKind::ShFinished { exit_code, .. } => job.last_exit = Some(*exit_code),
             _ => {}
         }
+    }
+    if stream == Stream::Live {
+        return jobs;
     }
     for (_, job) in &mut jobs {
         match job.state {

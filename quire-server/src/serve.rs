@@ -52,6 +52,7 @@ pub async fn serve(root: DataRoot, config: Config, listen: Option<SocketAddr>) -
             .app_data(state.clone())
             .app_data(api::json_errors())
             .configure(api::configure)
+            .configure(crate::web::configure)
             .default_service(web::to(api::not_found))
     })
     .workers(2)
