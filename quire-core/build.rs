@@ -1,5 +1,6 @@
-//! Finds Debian's `fennel.lua` and hands its path to the crate, which embeds
-//! it with `include_str!`. No copy of Fennel lives in this repository.
+//! Finds Debian's `fennel.lua` and precompiles it to Lua bytecode in
+//! `OUT_DIR`, which the crate embeds with `include_bytes!`. No copy of
+//! Fennel lives in this repository.
 
 use std::path::PathBuf;
 
@@ -21,5 +22,14 @@ fn main() {
     }
     let path = path.canonicalize().expect("fennel.lua path can be canonicalized");
     println!("cargo:rerun-if-changed={}", path.display());
-    println!("cargo:rustc-env=QUIRE_FENNEL_LUA_PATH={}", path.display());
+    let source = std::fs::read_to_string(&path).expect("fennel.lua is readable");
+    // SAFETY: only compiles (never runs) a trusted file.
+    let lua = unsafe { mlua::Lua::unsafe_new() };
+    let function = lua
+        .load(&source)
+        .set_name("@fennel.lua")
+        .into_function()
+        .unwrap_or_else(|e| panic!("{} does not compile: {e}", path.display()));
+    let out = PathBuf::from(std::env::var_os("OUT_DIR").expect("cargo sets OUT_DIR")).join("fennel.luac");
+    std::fs::write(&out, function.dump(false)).expect("OUT_DIR is writable");
 }

@@ -68,7 +68,53 @@ enum Command {
         /// killed and it fails.
         #[arg(long, value_name = "SECS", default_value_t = 3600)]
         job_timeout: u64,
+        /// Where commands run: directly (none) or inside bubblewrap.
+        #[arg(long, value_enum, default_value_t = SandboxKind::None)]
+        sandbox: SandboxKind,
+        /// With --sandbox bwrap: let commands use the network.
+        #[arg(long)]
+        network: bool,
+        /// With --sandbox bwrap: a path commands must not see (repeatable).
+        #[arg(long, value_name = "PATH")]
+        hide: Vec<PathBuf>,
+        #[command(flatten)]
+        limits: LimitArgs,
     },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum SandboxKind {
+    None,
+    Bwrap,
+}
+
+/// Resource limits for every command (default: unlimited).
+#[derive(Debug, clap::Args)]
+struct LimitArgs {
+    /// Most processes the command's user may have.
+    #[arg(long, value_name = "N")]
+    max_processes: Option<u64>,
+    /// Largest file a command may write, in MiB.
+    #[arg(long, value_name = "MIB")]
+    max_file_size_mb: Option<u64>,
+    /// CPU time per command, in seconds.
+    #[arg(long, value_name = "SECS")]
+    max_cpu_secs: Option<u64>,
+    /// Address space per process, in MiB.
+    #[arg(long, value_name = "MIB")]
+    max_memory_mb: Option<u64>,
+}
+
+impl LimitArgs {
+    fn limits(&self) -> quire_core::runtime::Limits {
+        const MIB: u64 = 1024 * 1024;
+        quire_core::runtime::Limits {
+            processes: self.max_processes,
+            file_size: self.max_file_size_mb.map(|m| m * MIB),
+            cpu_secs: self.max_cpu_secs,
+            memory: self.max_memory_mb.map(|m| m * MIB),
+        }
+    }
 }
 
 /// Commands run in process groups of their own, so a signal to quire-ci
@@ -100,16 +146,31 @@ fn main() -> ExitCode {
     stop_commands_on_signals();
     match cli.command {
         Command::Validate { workspace, format } => validate::run(&workspace, format),
-        Command::Run { workspace, events, out_dir, sha, ref_name, jobs, job_timeout } => {
-            ExitCode::from(run::run(run::RunArgs {
-                workspace,
-                events,
-                out_dir,
-                sha,
-                ref_name,
-                jobs,
-                job_timeout: Duration::from_secs(job_timeout),
-            }))
-        }
+        Command::Run {
+            workspace,
+            events,
+            out_dir,
+            sha,
+            ref_name,
+            jobs,
+            job_timeout,
+            sandbox,
+            network,
+            hide,
+            limits,
+        } => ExitCode::from(run::run(run::RunArgs {
+            workspace,
+            events,
+            out_dir,
+            sha,
+            ref_name,
+            jobs,
+            job_timeout: Duration::from_secs(job_timeout),
+            sandbox: match sandbox {
+                SandboxKind::None => run::SandboxChoice::None,
+                SandboxKind::Bwrap => run::SandboxChoice::Bwrap { network, hide },
+            },
+            limits: limits.limits(),
+        })),
     }
 }

@@ -11,7 +11,7 @@ use std::time::Duration;
 use quire_core::event::{now_ms, Event, EventKind, RunOutcome};
 use quire_core::pipeline::{JobId, LoadError, Pipeline, SourceFile, PIPELINE_PATH};
 use quire_core::push::PushFacts;
-use quire_core::runtime::{self, RunContext, RunError, SecretSource, Sink};
+use quire_core::runtime::{self, Bwrap, Limits, RunContext, RunError, Sandbox, SecretSource, Sink};
 
 use crate::local::{self, EnvSecrets};
 use crate::progress::Reporter;
@@ -49,6 +49,12 @@ impl std::str::FromStr for EventsTarget {
     }
 }
 
+/// The sandbox asked for on the command line.
+pub enum SandboxChoice {
+    None,
+    Bwrap { network: bool, hide: Vec<PathBuf> },
+}
+
 pub struct RunArgs {
     pub workspace: PathBuf,
     pub events: EventsTarget,
@@ -57,6 +63,8 @@ pub struct RunArgs {
     pub ref_name: Option<String>,
     pub jobs: Vec<JobId>,
     pub job_timeout: Duration,
+    pub sandbox: SandboxChoice,
+    pub limits: Limits,
 }
 
 /// A failure of quire-ci itself, with the exit status it maps to.
@@ -89,6 +97,15 @@ fn run_inner(args: RunArgs) -> Result<(), Fatal> {
         .workspace
         .canonicalize()
         .map_err(|e| Fatal::usage(format!("workspace {}: {e}", args.workspace.display())))?;
+    let sandbox = match args.sandbox {
+        SandboxChoice::None => Sandbox::None,
+        SandboxChoice::Bwrap { network, hide } => {
+            let program = runtime::find_bwrap().ok_or_else(|| {
+                Fatal::failed("--sandbox bwrap was asked for, but bubblewrap (bwrap) is not installed; install it (Debian: apt-get install bubblewrap) or run with --sandbox none")
+            })?;
+            Sandbox::Bwrap(Bwrap::new(program, network, hide))
+        }
+    };
     let server = Server::from_env();
     let push = match &server {
         Some(server) => server.bootstrap().map_err(Fatal::failed)?.push_facts(),
@@ -99,6 +116,7 @@ fn run_inner(args: RunArgs) -> Result<(), Fatal> {
     let (out_dir, announce_out_dir) = prepare_out_dir(args.out_dir.as_deref())?;
     let mut reporter = Reporter::new(open_events(&args.events)?, progress_writer(&args.events));
     reporter.say(&describe_start(&push, &workspace));
+    reporter.say(&format!("quire-ci: {}", sandbox.describe()));
 
     // Paths in messages are relative to the workspace: the same in a local
     // run and on the server, whose workspaces are temporary directories.
@@ -122,6 +140,8 @@ fn run_inner(args: RunArgs) -> Result<(), Fatal> {
             .collect(),
         push,
         secrets,
+        sandbox,
+        limits: args.limits,
     };
     let result = runtime::execute(&pipeline, &ctx, &mut reporter);
     if announce_out_dir {

@@ -1,13 +1,28 @@
 -- Runs inside the compile VM, with Debian's Fennel loaded as `fennel`.
 -- Compiles one pipeline source to Lua and reports what the Rust side needs to
 -- map positions back to the .fnl file: the sourcemap (Lua line -> Fennel
--- line) and the position of every call form, for columns.
+-- line) and the position of every call form, for columns. Call positions
+-- come from a compiler plugin, so the source is parsed only once.
 local fennel, source, filename, allowed_globals = ...
+
+-- Every call form compiled: {fennel line, 1-based column, head}.
+local calls = {}
+local positions = {
+  name = "quire-call-positions",
+  versions = "^1%.",
+  call = function(ast)
+    local head = ast[1]
+    if ast.line and fennel["sym?"](head) then
+      calls[#calls + 1] = {ast.line, (ast.col or 0) + 1, tostring(head)}
+    end
+  end,
+}
 
 local ok, lua_or_err = pcall(fennel.compileString, source, {
   filename = filename,
   allowedGlobals = allowed_globals,
   ["error-pinpoint"] = false,
+  plugins = {positions},
 })
 if not ok then
   return false, tostring(lua_or_err)
@@ -18,24 +33,6 @@ local map = require("fennel.compiler").sourcemap["@" .. filename] or {}
 for i = 1, #map do
   local entry = map[i]
   lines[i] = (entry and entry[2]) or 0
-end
-
--- Every list whose head is a symbol: {fennel line, 1-based column, head}.
-local calls = {}
-local function walk(form)
-  if type(form) ~= "table" then return end
-  if fennel["list?"](form) and fennel["sym?"](form[1]) and form.line then
-    calls[#calls + 1] = {form.line, (form.col or 0) + 1, tostring(form[1])}
-  end
-  for _, child in ipairs(form) do walk(child) end
-  if not fennel["list?"](form) and not fennel["sequence?"](form) and not fennel["sym?"](form) then
-    for k, v in pairs(form) do
-      if type(k) ~= "number" then walk(v) end
-    end
-  end
-end
-for parsed, form in fennel.parser(source, filename) do
-  if parsed then walk(form) end
 end
 
 return true, lua_or_err, lines, calls

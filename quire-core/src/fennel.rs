@@ -10,7 +10,8 @@ use mlua::{Lua, LuaOptions, StdLib, Table};
 
 use crate::pipeline::{Diagnostic, Location, SourceFile};
 
-const FENNEL_LUA: &str = include_str!(env!("QUIRE_FENNEL_LUA_PATH"));
+/// Debian's fennel.lua, precompiled by build.rs.
+const FENNEL_BYTECODE: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/fennel.luac"));
 const COMPILE_LUA: &str = include_str!("compile.lua");
 
 /// A pipeline compiled to Lua, with its position maps.
@@ -83,7 +84,8 @@ impl PositionMap {
 pub fn compile(source: &SourceFile, allowed_globals: &[String]) -> Result<Compiled, Diagnostic> {
     let lua = compile_vm();
     let fennel: Table = lua
-        .load(FENNEL_LUA)
+        .load(FENNEL_BYTECODE)
+        .set_mode(mlua::ChunkMode::Binary)
         .set_name("@fennel.lua")
         .eval()
         .map_err(|e| internal(source, "loading Fennel", &e))?;

@@ -28,6 +28,43 @@ pub struct CiConfig {
     pub max_concurrent_runs: usize,
     /// How long a whole run may take before quire-ci is killed.
     pub timeout: Duration,
+    pub sandbox: SandboxMode,
+    /// Repositories whose commands may use the network.
+    pub network: Vec<String>,
+    pub limits: Limits,
+}
+
+/// Where runs' commands execute.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SandboxMode {
+    /// Bubblewrap; runs fail (rather than run unsandboxed) when it is
+    /// missing.
+    Bwrap,
+    None,
+}
+
+impl SandboxMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SandboxMode::Bwrap => "bwrap",
+            SandboxMode::None => "none",
+        }
+    }
+}
+
+/// Per-command resource limits handed to quire-ci.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limits {
+    pub max_processes: u64,
+    pub max_file_size_mb: u64,
+    pub max_cpu_secs: u64,
+    pub max_memory_mb: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits { max_processes: 2048, max_file_size_mb: 4096, max_cpu_secs: 3600, max_memory_mb: 16384 }
+    }
 }
 
 #[derive(Debug, Clone, Default)]
@@ -41,7 +78,18 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             listen: DEFAULT_LISTEN.parse().expect("valid default"),
-            ci: CiConfig { max_concurrent_runs: 2, timeout: Duration::from_secs(3600) },
+            ci: CiConfig {
+                max_concurrent_runs: 2,
+                timeout: Duration::from_secs(3600),
+                // The default is the sandbox when bubblewrap is installed.
+                sandbox: if quire_core::runtime::find_bwrap().is_some() {
+                    SandboxMode::Bwrap
+                } else {
+                    SandboxMode::None
+                },
+                network: Vec::new(),
+                limits: Limits::default(),
+            },
             secrets: BTreeMap::new(),
             sentry_dsn: None,
             web: WebConfig::default(),
@@ -151,7 +199,50 @@ impl Reader<'_> {
                     ci.max_concurrent_runs = self.positive(value, key)? as usize;
                 }
                 "timeout-secs" => ci.timeout = Duration::from_secs(self.positive(value, key)?),
-                _ => return Err(self.unknown(key, "ci", &["max-concurrent-runs", "timeout-secs"])),
+                "sandbox" => {
+                    ci.sandbox = match self.string(value, key)? {
+                        "bwrap" => SandboxMode::Bwrap,
+                        "none" => SandboxMode::None,
+                        other => {
+                            return Err(
+                                self.error(key, format!(":sandbox must be :bwrap or :none, got {other:?}"))
+                            )
+                        }
+                    }
+                }
+                "network" => {
+                    let repos = value.as_array().ok_or_else(|| {
+                        self.error(
+                            key,
+                            format!(":network must be a list of repositories, got {}", kind(value)),
+                        )
+                    })?;
+                    for repo in repos {
+                        let name = self.string(repo, key)?;
+                        name.parse::<crate::repos::RepoName>().map_err(|e| self.error(key, e.to_string()))?;
+                        ci.network.push(name.to_string());
+                    }
+                }
+                "max-processes" => ci.limits.max_processes = self.positive(value, key)?,
+                "max-file-size-mb" => ci.limits.max_file_size_mb = self.positive(value, key)?,
+                "max-cpu-secs" => ci.limits.max_cpu_secs = self.positive(value, key)?,
+                "max-memory-mb" => ci.limits.max_memory_mb = self.positive(value, key)?,
+                _ => {
+                    return Err(self.unknown(
+                        key,
+                        "ci",
+                        &[
+                            "max-concurrent-runs",
+                            "timeout-secs",
+                            "sandbox",
+                            "network",
+                            "max-processes",
+                            "max-file-size-mb",
+                            "max-cpu-secs",
+                            "max-memory-mb",
+                        ],
+                    ))
+                }
             }
         }
         Ok(())
@@ -238,7 +329,7 @@ mod tests {
     fn the_documented_example_loads() {
         let config = load_text(
             r#"{:listen "127.0.0.1:3001"
-                :ci {:max-concurrent-runs 4 :timeout-secs 60}
+                :ci {:max-concurrent-runs 4 :timeout-secs 60 :sandbox :none :network ["a.git"] :max-processes 10}
                 :secrets {:deploy-token "abc"}
                 :sentry {:dsn "http://key@127.0.0.1:9/1"}
                 :web {:trusted-user-header "Remote-User"}}"#,
@@ -247,6 +338,9 @@ mod tests {
         assert_eq!(config.listen.port(), 3001);
         assert_eq!(config.ci.max_concurrent_runs, 4);
         assert_eq!(config.ci.timeout, Duration::from_secs(60));
+        assert_eq!(config.ci.sandbox, SandboxMode::None);
+        assert_eq!(config.ci.network, ["a.git"]);
+        assert_eq!(config.ci.limits.max_processes, 10);
         assert_eq!(config.secrets["deploy-token"], "abc");
         assert!(config.sentry_dsn.is_some());
         assert_eq!(config.web.trusted_user_header.as_deref(), Some("Remote-User"));

@@ -15,7 +15,7 @@ use quire_core::event::RunOutcome;
 use rustix::process::{kill_process_group, Pid, Signal};
 use tokio::sync::Notify;
 
-use crate::config::Config;
+use crate::config::{Config, SandboxMode};
 use crate::db::Pool;
 use crate::ingest;
 use crate::repos::RepoName;
@@ -250,7 +250,7 @@ impl Launcher {
                 return;
             }
         }
-        match self.spawn(id, &run_dir, &workspace, &token) {
+        match self.spawn(id, &repo, &run_dir, &workspace, &token) {
             Ok(child) => {
                 let launcher = self.clone();
                 tokio::spawn(async move { launcher.supervise(id, repo, run_dir, workspace, child).await });
@@ -263,9 +263,36 @@ impl Launcher {
         }
     }
 
+    /// The sandbox and limits quire-ci applies to the run's commands.
+    fn sandbox_arguments(&self, command: &mut tokio::process::Command, repo: &RepoName) {
+        let ci = &self.inner.config.ci;
+        command.arg("--sandbox").arg(ci.sandbox.as_str());
+        if ci.sandbox == SandboxMode::Bwrap {
+            // Nothing of the data root (database, config, repositories, other
+            // runs) is visible to commands.
+            command.arg("--hide").arg(self.inner.root.path());
+            if ci.network.iter().any(|r| r == repo.as_str()) {
+                command.arg("--network");
+            }
+        }
+        let limits = &ci.limits;
+        command
+            .arg("--max-processes")
+            .arg(limits.max_processes.to_string())
+            .arg("--max-file-size-mb")
+            .arg(limits.max_file_size_mb.to_string())
+            .arg("--max-cpu-secs")
+            .arg(limits.max_cpu_secs.to_string())
+            .arg("--max-memory-mb")
+            .arg(limits.max_memory_mb.to_string())
+            .arg("--job-timeout")
+            .arg(ci.timeout.as_secs().to_string());
+    }
+
     fn spawn(
         &self,
         id: RunId,
+        repo: &RepoName,
         run_dir: &Path,
         workspace: &Path,
         token: &str,
@@ -294,6 +321,7 @@ impl Launcher {
         if let Some(dsn) = &self.inner.config.sentry_dsn {
             command.env("QUIRE__SENTRY_DSN", dsn);
         }
+        self.sandbox_arguments(&mut command, repo);
         // SAFETY: only calls prctl, which is async-signal-safe.
         unsafe {
             command.pre_exec(|| {

@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use actix_web::{web, App, HttpServer};
 
 use crate::api::{self, AppState};
-use crate::config::Config;
+use crate::config::{Config, SandboxMode};
 use crate::db::{self, Pool};
 use crate::launcher::{self, Launcher};
 use crate::root::DataRoot;
@@ -70,8 +70,16 @@ pub async fn serve(root: DataRoot, config: Config, listen: Option<SocketAddr>) -
         %url,
         quire_ci = %launcher::quire_ci_binary().display(),
         max_concurrent_runs = config.ci.max_concurrent_runs,
+        sandbox = config.ci.sandbox.as_str(),
         "quire serving"
     );
+    match config.ci.sandbox {
+        SandboxMode::Bwrap if quire_core::runtime::find_bwrap().is_none() => tracing::error!(
+            "config asks for the bwrap sandbox but bubblewrap is not installed: runs will fail until it is"
+        ),
+        SandboxMode::Bwrap => tracing::info!("run commands are sandboxed with bubblewrap"),
+        SandboxMode::None => tracing::warn!("run commands are NOT sandboxed (:ci {{:sandbox :none}})"),
+    }
     // Tests and scripts wait for this line on stdout.
     println!("quire: listening on {url}");
 

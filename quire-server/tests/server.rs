@@ -23,6 +23,8 @@ const PASSING: &str = r#"(local ci (require :quire.ci))
     (sh "echo to-stderr >&2")))
 "#;
 
+const NO_SANDBOX: &str = "{:ci {:sandbox :none}}";
+
 const FAILING: &str = r#"(local ci (require :quire.ci))
 (ci.job :build [:quire/push] (fn [{: sh}] (sh "echo compiling; exit 2")))
 (ci.job :test [:build] (fn [{: sh}] (sh "echo never")))
@@ -30,6 +32,9 @@ const FAILING: &str = r#"(local ci (require :quire.ci))
 "#;
 
 /// Sleeps long enough to be caught active, unless the branch is `fast`.
+/// It leaves its pid in `$MARKER_DIR` so a test can check the process is
+/// gone; that needs the host's view of pids and files, so the tests using
+/// it run without the sandbox (`NO_SANDBOX`), which has tests of its own.
 const SLOW: &str = r#"(local ci (require :quire.ci))
 (ci.job :wait [:quire/push]
   (fn [{: sh : jobs}]
@@ -212,7 +217,7 @@ fn an_executor_exiting_0_without_run_finished_is_process_crashed() {
 #[test]
 fn a_run_exceeding_the_timeout_is_killed() {
     let root = Root::new();
-    root.write_config("{:ci {:timeout-secs 2}}");
+    root.write_config("{:ci {:timeout-secs 2 :sandbox :none}}");
     let markers = tempfile::tempdir().unwrap();
     let _server = root.serve_with(&[("MARKER_DIR", markers.path().to_str().unwrap())]);
     let started = Instant::now();
@@ -252,6 +257,7 @@ fn assert_all_marked_processes_gone(dir: &Path) {
 #[test]
 fn a_second_push_to_a_ref_supersedes_the_first() {
     let root = Root::new();
+    root.write_config(NO_SANDBOX);
     let markers = tempfile::tempdir().unwrap();
     let _server = root.serve_with(&[("MARKER_DIR", markers.path().to_str().unwrap())]);
     let (work, _) = push_pipeline(&root, "app.git", SLOW, "main");
@@ -288,7 +294,7 @@ fn pushes_to_two_refs_both_run() {
 #[test]
 fn a_server_killed_mid_run_orphans_it_and_runs_the_queue_after_restart() {
     let root = Root::new();
-    root.write_config("{:ci {:max-concurrent-runs 1}}");
+    root.write_config("{:ci {:max-concurrent-runs 1 :sandbox :none}}");
     let markers = tempfile::tempdir().unwrap();
     let env = [("MARKER_DIR", markers.path().to_str().unwrap())];
     let server = root.serve_with(&env);
@@ -352,7 +358,7 @@ fn token_recorder(root: &Root) -> String {
 #[test]
 fn run_tokens_authenticate_only_their_own_live_run() {
     let root = Root::new();
-    root.write_config("{:secrets {:deploy-token \"s3cr3t-value\"}}");
+    root.write_config("{:secrets {:deploy-token \"s3cr3t-value\"} :ci {:sandbox :none}}");
     let markers = tempfile::tempdir().unwrap();
     let server = root.serve_with(&[
         ("QUIRE_CI_BIN", &token_recorder(&root)),
@@ -470,6 +476,7 @@ fn a_malformed_socket_message_is_refused_and_the_server_keeps_working() {
 #[test]
 fn cancel_and_retrigger() {
     let root = Root::new();
+    root.write_config(NO_SANDBOX);
     let markers = tempfile::tempdir().unwrap();
     let _server = root.serve_with(&[("MARKER_DIR", markers.path().to_str().unwrap())]);
     let (_work, sha) = push_pipeline(&root, "app.git", SLOW, "main");

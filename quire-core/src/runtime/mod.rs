@@ -6,6 +6,7 @@
 
 mod process;
 mod redact;
+mod sandbox;
 mod sh;
 
 use std::cell::RefCell;
@@ -19,6 +20,7 @@ use mlua::{Lua, Table, Value};
 
 pub use process::kill_running_command;
 pub use redact::{Redactor, MASK};
+pub use sandbox::{find_bwrap, Bwrap, Limits, Sandbox};
 pub use sh::Program;
 
 use crate::cri::{self, Stream};
@@ -73,6 +75,8 @@ pub struct RunContext<'a> {
     pub job_timeout: Duration,
     /// The environment commands start from, without quire's own variables.
     pub base_env: Vec<(OsString, OsString)>,
+    pub sandbox: Sandbox,
+    pub limits: Limits,
     pub push: PushFacts,
     pub secrets: &'a dyn SecretSource,
 }
@@ -86,6 +90,8 @@ pub enum RunError {
     Logs { path: PathBuf, source: io::Error },
     #[error("unknown job `{0}` given to --job")]
     UnknownJob(String),
+    #[error("cannot prepare the workspace {} for the sandbox: {source}", path.display())]
+    Sandbox { path: PathBuf, source: io::Error },
     #[error("internal Lua error: {0}")]
     Lua(#[from] mlua::Error),
 }
@@ -101,6 +107,11 @@ pub fn is_private_variable(name: &str) -> bool {
 pub fn execute(pipeline: &Pipeline, ctx: &RunContext, sink: &mut dyn Sink) -> Result<RunOutcome, RunError> {
     let jobs = pipeline.jobs();
     let selected = selection(pipeline, &ctx.only)?;
+    if let Sandbox::Bwrap(bwrap) = &ctx.sandbox {
+        bwrap
+            .prepare_workspace(&ctx.workspace)
+            .map_err(|source| RunError::Sandbox { path: ctx.workspace.clone(), source })?;
+    }
     let redactor = Redactor::default();
     let mut outputs: HashMap<JobId, serde_json::Value> = HashMap::new();
     let mut not_complete: HashSet<JobId> = HashSet::new();
@@ -290,7 +301,10 @@ impl JobRun<'_, '_> {
         self.event(EventKind::ShStarted { job_id: self.job_id().clone(), cmd: display.clone() })?;
         let execution = sh::Execution {
             request: &request,
+            workspace: &self.ctx.workspace,
             cwd,
+            sandbox: &self.ctx.sandbox,
+            limits: &self.ctx.limits,
             base_env: &self.ctx.base_env,
             deadline: Some(deadline),
             log_path: &log_path,

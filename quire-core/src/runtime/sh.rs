@@ -13,6 +13,7 @@ use mlua::{Lua, Table, Value};
 
 use super::process::{self, Captured, Finished};
 use super::redact::Redactor;
+use super::sandbox::{Limits, Sandbox};
 use crate::cri::{self, Stream};
 
 /// What to run.
@@ -174,7 +175,10 @@ pub fn resolve_cwd(workspace: &Path, cwd: Option<&str>) -> Result<PathBuf, Strin
 /// Everything about one command's execution that is not Lua.
 pub struct Execution<'a> {
     pub request: &'a ShRequest,
+    pub workspace: &'a Path,
     pub cwd: PathBuf,
+    pub sandbox: &'a Sandbox,
+    pub limits: &'a Limits,
     /// The environment commands start from (already scrubbed of quire's
     /// own variables); the request's `:env` is laid over it.
     pub base_env: &'a [(OsString, OsString)],
@@ -225,26 +229,21 @@ impl Execution<'_> {
         if outcome.timed_out {
             let limit = self.deadline_description();
             log.write_line(Stream::Stderr, &format!("quire-ci: command killed after {limit}"))?;
+        } else if let Some(reason) = self.limits.explain_signal(outcome.exit_code - 128) {
+            log.write_line(Stream::Stderr, &format!("quire-ci: command killed: {reason}"))?;
         }
         Ok(outcome)
     }
 
     fn command(&self) -> Command {
-        let mut command = match &self.request.program {
-            Program::Shell(script) => {
-                let mut c = Command::new("/bin/sh");
-                c.arg("-c").arg(script);
-                c
-            }
-            Program::Argv(argv) => {
-                let mut c = Command::new(&argv[0]);
-                c.args(&argv[1..]);
-                c
-            }
-        };
-        command.env_clear().envs(self.base_env.iter().cloned()).envs(self.request.env.iter().cloned());
-        command.current_dir(&self.cwd);
-        command
+        self.sandbox.command(
+            &self.request.program,
+            self.workspace,
+            &self.cwd,
+            self.base_env,
+            &self.request.env,
+            self.limits,
+        )
     }
 
     pub fn deadline_description(&self) -> String {
