@@ -116,7 +116,7 @@ impl Bwrap {
             args.extend(items.iter().map(|i| i.as_ref().to_os_string()));
         };
         push(&[&"--ro-bind", &"/", &"/", &"--dev", &"/dev", &"--proc", &"/proc", &"--tmpfs", &"/tmp"]);
-        for hidden in &self.hide {
+        for hidden in self.hide.iter().filter(|p| self.could_reach(p)) {
             if hidden.is_dir() {
                 push(&[&"--tmpfs", hidden]);
             } else if hidden.exists() {
@@ -131,6 +131,21 @@ impl Bwrap {
         }
         push(&[&"--"]);
         args
+    }
+}
+
+impl Bwrap {
+    /// Whether the sandbox's user could get to `path` at all. Hiding a path
+    /// it cannot reach is both needless and impossible (bubblewrap, running
+    /// as that user, cannot mount over it).
+    fn could_reach(&self, path: &Path) -> bool {
+        use std::os::unix::fs::PermissionsExt;
+        if self.run_as.is_none() {
+            return true;
+        }
+        path.ancestors()
+            .skip(1)
+            .all(|dir| std::fs::metadata(dir).map(|m| m.permissions().mode() & 0o001 != 0).unwrap_or(false))
     }
 }
 

@@ -28,6 +28,15 @@ impl Root {
         Root { dir: tempfile::tempdir().expect("tempdir") }
     }
 
+    /// A root outside /tmp (which sandboxes replace anyway) that anyone may
+    /// read, so that only the sandbox keeps pipelines out of it.
+    pub fn world_readable() -> Root {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir_in("/var/tmp").expect("tempdir");
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        Root { dir }
+    }
+
     pub fn path(&self) -> &Path {
         self.dir.path()
     }
