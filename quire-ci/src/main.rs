@@ -23,8 +23,6 @@ struct Cli {
     command: Command,
 }
 
-// Parsed once per process; the size difference between variants is moot.
-#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Command {
     /// Compile and validate the pipeline without running anything.
@@ -44,44 +42,66 @@ enum Command {
     /// Exit status: 0 whenever the pipeline was evaluated to an outcome
     /// (failing jobs and invalid pipelines included; the last event is then
     /// run_finished), 1 when quire-ci itself failed, 2 for bad arguments.
-    Run {
-        /// The checkout holding .quire/ci.fnl; commands run here.
-        #[arg(long, default_value = ".")]
-        workspace: PathBuf,
-        /// Where the JSONL event stream goes: null, stdout or a file path.
-        /// With stdout, progress goes to stderr.
-        #[arg(long, default_value = "null", value_name = "null|stdout|PATH")]
-        events: run::EventsTarget,
-        /// Directory for the logs (jobs/<job-id>/sh-<n>.log); a temporary
-        /// directory is used and printed when not given.
-        #[arg(long, value_name = "DIR")]
-        out_dir: Option<PathBuf>,
-        /// The commit the run is for (local mode; default: HEAD).
-        #[arg(long)]
-        sha: Option<String>,
-        /// The ref the run is for, e.g. refs/heads/main (local mode;
-        /// default: the checked-out branch, or the tag HEAD is at).
-        #[arg(long = "ref", value_name = "REF")]
-        ref_name: Option<String>,
-        /// Run only this job and its ancestors (repeatable).
-        #[arg(long = "job", value_name = "ID", value_parser = parse_job_id)]
-        jobs: Vec<JobId>,
-        /// How long one job may take, in seconds, before its commands are
-        /// killed and it fails.
-        #[arg(long, value_name = "SECS", default_value_t = 3600)]
-        job_timeout: u64,
-        /// Where commands run: directly (none) or inside bubblewrap.
-        #[arg(long, value_enum, default_value_t = SandboxKind::None)]
-        sandbox: SandboxKind,
-        /// With --sandbox bwrap: let commands use the network.
-        #[arg(long)]
-        network: bool,
-        /// With --sandbox bwrap: a path commands must not see (repeatable).
-        #[arg(long, value_name = "PATH")]
-        hide: Vec<PathBuf>,
-        #[command(flatten)]
-        limits: LimitArgs,
-    },
+    Run(Box<RunCommand>),
+}
+
+#[derive(Debug, clap::Args)]
+struct RunCommand {
+    /// The checkout holding .quire/ci.fnl; commands run here.
+    #[arg(long, default_value = ".")]
+    workspace: PathBuf,
+    /// Where the JSONL event stream goes: null, stdout or a file path.
+    /// With stdout, progress goes to stderr.
+    #[arg(long, default_value = "null", value_name = "null|stdout|PATH")]
+    events: run::EventsTarget,
+    /// Directory for the logs (jobs/<job-id>/sh-<n>.log); a temporary
+    /// directory is used and printed when not given.
+    #[arg(long, value_name = "DIR")]
+    out_dir: Option<PathBuf>,
+    /// The commit the run is for (local mode; default: HEAD).
+    #[arg(long)]
+    sha: Option<String>,
+    /// The ref the run is for, e.g. refs/heads/main (local mode;
+    /// default: the checked-out branch, or the tag HEAD is at).
+    #[arg(long = "ref", value_name = "REF")]
+    ref_name: Option<String>,
+    /// Run only this job and its ancestors (repeatable).
+    #[arg(long = "job", value_name = "ID", value_parser = parse_job_id)]
+    jobs: Vec<JobId>,
+    /// How long one job may take, in seconds, before its commands are
+    /// killed and it fails.
+    #[arg(long, value_name = "SECS", default_value_t = 3600)]
+    job_timeout: u64,
+    /// Where commands run: directly (none) or inside bubblewrap.
+    #[arg(long, value_enum, default_value_t = SandboxKind::None)]
+    sandbox: SandboxKind,
+    /// With --sandbox bwrap: let commands use the network.
+    #[arg(long)]
+    network: bool,
+    /// With --sandbox bwrap: a path commands must not see (repeatable).
+    #[arg(long, value_name = "PATH")]
+    hide: Vec<PathBuf>,
+    #[command(flatten)]
+    limits: LimitArgs,
+}
+
+impl RunCommand {
+    fn into_args(self) -> run::RunArgs {
+        run::RunArgs {
+            workspace: self.workspace,
+            events: self.events,
+            out_dir: self.out_dir,
+            sha: self.sha,
+            ref_name: self.ref_name,
+            jobs: self.jobs,
+            job_timeout: Duration::from_secs(self.job_timeout),
+            sandbox: match self.sandbox {
+                SandboxKind::None => run::SandboxChoice::None,
+                SandboxKind::Bwrap => run::SandboxChoice::Bwrap { network: self.network, hide: self.hide },
+            },
+            limits: self.limits.limits(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -148,31 +168,6 @@ fn main() -> ExitCode {
     stop_commands_on_signals();
     match cli.command {
         Command::Validate { workspace, format } => validate::run(&workspace, format),
-        Command::Run {
-            workspace,
-            events,
-            out_dir,
-            sha,
-            ref_name,
-            jobs,
-            job_timeout,
-            sandbox,
-            network,
-            hide,
-            limits,
-        } => ExitCode::from(run::run(run::RunArgs {
-            workspace,
-            events,
-            out_dir,
-            sha,
-            ref_name,
-            jobs,
-            job_timeout: Duration::from_secs(job_timeout),
-            sandbox: match sandbox {
-                SandboxKind::None => run::SandboxChoice::None,
-                SandboxKind::Bwrap => run::SandboxChoice::Bwrap { network, hide },
-            },
-            limits: limits.limits(),
-        })),
+        Command::Run(command) => ExitCode::from(run::run(command.into_args())),
     }
 }

@@ -176,6 +176,12 @@ async fn repo_runs(
     Ok(HttpResponse::Ok().json(runs))
 }
 
+/// The run id in a path, once the reader is allowed to see runs.
+fn readable_run(state: &AppState, request: &HttpRequest, raw: &str) -> Result<RunId, ApiError> {
+    crate::web::require_user(state, request)?;
+    raw.parse().map_err(|e: runs::InvalidRunId| ApiError::not_found(e.to_string()))
+}
+
 /// `GET /api/runs/{id}`: the run with its jobs and commands.
 #[get("/api/runs/{id}")]
 async fn run_detail(
@@ -183,8 +189,7 @@ async fn run_detail(
     request: HttpRequest,
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    crate::web::require_user(&state, &request)?;
-    let id: RunId = id.parse().map_err(|e: runs::InvalidRunId| ApiError::not_found(e.to_string()))?;
+    let id = readable_run(&state, &request, &id)?;
     let root = state.root.clone();
     let view = with_db(&state, move |conn| crate::web::load_run(conn, &root, id)).await?;
     let view = view.ok_or_else(|| ApiError::not_found(format!("no run {id}")))?;
@@ -202,8 +207,7 @@ async fn run_events(
     request: HttpRequest,
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    crate::web::require_user(&state, &request)?;
-    let id: RunId = id.parse().map_err(|e: runs::InvalidRunId| ApiError::not_found(e.to_string()))?;
+    let id = readable_run(&state, &request, &id)?;
     let run = with_db(&state, move |conn| runs::get(conn, id).map_err(ApiError::internal)).await?;
     let run = run.ok_or_else(|| ApiError::not_found(format!("no run {id}")))?;
     let repo: crate::repos::RepoName = run.repo.parse().map_err(ApiError::internal)?;

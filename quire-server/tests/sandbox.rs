@@ -125,26 +125,13 @@ fn a_hostile_pipeline_reaches_nothing_it_does_not_own() {
     let token_list = std::fs::read_to_string(&tokens).unwrap();
     let run_dir = root.path().join(format!("runs/app.git/{run}"));
     for token in token_list.lines() {
-        for entry in walk(&run_dir) {
+        for entry in common::files_below(&run_dir) {
             let text = String::from_utf8_lossy(&std::fs::read(&entry).unwrap()).into_owned();
             assert!(!text.contains(token), "the run token leaked into {}", entry.display());
         }
     }
     let quire_ci_log = std::fs::read_to_string(run_dir.join("quire-ci.log")).unwrap();
     assert!(quire_ci_log.contains("commands run in bubblewrap (no network"), "{quire_ci_log}");
-}
-
-fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
-    let mut files = Vec::new();
-    for entry in std::fs::read_dir(dir).unwrap() {
-        let path = entry.unwrap().path();
-        if path.is_dir() {
-            files.extend(walk(&path));
-        } else {
-            files.push(path);
-        }
-    }
-    files
 }
 
 #[test]

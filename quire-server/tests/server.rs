@@ -417,7 +417,7 @@ fn secrets_reach_the_pipeline_and_are_redacted() {
     let dir = run_dir(&root, "app.git", &id);
     let log = std::fs::read_to_string(dir.join("jobs/deploy/sh-1.log")).unwrap();
     assert!(log.contains("stdout F using ***"), "{log}");
-    for entry in walk(&dir) {
+    for entry in common::files_below(&dir) {
         let text = std::fs::read(&entry).unwrap();
         assert!(
             !String::from_utf8_lossy(&text).contains("hunter2-very-secret"),
@@ -429,19 +429,6 @@ fn secrets_reach_the_pipeline_and_are_redacted() {
         rows(&root, "SELECT cmd FROM sh_events WHERE run_id = ?1 ORDER BY seq", &id),
         ["echo using ***", "test *** = ***"]
     );
-}
-
-fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
-    let mut files = Vec::new();
-    for entry in std::fs::read_dir(dir).unwrap() {
-        let path = entry.unwrap().path();
-        if path.is_dir() {
-            files.extend(walk(&path));
-        } else {
-            files.push(path);
-        }
-    }
-    files
 }
 
 #[test]
