@@ -325,9 +325,10 @@ impl Launcher {
         // SAFETY: only calls prctl, which is async-signal-safe.
         unsafe {
             command.pre_exec(|| {
-                // If the server dies, its runs die with it instead of running
-                // on unsupervised; restart marks them orphaned.
-                rustix::process::set_parent_process_death_signal(Some(Signal::KILL))?;
+                // If the server dies, its runs stop with it instead of running
+                // on unsupervised (restart marks them orphaned). SIGTERM, so
+                // that quire-ci stops its command on the way out.
+                rustix::process::set_parent_process_death_signal(Some(Signal::TERM))?;
                 Ok(())
             });
         }

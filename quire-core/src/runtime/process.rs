@@ -78,15 +78,11 @@ pub fn run(
     deadline: Option<Instant>,
     mut on_output: impl FnMut(Stream, &[u8]) -> io::Result<()>,
 ) -> io::Result<Finished> {
+    // No pre_exec hook here: without one the standard library spawns with
+    // posix_spawn, which is what keeps a command's overhead near a shell's.
+    // quire-ci stops a running command itself when it is told to stop
+    // (`kill_running_command`), and bubblewrap ties sandboxed commands to it.
     command.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).process_group(0);
-    // SAFETY: prctl is async-signal-safe. Should quire-ci be killed outright
-    // the command dies with it rather than running on unsupervised.
-    unsafe {
-        command.pre_exec(|| {
-            rustix::process::set_parent_process_death_signal(Some(Signal::KILL))?;
-            Ok(())
-        });
-    }
     let mut child = command.spawn()?;
     let group = Pid::from_raw(child.id() as i32).expect("child pids are positive");
     RUNNING_GROUP.store(group.as_raw_nonzero().get(), Ordering::SeqCst);

@@ -5,10 +5,12 @@
 //! Under bubblewrap the host file system is read-only, the workspace is the
 //! only writable path besides a private `/tmp`, the paths in `hide` (the
 //! server's data root) are replaced by empty directories, and the command
-//! gets fresh PID, IPC, UTS, cgroup, user and (unless allowed) network
+//! gets fresh PID, IPC, UTS, cgroup and (unless allowed) network
 //! namespaces, a new session, and dies with quire-ci. Its environment is
-//! built from an allowlist. When quire-ci runs as root the command runs as
-//! `nobody`, so that it holds no privileges and the process limit applies.
+//! built from an allowlist. When quire-ci runs as root, bubblewrap sets the
+//! sandbox up as root and the command runs as `nobody` (through `setpriv`),
+//! so that it holds no privileges and the process limit applies; otherwise
+//! bubblewrap uses a user namespace.
 
 use std::ffi::OsString;
 use std::os::unix::process::CommandExt;
@@ -115,8 +117,16 @@ impl Bwrap {
         let mut push = |items: &[&dyn AsRef<std::ffi::OsStr>]| {
             args.extend(items.iter().map(|i| i.as_ref().to_os_string()));
         };
-        push(&[&"--ro-bind", &"/", &"/", &"--dev", &"/dev", &"--proc", &"/proc", &"--tmpfs", &"/tmp"]);
-        for hidden in self.hide.iter().filter(|p| self.could_reach(p)) {
+        push(&[&"--ro-bind", &"/", &"/", &"--dev", &"/dev", &"--proc", &"/proc"]);
+        // A private /tmp that any user may write, like the host's.
+        push(&[&"--perms", &"1777", &"--tmpfs", &"/tmp"]);
+        if let Some(closed) = self.closed_ancestor(workspace) {
+            // The unprivileged user could not reach the workspace through
+            // this directory; an empty one in its place can be traversed
+            // (and what it hid was unreadable to that user anyway).
+            push(&[&"--tmpfs", &closed]);
+        }
+        for hidden in &self.hide {
             if hidden.is_dir() {
                 push(&[&"--tmpfs", hidden]);
             } else if hidden.exists() {
@@ -125,27 +135,44 @@ impl Bwrap {
         }
         // Last, so that it shows through hidden parents and /tmp.
         push(&[&"--bind", &workspace, &workspace, &"--chdir", &cwd]);
-        push(&[&"--unshare-all", &"--die-with-parent", &"--new-session"]);
-        if self.network {
-            push(&[&"--share-net"]);
+        push(&[&"--unshare-pid", &"--unshare-ipc", &"--unshare-uts", &"--unshare-cgroup-try"]);
+        if !self.network {
+            push(&[&"--unshare-net"]);
         }
-        push(&[&"--"]);
+        if self.run_as.is_none() {
+            // Not root: bubblewrap needs a user namespace to do its work.
+            push(&[&"--unshare-user"]);
+        }
+        push(&[&"--die-with-parent", &"--new-session", &"--"]);
+        if let Some((uid, gid)) = self.run_as {
+            // bubblewrap runs as root to set the sandbox up; the command
+            // itself runs as the unprivileged user, without capabilities
+            // and unable to gain any.
+            push(&[
+                &"setpriv",
+                &format!("--reuid={uid}"),
+                &format!("--regid={gid}"),
+                &"--clear-groups",
+                &"--inh-caps=-all",
+                &"--no-new-privs",
+                &"--",
+            ]);
+        }
         args
     }
-}
 
-impl Bwrap {
-    /// Whether the sandbox's user could get to `path` at all. Hiding a path
-    /// it cannot reach is both needless and impossible (bubblewrap, running
-    /// as that user, cannot mount over it).
-    fn could_reach(&self, path: &Path) -> bool {
+    /// The highest ancestor of the workspace that the unprivileged user
+    /// cannot traverse, if commands run as one.
+    fn closed_ancestor(&self, workspace: &Path) -> Option<PathBuf> {
         use std::os::unix::fs::PermissionsExt;
-        if self.run_as.is_none() {
-            return true;
-        }
-        path.ancestors()
+        self.run_as?;
+        let mut ancestors: Vec<&Path> = workspace.ancestors().skip(1).collect();
+        ancestors.reverse();
+        ancestors
+            .into_iter()
             .skip(1)
-            .all(|dir| std::fs::metadata(dir).map(|m| m.permissions().mode() & 0o001 != 0).unwrap_or(false))
+            .find(|dir| std::fs::metadata(dir).map(|m| m.permissions().mode() & 0o001 == 0).unwrap_or(false))
+            .map(Path::to_path_buf)
     }
 }
 
@@ -202,9 +229,6 @@ impl Sandbox {
                 c.args(bwrap.arguments(workspace, cwd)).args(&argv).env_clear();
                 c.envs(env.iter().filter(|(name, _)| ALLOWED_ENV.iter().any(|a| name == a)).cloned());
                 c.env("HOME", "/tmp").env("TMPDIR", "/tmp").current_dir("/");
-                if let Some((uid, gid)) = bwrap.run_as {
-                    c.uid(uid).gid(gid);
-                }
                 c
             }
         };
