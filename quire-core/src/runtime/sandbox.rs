@@ -176,6 +176,19 @@ impl Bwrap {
     }
 }
 
+/// `name` looked up in `path` like a shell would, unless it has a slash.
+fn resolve_program(name: &std::ffi::OsStr, path: Option<&std::ffi::OsStr>) -> Option<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    if name.as_encoded_bytes().contains(&b'/') {
+        return None;
+    }
+    std::env::split_paths(path?).map(|dir| dir.join(name)).find(|candidate| {
+        std::fs::metadata(candidate)
+            .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+            .unwrap_or(false)
+    })
+}
+
 fn chown_tree(path: &Path, uid: u32, gid: u32) -> std::io::Result<()> {
     std::os::unix::fs::lchown(path, Some(uid), Some(gid))?;
     if path.symlink_metadata()?.is_dir() {
@@ -220,7 +233,17 @@ impl Sandbox {
         };
         let mut command = match self {
             Sandbox::None => {
-                let mut c = Command::new(&argv[0]);
+                // A program given by path lets the standard library use
+                // posix_spawn (it falls back to fork when it must search a
+                // PATH of our own), which keeps each command cheap.
+                let path = extra_env
+                    .iter()
+                    .find(|(k, _)| k == "PATH")
+                    .map(|(_, v)| OsString::from(v))
+                    .or_else(|| env.iter().find(|(k, _)| k == "PATH").map(|(_, v)| v.clone()));
+                let program =
+                    resolve_program(&argv[0], path.as_deref()).unwrap_or_else(|| argv[0].clone().into());
+                let mut c = Command::new(program);
                 c.args(&argv[1..]).env_clear().envs(env.iter().cloned()).current_dir(cwd);
                 c
             }
@@ -274,6 +297,15 @@ mod tests {
         assert!(hide < bind, "{args:?}");
         assert!(!args.contains(&"--share-net".to_string()));
         assert_eq!(args.last().unwrap(), "--");
+    }
+
+    #[test]
+    fn programs_are_found_on_the_path() {
+        let path = std::ffi::OsString::from("/nonexistent:/bin:/usr/bin");
+        let found = resolve_program("sh".as_ref(), Some(&path)).unwrap();
+        assert!(found.ends_with("sh") && found.is_absolute());
+        assert_eq!(resolve_program("./x".as_ref(), Some(&path)), None);
+        assert_eq!(resolve_program("no-such-program-quire".as_ref(), Some(&path)), None);
     }
 
     #[test]
