@@ -139,6 +139,16 @@ impl LimitArgs {
     }
 }
 
+/// Sentry, when the server passes a DSN (`QUIRE__SENTRY_DSN`): quire-ci's
+/// own failures (and panics) are reported; a failing pipeline is not.
+fn sentry_from_env() -> Option<sentry::ClientInitGuard> {
+    let dsn = std::env::var("QUIRE__SENTRY_DSN").ok().filter(|d| !d.is_empty())?;
+    Some(sentry::init((
+        dsn,
+        sentry::ClientOptions { release: sentry::release_name!(), ..Default::default() },
+    )))
+}
+
 /// Commands run in process groups of their own, so a signal to quire-ci
 /// (Ctrl-C, or the server stopping a run) would not reach them: pass it on
 /// by killing the running command, then die of the signal as usual.
@@ -165,6 +175,7 @@ fn parse_job_id(s: &str) -> Result<JobId, String> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    let _sentry = sentry_from_env();
     stop_commands_on_signals();
     match cli.command {
         Command::Validate { workspace, format } => validate::run(&workspace, format),

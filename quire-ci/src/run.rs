@@ -87,6 +87,10 @@ pub fn run(args: RunArgs) -> u8 {
         Ok(()) => exit::OUTCOME,
         Err(fatal) => {
             eprintln!("quire-ci: error: {}", fatal.message);
+            if fatal.status == exit::FAILED {
+                // An operational failure, unlike a pipeline's: worth an alert.
+                sentry::capture_message(&format!("quire-ci failed: {}", fatal.message), sentry::Level::Error);
+            }
             fatal.status
         }
     }

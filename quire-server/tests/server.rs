@@ -583,4 +583,26 @@ fn operational_errors_reach_sentry_and_pipeline_failures_do_not() {
     root.wait_for("a Sentry event", 20, || {
         sentry.bodies().into_iter().any(|b| b.contains("spawning quire-ci failed")).then_some(())
     });
+
+    // quire-ci reports its own operational failures to the DSN it is given.
+    let workspace = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(common::quire_ci_bin())
+        .args([
+            "run",
+            "--sha",
+            "1",
+            "--ref",
+            "refs/heads/x",
+            "--events",
+            "/nonexistent/events.jsonl",
+            "--workspace",
+        ])
+        .arg(workspace.path())
+        .env("QUIRE__SENTRY_DSN", &sentry.dsn)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    root.wait_for("quire-ci's Sentry event", 20, || {
+        sentry.bodies().into_iter().any(|b| b.contains("cannot write the events file")).then_some(())
+    });
 }
