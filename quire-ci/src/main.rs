@@ -142,11 +142,17 @@ impl LimitArgs {
 /// Sentry, when the server passes a DSN (`QUIRE__SENTRY_DSN`): quire-ci's
 /// own failures (and panics) are reported; a failing pipeline is not.
 fn sentry_from_env() -> Option<sentry::ClientInitGuard> {
-    let dsn = std::env::var("QUIRE__SENTRY_DSN").ok().filter(|d| !d.is_empty())?;
-    Some(sentry::init((
-        dsn,
-        sentry::ClientOptions { release: sentry::release_name!(), ..Default::default() },
-    )))
+    let raw = std::env::var("QUIRE__SENTRY_DSN").ok().filter(|d| !d.is_empty())?;
+    let dsn = match raw.parse::<sentry::types::Dsn>() {
+        Ok(dsn) => dsn,
+        Err(e) => {
+            eprintln!("quire-ci: warning: ignoring QUIRE__SENTRY_DSN, it is not a Sentry DSN: {e}");
+            return None;
+        }
+    };
+    let options =
+        sentry::ClientOptions { dsn: Some(dsn), release: sentry::release_name!(), ..Default::default() };
+    Some(sentry::init(options))
 }
 
 /// Commands run in process groups of their own, so a signal to quire-ci

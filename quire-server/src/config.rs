@@ -165,7 +165,13 @@ impl Reader<'_> {
                 "sentry" => {
                     for (k, v) in self.table(value, "sentry")? {
                         match k.as_str() {
-                            "dsn" => config.sentry_dsn = Some(self.string(v, k)?.to_string()),
+                            "dsn" => {
+                                let dsn = self.string(v, k)?;
+                                dsn.parse::<sentry::types::Dsn>().map_err(|e| {
+                                    self.error(k, format!(":dsn is not a Sentry DSN ({e}): {dsn:?}"))
+                                })?;
+                                config.sentry_dsn = Some(dsn.to_string());
+                            }
                             _ => return Err(self.unknown(k, "sentry", &["dsn"])),
                         }
                     }
@@ -359,6 +365,10 @@ mod tests {
 
         let err = load_text("{:listen \"nowhere\"}").unwrap_err();
         assert!(err.diagnostic.message.contains(":listen must be an address"));
+
+        let err = load_text("{:sentry\n {:dsn \"not a dsn\"}}").unwrap_err();
+        assert!(err.diagnostic.message.contains(":dsn is not a Sentry DSN"), "{}", err.diagnostic.message);
+        assert_eq!(err.diagnostic.location.unwrap().line, 2);
     }
 
     #[test]
