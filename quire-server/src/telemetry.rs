@@ -24,7 +24,10 @@ pub fn init(sentry_dsn: Option<&str>) -> Telemetry {
         ))
     });
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_target(false);
+    let fmt = tracing_subscriber::fmt::layer()
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
     // Only errors become Sentry events; warnings and below at most
     // breadcrumbs.
     let sentry_layer = guard.as_ref().map(|_| {
