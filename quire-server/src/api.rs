@@ -258,8 +258,15 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route(&format!("/api/repos/{}/runs", crate::web::REPO_PATTERN), web::get().to(repo_runs));
 }
 
-/// Turns extractor failures (bad path or query values) into JSON errors.
-pub fn json_errors() -> actix_web::web::PathConfig {
-    actix_web::web::PathConfig::default()
+/// Turns bad path values into JSON 404s.
+pub fn path_errors() -> web::PathConfig {
+    web::PathConfig::default()
         .error_handler(|err, _| ApiError::not_found(format!("bad path parameter: {err}")).into())
+}
+
+/// Turns bad query values (`?page=abc`) into JSON 400s.
+pub fn query_errors() -> web::QueryConfig {
+    web::QueryConfig::default().error_handler(|err, _| {
+        ApiError::new(StatusCode::BAD_REQUEST, format!("bad query parameter: {err}")).into()
+    })
 }

@@ -50,7 +50,8 @@ pub async fn serve(root: DataRoot, config: Config, listen: Option<SocketAddr>) -
     let http = HttpServer::new(move || {
         App::new()
             .app_data(state.clone())
-            .app_data(api::json_errors())
+            .app_data(api::path_errors())
+            .app_data(api::query_errors())
             .configure(api::configure)
             .configure(crate::web::configure)
             .default_service(web::to(api::not_found))

@@ -109,6 +109,13 @@ fn unknown_paths_and_traversal_attempts_are_404() {
     assert!(body.contains("Not found"), "{body}");
     let (_, body) = get(&format!("{}/api/nope", server.url));
     assert_eq!(body, r#"{"error":"no such endpoint"}"#);
+    for path in
+        ["/api/repos/app.git/runs?page=abc", "/api/repos/app.git/runs?page=-1", "/app.git?page=99999999999"]
+    {
+        let (status, body) = get(&format!("{}{path}", server.url));
+        assert_eq!(status, 400, "{path}");
+        assert!(body.starts_with(r#"{"error":"bad query parameter"#), "{path}: {body}");
+    }
 }
 
 #[test]
