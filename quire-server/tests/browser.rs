@@ -120,7 +120,7 @@ fn an_active_run_page_shows_new_log_lines_without_reloading() {
         r#"(local ci (require :quire.ci))
 (ci.job :build [:quire/push]
   (fn [{: sh}]
-    (sh "echo early-line; sleep 4; echo late-$((20+22))-line; sleep 5")))
+    (sh "echo early-line; sleep 8; echo late-$((20+22))-line; sleep 5")))
 "#,
     );
     work.commit("slow pipeline");
