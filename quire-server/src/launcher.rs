@@ -110,23 +110,33 @@ impl Launcher {
         }
     }
 
-    /// Supersedes the ref's unfinished runs and queues a new one.
-    pub async fn queue(&self, new: NewRun) -> Result<RunId, String> {
-        let db = self.inner.db.clone();
-        let (repo, ref_name) = (new.repo.to_string(), new.ref_name.clone());
-        let (id, superseded) = tokio::task::spawn_blocking(move || -> Result<_, String> {
-            let mut conn = db.get().map_err(|e| e.to_string())?;
-            let active: Vec<RunId> = runs::unfinished_of_ref(&conn, &repo, &ref_name)
-                .map_err(|e| e.to_string())?
-                .into_iter()
-                .map(|r| r.id)
-                .collect();
-            let (id, pending) =
-                runs::enqueue(&mut conn, &new).map_err(|e| format!("cannot queue the run: {e}"))?;
-            Ok((id, active.into_iter().chain(pending).collect::<Vec<_>>()))
+    /// Runs database work on the blocking pool; errors come back as text
+    /// for the log or the socket's reply.
+    async fn db<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(&mut rusqlite::Connection) -> Result<T, String> + Send + 'static,
+    ) -> Result<T, String> {
+        let pool = self.inner.db.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut conn = pool.get().map_err(|e| e.to_string())?;
+            work(&mut conn)
         })
         .await
-        .map_err(|e| e.to_string())??;
+        .map_err(|e| format!("database task failed: {e}"))?
+    }
+
+    /// Supersedes the ref's unfinished runs and queues a new one.
+    pub async fn queue(&self, new: NewRun) -> Result<RunId, String> {
+        let (repo, ref_name) = (new.repo.to_string(), new.ref_name.clone());
+        let (id, superseded) = self
+            .db(move |conn| {
+                let unfinished =
+                    runs::unfinished_of_ref(conn, &repo, &ref_name).map_err(|e| e.to_string())?;
+                let (id, pending) =
+                    runs::enqueue(conn, &new).map_err(|e| format!("cannot queue the run: {e}"))?;
+                Ok((id, unfinished.into_iter().map(|r| r.id).chain(pending).collect::<Vec<_>>()))
+            })
+            .await?;
         for old in superseded {
             self.stop(old, Stop::Superseded);
         }
@@ -141,18 +151,15 @@ impl Launcher {
         if self.stop(id, Stop::Canceled) {
             return Ok(());
         }
-        let db = self.inner.db.clone();
-        tokio::task::spawn_blocking(move || -> Result<(), String> {
-            let conn = db.get().map_err(|e| e.to_string())?;
-            let run = runs::get(&conn, id).map_err(|e| e.to_string())?.ok_or(format!("no run {id}"))?;
+        self.db(move |conn| {
+            let run = runs::get(conn, id).map_err(|e| e.to_string())?.ok_or(format!("no run {id}"))?;
             if run.state.is_finished() {
                 return Err(format!("run {id} already finished ({})", run.state.as_str()));
             }
-            runs::finish(&conn, id, &Ending::Failed(FailureKind::Canceled)).map_err(|e| e.to_string())?;
+            runs::finish(conn, id, &Ending::Failed(FailureKind::Canceled)).map_err(|e| e.to_string())?;
             Ok(())
         })
         .await
-        .map_err(|e| e.to_string())?
     }
 
     /// Asks a running quire-ci to stop (SIGTERM to its process group, SIGKILL
@@ -183,7 +190,7 @@ impl Launcher {
     pub async fn run_queue(self) {
         loop {
             while self.running_count() < self.inner.config.ci.max_concurrent_runs {
-                match self.next_pending().await {
+                match self.db(|conn| runs::next_pending(conn).map_err(|e| e.to_string())).await {
                     Ok(Some(run)) => self.start(run).await,
                     Ok(None) => break,
                     Err(e) => {
@@ -201,16 +208,6 @@ impl Launcher {
         self.inner.running.lock().expect("running lock").len()
     }
 
-    async fn next_pending(&self) -> Result<Option<Run>, String> {
-        let db = self.inner.db.clone();
-        tokio::task::spawn_blocking(move || {
-            let conn = db.get().map_err(|e| e.to_string())?;
-            runs::next_pending(&conn).map_err(|e| e.to_string())
-        })
-        .await
-        .map_err(|e| e.to_string())?
-    }
-
     /// Prepares and spawns one run. Failures before quire-ci runs fail the
     /// run (with the reason in its quire-ci.log) rather than the server.
     async fn start(&self, run: Run) {
@@ -224,18 +221,15 @@ impl Launcher {
         let workspace = run_dir.join("workspace");
         let token = mint_token();
         let prepared = {
-            let (root, db) = (self.inner.root.clone(), self.inner.db.clone());
-            let (repo, workspace, sha) = (repo.clone(), workspace.clone(), run.sha.clone());
-            let hash = runs::token_hash(&token);
-            tokio::task::spawn_blocking(move || -> Result<bool, String> {
+            let bare = self.inner.root.repo_path(&repo);
+            let (workspace, sha, hash) = (workspace.clone(), run.sha.clone(), runs::token_hash(&token));
+            self.db(move |conn| {
                 std::fs::create_dir_all(&workspace)
                     .map_err(|e| format!("cannot create {}: {e}", workspace.display()))?;
-                materialize(&root.repo_path(&repo), &sha, &workspace)?;
-                let conn = db.get().map_err(|e| e.to_string())?;
-                runs::claim(&conn, id, &hash, &workspace.display().to_string()).map_err(|e| e.to_string())
+                materialize(&bare, &sha, &workspace)?;
+                runs::claim(conn, id, &hash, &workspace.display().to_string()).map_err(|e| e.to_string())
             })
             .await
-            .unwrap_or_else(|e| Err(e.to_string()))
         };
         match prepared {
             Ok(true) => {}
@@ -359,30 +353,30 @@ impl Launcher {
                 child.wait().await
             }
         };
-        let stop = self.inner.running.lock().expect("running lock").get(&id).and_then(|r| r.stop);
+        let (group, stop) = {
+            let running = self.inner.running.lock().expect("running lock");
+            let run = running.get(&id).expect("a supervised run is registered until it is recorded");
+            (run.group, run.stop)
+        };
         // Whatever is left of the process group goes now.
-        if let Some(group) = self.inner.running.lock().expect("running lock").get(&id).map(|r| r.group) {
-            let _ = kill_process_group(group, Signal::KILL);
-        }
+        let _ = kill_process_group(group, Signal::KILL);
         let exited_cleanly = matches!(&status, Ok(s) if s.success());
         if let Err(e) = &status {
             tracing::error!(run = %id, error = %e, "waiting for quire-ci failed");
         }
 
-        let db = self.inner.db.clone();
         let events = run_dir.join("events.jsonl");
-        let recorded = tokio::task::spawn_blocking(move || -> Result<Ending, String> {
-            let mut conn = db.get().map_err(|e| e.to_string())?;
-            let report = ingest::ingest_file(&mut conn, id, &events, runs::now_ms()).map_err(|e| e.to_string())?;
-            if report.skipped_lines > 0 {
-                tracing::warn!(run = %id, skipped = report.skipped_lines, "events.jsonl had unreadable lines");
-            }
-            let ending = ending_for(stop, exited_cleanly, report.run_finished);
-            runs::finish(&conn, id, &ending).map_err(|e| e.to_string())?;
-            Ok(ending)
-        })
-        .await
-        .unwrap_or_else(|e| Err(e.to_string()));
+        let recorded = self
+            .db(move |conn| {
+                let report = ingest::ingest_file(conn, id, &events, runs::now_ms()).map_err(|e| e.to_string())?;
+                if report.skipped_lines > 0 {
+                    tracing::warn!(run = %id, skipped = report.skipped_lines, "events.jsonl had unreadable lines");
+                }
+                let ending = ending_for(stop, exited_cleanly, report.run_finished);
+                runs::finish(conn, id, &ending).map_err(|e| e.to_string())?;
+                Ok(ending)
+            })
+            .await;
 
         match recorded {
             Ok(Ending::Complete) => tracing::info!(run = %id, %repo, "run complete"),
@@ -393,11 +387,12 @@ impl Launcher {
             Ok(Ending::Superseded) => tracing::info!(run = %id, %repo, "run superseded"),
             Err(e) => {
                 tracing::error!(run = %id, error = %e, "recording the run failed");
-                let db = self.inner.db.clone();
-                let _ = tokio::task::spawn_blocking(move || {
-                    db.get().map(|conn| runs::finish(&conn, id, &Ending::Failed(FailureKind::ProcessCrashed)))
-                })
-                .await;
+                let crashed = Ending::Failed(FailureKind::ProcessCrashed);
+                if let Err(e) =
+                    self.db(move |conn| runs::finish(conn, id, &crashed).map_err(|e| e.to_string())).await
+                {
+                    tracing::error!(run = %id, error = %e, "cannot mark the run failed");
+                }
             }
         }
         if let Err(e) = tokio::fs::remove_dir_all(&workspace).await {
@@ -417,13 +412,9 @@ impl Launcher {
                 format!("quire: the run could not start: {reason}\n"),
             );
         }
-        let db = self.inner.db.clone();
-        let result = tokio::task::spawn_blocking(move || {
-            let conn = db.get().map_err(|e| e.to_string())?;
-            runs::finish(&conn, id, &Ending::Failed(FailureKind::ProcessCrashed)).map_err(|e| e.to_string())
-        })
-        .await;
-        if let Ok(Err(e)) | Err(e) = result.map_err(|e| e.to_string()) {
+        let crashed = Ending::Failed(FailureKind::ProcessCrashed);
+        if let Err(e) = self.db(move |conn| runs::finish(conn, id, &crashed).map_err(|e| e.to_string())).await
+        {
             tracing::error!(run = %id, error = %e, "cannot mark the run failed");
         }
         self.inner.wake.notify_one();
