@@ -99,24 +99,6 @@ impl Event {
     }
 }
 
-impl JobOutcome {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            JobOutcome::Complete => "complete",
-            JobOutcome::Failed => "failed",
-        }
-    }
-}
-
-impl RunOutcome {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            RunOutcome::Success => "success",
-            RunOutcome::PipelineFailure => "pipeline_failure",
-        }
-    }
-}
-
 /// The current wall clock in Unix milliseconds, as events stamp it.
 pub fn now_ms() -> i64 {
     jiff::Timestamp::now().as_millisecond()

@@ -369,13 +369,6 @@ pub fn list(conn: &Connection, repo: Option<&str>, limit: u32, offset: u32) -> r
     runs.collect()
 }
 
-/// Where a claimed run's checkout was materialized.
-pub fn workspace_path(conn: &Connection, id: RunId) -> rusqlite::Result<Option<String>> {
-    conn.query_row("SELECT workspace_path FROM runs WHERE id = ?1", params![id.to_string()], |r| r.get(0))
-        .optional()
-        .map(Option::flatten)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -156,24 +156,22 @@ fn an_active_run_page_shows_new_log_lines_without_reloading() {
 fn finished_runs_and_the_repositories_page_render_in_a_browser() {
     let root = Root::new();
     let server = root.serve();
-    let passing = root.repo("passing.git");
-    passing.pipeline(
+    root.push_pipeline(
+        "passing.git",
         r#"(local ci (require :quire.ci))
 (ci.job :build [:quire/push] (fn [{: sh}] (sh "echo compiled 42 files") {:bin "app"}))
 (ci.job :test [:build] (fn [{: sh : jobs}] (sh (.. "echo testing " (. (jobs :build) :bin)))))
 "#,
+        "main",
     );
-    passing.commit("green");
-    passing.push("main");
-    let failing = root.repo("failing.git");
-    failing.pipeline(
+    root.push_pipeline(
+        "failing.git",
         r#"(local ci (require :quire.ci))
 (ci.job :build [:quire/push] (fn [{: sh}] (sh "echo 'error: expected ; on line 3' >&2; exit 1")))
 (ci.job :deploy [:build] (fn [{: sh}] (sh "echo never")))
 "#,
+        "main",
     );
-    failing.commit("red");
-    failing.push("main");
     let green = root.wait_run_count("passing.git", 1).remove(0);
     let red = root.wait_run_count("failing.git", 1).remove(0);
     root.wait_finished(&green);

@@ -145,10 +145,7 @@ fn a_repository_allowed_network_can_reach_loopback_listeners() {
         "(local ci (require :quire.ci))\n(ci.job :a [:quire/push] (fn [{{: sh}}] (sh [\"bash\" \"-c\" \"echo hello > /dev/tcp/127.0.0.2/{port}\"])))\n"
     );
     for repo in ["net.git", "nonet.git"] {
-        let work = root.repo(repo);
-        work.pipeline(&pipeline);
-        work.commit("x");
-        work.push("main");
+        root.push_pipeline(repo, &pipeline, "main");
     }
     let allowed = root.wait_run_count("net.git", 1).remove(0);
     let denied = root.wait_run_count("nonet.git", 1).remove(0);

@@ -10,7 +10,7 @@ use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::{Root, Work};
+use common::Root;
 
 const PASSING: &str = r#"(local ci (require :quire.ci))
 (ci.job :build [:quire/push]
@@ -41,14 +41,6 @@ const SLOW: &str = r#"(local ci (require :quire.ci))
     (when (not= (. (jobs :quire/push) :branch) "fast")
       (sh "echo $$ > \"$MARKER_DIR/pid-$(date +%s%N)\"; exec sleep 30"))))
 "#;
-
-fn push_pipeline(root: &Root, repo: &str, pipeline: &str, branch: &str) -> (Work, String) {
-    let work = root.repo(repo);
-    work.pipeline(pipeline);
-    let sha = work.commit("pipeline");
-    work.push(branch);
-    (work, sha)
-}
 
 fn only_run(root: &Root, repo: &str) -> String {
     root.wait_run_count(repo, 1).remove(0)
@@ -108,7 +100,7 @@ fn http_get(url: &str, token: Option<&str>) -> (u16, serde_json::Value) {
 fn a_passing_pipeline_is_recorded_as_complete() {
     let root = Root::new();
     let _server = root.serve();
-    let (_work, sha) = push_pipeline(&root, "app.git", PASSING, "main");
+    let (_work, sha) = root.push_pipeline("app.git", PASSING, "main");
     let id = only_run(&root, "app.git");
     assert_eq!(root.wait_finished(&id), ("complete".to_string(), None));
 
@@ -160,7 +152,7 @@ fn a_passing_pipeline_is_recorded_as_complete() {
 fn a_failing_job_fails_the_run_and_skips_its_dependents() {
     let root = Root::new();
     let _server = root.serve();
-    push_pipeline(&root, "app.git", FAILING, "main");
+    root.push_pipeline("app.git", FAILING, "main");
     let id = only_run(&root, "app.git");
     assert_eq!(root.wait_finished(&id), ("failed".to_string(), Some("pipeline-failure".to_string())));
     assert_eq!(
@@ -173,7 +165,7 @@ fn a_failing_job_fails_the_run_and_skips_its_dependents() {
 fn a_compile_error_is_a_pipeline_failure() {
     let root = Root::new();
     let _server = root.serve();
-    push_pipeline(&root, "app.git", "(local ci (require :quire.ci))\n(ci.job :a [:quire/push]\n", "main");
+    root.push_pipeline("app.git", "(local ci (require :quire.ci))\n(ci.job :a [:quire/push]\n", "main");
     let id = only_run(&root, "app.git");
     assert_eq!(root.wait_finished(&id), ("failed".to_string(), Some("pipeline-failure".to_string())));
     let log = std::fs::read_to_string(run_dir(&root, "app.git", &id).join("quire-ci.log")).unwrap();
@@ -186,7 +178,7 @@ fn a_crashing_executor_is_process_crashed() {
     let root = Root::new();
     let bin = fake_executor(root.path(), "crash.sh", "echo 'executor exploding' >&2; exit 3");
     let _server = root.serve_with(&[("QUIRE_CI_BIN", &bin)]);
-    push_pipeline(&root, "app.git", PASSING, "main");
+    root.push_pipeline("app.git", PASSING, "main");
     let id = only_run(&root, "app.git");
     assert_eq!(root.wait_finished(&id), ("failed".to_string(), Some("process-crashed".to_string())));
     let log = std::fs::read_to_string(run_dir(&root, "app.git", &id).join("quire-ci.log")).unwrap();
@@ -207,7 +199,7 @@ fn an_executor_exiting_0_without_run_finished_is_process_crashed() {
         ),
     );
     let _server = root.serve_with(&[("QUIRE_CI_BIN", &bin)]);
-    push_pipeline(&root, "app.git", PASSING, "main");
+    root.push_pipeline("app.git", PASSING, "main");
     let id = only_run(&root, "app.git");
     assert_eq!(root.wait_finished(&id), ("failed".to_string(), Some("process-crashed".to_string())));
     // What the executor did report is still recorded.
@@ -221,7 +213,7 @@ fn a_run_exceeding_the_timeout_is_killed() {
     let markers = tempfile::tempdir().unwrap();
     let _server = root.serve_with(&[("MARKER_DIR", markers.path().to_str().unwrap())]);
     let started = Instant::now();
-    push_pipeline(&root, "app.git", SLOW, "main");
+    root.push_pipeline("app.git", SLOW, "main");
     let id = only_run(&root, "app.git");
     assert_eq!(root.wait_finished(&id), ("failed".to_string(), Some("timeout".to_string())));
     assert!(started.elapsed() < Duration::from_secs(25));
@@ -260,7 +252,7 @@ fn a_second_push_to_a_ref_supersedes_the_first() {
     root.write_config(NO_SANDBOX);
     let markers = tempfile::tempdir().unwrap();
     let _server = root.serve_with(&[("MARKER_DIR", markers.path().to_str().unwrap())]);
-    let (work, _) = push_pipeline(&root, "app.git", SLOW, "main");
+    let (work, _) = root.push_pipeline("app.git", SLOW, "main");
     let first = only_run(&root, "app.git");
     wait_state(&root, &first, "active");
     root.wait_for("the first run's command", 20, || {
@@ -281,7 +273,7 @@ fn a_second_push_to_a_ref_supersedes_the_first() {
 fn pushes_to_two_refs_both_run() {
     let root = Root::new();
     let _server = root.serve();
-    let (work, _) = push_pipeline(&root, "app.git", PASSING, "main");
+    let (work, _) = root.push_pipeline("app.git", PASSING, "main");
     work.push("feature");
     let ids = root.wait_run_count("app.git", 2);
     for id in &ids {
@@ -298,7 +290,7 @@ fn a_server_killed_mid_run_orphans_it_and_runs_the_queue_after_restart() {
     let markers = tempfile::tempdir().unwrap();
     let env = [("MARKER_DIR", markers.path().to_str().unwrap())];
     let server = root.serve_with(&env);
-    let (work, _) = push_pipeline(&root, "app.git", SLOW, "main");
+    let (work, _) = root.push_pipeline("app.git", SLOW, "main");
     let active = only_run(&root, "app.git");
     wait_state(&root, &active, "active");
     work.push("fast");
@@ -332,7 +324,7 @@ fn a_push_while_the_server_is_down_runs_when_it_starts() {
 fn deleting_a_ref_starts_nothing() {
     let root = Root::new();
     let _server = root.serve();
-    let (work, _) = push_pipeline(&root, "app.git", PASSING, "main");
+    let (work, _) = root.push_pipeline("app.git", PASSING, "main");
     work.push("doomed");
     let ids = root.wait_run_count("app.git", 2);
     for id in &ids {
@@ -364,7 +356,7 @@ fn run_tokens_authenticate_only_their_own_live_run() {
         ("QUIRE_CI_BIN", &token_recorder(&root)),
         ("MARKER_DIR", markers.path().to_str().unwrap()),
     ]);
-    let (_work, sha) = push_pipeline(&root, "app.git", SLOW, "main");
+    let (_work, sha) = root.push_pipeline("app.git", SLOW, "main");
     let id = only_run(&root, "app.git");
     wait_state(&root, &id, "active");
     let token = std::fs::read_to_string(root.path().join("tokens")).unwrap().trim().to_string();
@@ -411,7 +403,7 @@ fn secrets_reach_the_pipeline_and_are_redacted() {
       (sh (.. "echo using " token))
       (sh ["test" token "=" "hunter2-very-secret"]))))
 "#;
-    push_pipeline(&root, "app.git", pipeline, "main");
+    root.push_pipeline("app.git", pipeline, "main");
     let id = only_run(&root, "app.git");
     assert_eq!(root.wait_finished(&id), ("complete".to_string(), None));
     let dir = run_dir(&root, "app.git", &id);
@@ -455,7 +447,7 @@ fn a_malformed_socket_message_is_refused_and_the_server_keeps_working() {
     let mut rest = String::new();
     let _ = silent.read_to_string(&mut rest);
 
-    push_pipeline(&root, "app.git", PASSING, "main");
+    root.push_pipeline("app.git", PASSING, "main");
     let id = only_run(&root, "app.git");
     assert_eq!(root.wait_finished(&id).0, "complete");
 }
@@ -466,7 +458,7 @@ fn cancel_and_retrigger() {
     root.write_config(NO_SANDBOX);
     let markers = tempfile::tempdir().unwrap();
     let _server = root.serve_with(&[("MARKER_DIR", markers.path().to_str().unwrap())]);
-    let (_work, sha) = push_pipeline(&root, "app.git", SLOW, "main");
+    let (_work, sha) = root.push_pipeline("app.git", SLOW, "main");
     let id = only_run(&root, "app.git");
     wait_state(&root, &id, "active");
     let said = root.quire_ok(&["ci", "cancel", &id[..13]]);
@@ -565,7 +557,7 @@ fn operational_errors_reach_sentry_and_pipeline_failures_do_not() {
     root.write_config(&format!("{{:sentry {{:dsn \"{}\"}}}}", sentry.dsn));
     {
         let _server = root.serve();
-        push_pipeline(&root, "app.git", FAILING, "main");
+        root.push_pipeline("app.git", FAILING, "main");
         let id = only_run(&root, "app.git");
         assert_eq!(root.wait_finished(&id).1.as_deref(), Some("pipeline-failure"));
         std::thread::sleep(Duration::from_secs(2));
@@ -574,10 +566,7 @@ fn operational_errors_reach_sentry_and_pipeline_failures_do_not() {
         assert!(events.is_empty(), "a failing pipeline is not an operational error: {events:?}");
     }
     let _server = root.serve_with(&[("QUIRE_CI_BIN", "/nonexistent/quire-ci")]);
-    let work = root.repo("other.git");
-    work.pipeline(PASSING);
-    work.commit("x");
-    work.push("main");
+    root.push_pipeline("other.git", PASSING, "main");
     let id = only_run(&root, "other.git");
     assert_eq!(root.wait_finished(&id).1.as_deref(), Some("process-crashed"));
     root.wait_for("a Sentry event", 20, || {

@@ -35,10 +35,7 @@ fn get_with(url: &str, headers: &[(&str, &str)]) -> (u16, String) {
 fn finished_run() -> (Root, common::Server, String) {
     let root = Root::new();
     let server = root.serve();
-    let work = root.repo("app.git");
-    work.pipeline(PIPELINE);
-    work.commit("pipeline");
-    work.push("main");
+    root.push_pipeline("app.git", PIPELINE, "main");
     let id = root.wait_run_count("app.git", 1).remove(0);
     root.wait_finished(&id);
     (root, server, id)
@@ -122,10 +119,11 @@ fn unknown_paths_and_traversal_attempts_are_404() {
 fn a_ref_name_with_markup_is_escaped() {
     let root = Root::new();
     let server = root.serve();
-    let work = root.repo("app.git");
-    work.pipeline("(local ci (require :quire.ci))\n(ci.job :a [:quire/push] (fn [{: sh}] (sh \"true\")))\n");
-    work.commit("x");
-    work.push("<b>bold</b>");
+    root.push_pipeline(
+        "app.git",
+        "(local ci (require :quire.ci))\n(ci.job :a [:quire/push] (fn [{: sh}] (sh \"true\")))\n",
+        "<b>bold</b>",
+    );
     let id = root.wait_run_count("app.git", 1).remove(0);
     root.wait_finished(&id);
     for path in ["/", "/app.git", &format!("/runs/{id}")] {
@@ -202,10 +200,7 @@ fn a_trusted_user_header_guards_runs_and_logs_but_not_lists_or_badges() {
     let root = Root::new();
     root.write_config("{:web {:trusted-user-header \"Remote-User\"}}");
     let server = root.serve();
-    let work = root.repo("app.git");
-    work.pipeline(PIPELINE);
-    work.commit("x");
-    work.push("main");
+    root.push_pipeline("app.git", PIPELINE, "main");
     let id = root.wait_run_count("app.git", 1).remove(0);
     root.wait_finished(&id);
     for path in [

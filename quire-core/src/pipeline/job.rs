@@ -71,15 +71,6 @@ pub enum Input {
     Job(JobId),
 }
 
-impl Input {
-    pub fn name(&self) -> &str {
-        match self {
-            Input::Push => PUSH_SOURCE,
-            Input::Job(id) => id.as_str(),
-        }
-    }
-}
-
 /// A validated job, minus its run-fn (which lives in the execute VM).
 #[derive(Debug, Clone)]
 pub struct Job {

@@ -18,7 +18,7 @@ use crate::fennel;
 
 pub use diagnostic::{Diagnostic, Location, Severity};
 pub use job::{Input, InvalidJobId, Job, JobId, PUSH_SOURCE};
-pub use vm::{set_deadline, ChunkInfo, LuaFailure};
+pub use vm::{set_deadline, ChunkInfo};
 
 /// Where a workspace keeps its pipeline.
 pub const PIPELINE_PATH: &str = ".quire/ci.fnl";

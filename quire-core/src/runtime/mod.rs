@@ -19,14 +19,13 @@ use std::time::{Duration, Instant};
 use mlua::{Lua, Table, Value};
 
 pub use process::kill_running_command;
-pub use redact::{Redactor, MASK};
 pub use sandbox::{find_bwrap, Bwrap, Limits, Sandbox};
-pub use sh::Program;
 
 use crate::cri::{self, Stream};
 use crate::event::{now_ms, Event, EventKind, JobOutcome, RunOutcome};
 use crate::pipeline::{Input, JobId, Pipeline, PUSH_SOURCE};
 use crate::push::PushFacts;
+use redact::Redactor;
 
 /// Where a run's secrets come from.
 pub trait SecretSource {

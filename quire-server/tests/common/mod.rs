@@ -109,6 +109,16 @@ impl Root {
         Work { dir: work, name: name.to_string() }
     }
 
+    /// Creates `repo`, commits `pipeline` as its `.quire/ci.fnl` and pushes
+    /// it to `branch`; returns the clone and the commit.
+    pub fn push_pipeline(&self, repo: &str, pipeline: &str, branch: &str) -> (Work, String) {
+        let work = self.repo(repo);
+        work.pipeline(pipeline);
+        let sha = work.commit("pipeline");
+        work.push(branch);
+        (work, sha)
+    }
+
     pub fn server_log(&self) -> String {
         std::fs::read_to_string(self.path().join("server.log")).unwrap_or_default()
     }
