@@ -28,7 +28,7 @@ pub fn push_facts(
 ) -> Result<PushFacts, LocalError> {
     let repo =
         workspace.file_name().map_or_else(|| "workspace".to_string(), |n| n.to_string_lossy().into_owned());
-    let pushed_at_ms = quire_core::event::now_ms();
+    let pushed_at_ms = quire_core::clock::now_ms();
     if let (Some(sha), Some(ref_name)) = (&sha, &ref_name) {
         return Ok(PushFacts {
             repo,

@@ -12,7 +12,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use quire_core::pipeline::JobId;
+use quire_core::id::JobId;
 
 use clap::{Parser, Subcommand};
 

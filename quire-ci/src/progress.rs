@@ -6,9 +6,10 @@ use std::collections::HashMap;
 use std::io::{self, Write};
 use std::path::Path;
 
+use quire_core::clock::{format_duration_ms, now_ms};
 use quire_core::cri;
 use quire_core::event::{Event, EventKind, JobOutcome, RunOutcome};
-use quire_core::pipeline::JobId;
+use quire_core::id::JobId;
 use quire_core::runtime::{Note, Sink};
 
 /// How many lines of a failed command's log are shown.
@@ -35,7 +36,7 @@ impl Reporter {
             events,
             progress,
             started_at: HashMap::new(),
-            run_started_ms: quire_core::event::now_ms(),
+            run_started_ms: now_ms(),
             tally: Tally::default(),
         }
     }
@@ -60,17 +61,17 @@ impl Reporter {
                 match outcome {
                     JobOutcome::Complete => {
                         self.tally.complete += 1;
-                        self.say(&format!("✔ {job_id} complete in {}", duration(took)));
+                        self.say(&format!("✔ {job_id} complete in {}", format_duration_ms(took)));
                     }
                     JobOutcome::Failed => {
                         self.tally.failed += 1;
-                        self.say(&format!("✘ {job_id} failed after {}", duration(took)));
+                        self.say(&format!("✘ {job_id} failed after {}", format_duration_ms(took)));
                     }
                 }
             }
             EventKind::JobSkipped { .. } => self.tally.skipped += 1,
             EventKind::RunFinished { outcome } => {
-                let took = duration(event.at_ms - self.run_started_ms);
+                let took = format_duration_ms(event.at_ms - self.run_started_ms);
                 let Tally { complete, failed, skipped } = self.tally;
                 let verdict = match outcome {
                     RunOutcome::Success => "run succeeded",
@@ -131,29 +132,4 @@ fn tail(log: &Path, n: usize) -> Vec<String> {
             cri::Stream::Stderr => format!("{} (stderr)", l.content),
         })
         .collect()
-}
-
-/// `0.42s`, `12.3s`, `2m05s`.
-pub fn duration(ms: i64) -> String {
-    let ms = ms.max(0);
-    if ms < 10_000 {
-        format!("{:.2}s", ms as f64 / 1000.0)
-    } else if ms < 60_000 {
-        format!("{:.1}s", ms as f64 / 1000.0)
-    } else {
-        format!("{}m{:02}s", ms / 60_000, (ms % 60_000) / 1000)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn durations_read_naturally() {
-        assert_eq!(duration(420), "0.42s");
-        assert_eq!(duration(12_345), "12.3s");
-        assert_eq!(duration(125_000), "2m05s");
-        assert_eq!(duration(-5), "0.00s");
-    }
 }

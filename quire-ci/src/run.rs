@@ -8,9 +8,12 @@ use std::io::{self, BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use quire_core::event::{now_ms, Event, EventKind, RunOutcome};
-use quire_core::pipeline::{JobId, LoadError, Pipeline, SourceFile, PIPELINE_PATH};
+use quire_core::clock::now_ms;
+use quire_core::event::{Event, EventKind, RunOutcome};
+use quire_core::id::JobId;
+use quire_core::pipeline::{self, LoadError, Pipeline, PIPELINE_PATH};
 use quire_core::push::PushFacts;
+use quire_core::run_dir::RunDir;
 use quire_core::runtime::{self, Bwrap, Limits, RunContext, RunError, Sandbox, SecretSource, Sink};
 
 use crate::local::{self, EnvSecrets};
@@ -124,7 +127,7 @@ fn run_inner(args: RunArgs) -> Result<(), Fatal> {
 
     // Paths in messages are relative to the workspace: the same in a local
     // run and on the server, whose workspaces are temporary directories.
-    let loaded = SourceFile::read(&workspace)
+    let loaded = pipeline::read_source(&workspace)
         .and_then(|source| Pipeline::from_source(source.with_display_name(PIPELINE_PATH)));
     let pipeline = match loaded {
         Ok(pipeline) => pipeline,
@@ -136,7 +139,7 @@ fn run_inner(args: RunArgs) -> Result<(), Fatal> {
     };
     let ctx = RunContext {
         workspace,
-        out_dir: out_dir.clone(),
+        run_dir: RunDir::new(&out_dir),
         only: args.jobs,
         job_timeout: args.job_timeout,
         base_env: std::env::vars_os()

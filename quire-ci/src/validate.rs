@@ -4,7 +4,9 @@
 use std::path::Path;
 use std::process::ExitCode;
 
-use quire_core::pipeline::{Diagnostic, LoadError, Pipeline};
+use quire_core::diagnostic::Diagnostic;
+use quire_core::pipeline::{LoadError, Pipeline};
+use quire_core::source::SourceFile;
 use serde_json::json;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -52,7 +54,7 @@ fn report_valid(pipeline: &Pipeline, format: Format) {
     }
 }
 
-fn report_invalid(file: &quire_core::pipeline::SourceFile, diagnostics: &[Diagnostic], format: Format) {
+fn report_invalid(file: &SourceFile, diagnostics: &[Diagnostic], format: Format) {
     match format {
         Format::Human => {
             for diagnostic in diagnostics {

@@ -5,7 +5,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::pipeline::JobId;
+use crate::id::JobId;
 
 /// One line of the stream: when it happened and what happened.
 ///
@@ -97,11 +97,6 @@ impl Event {
             EventKind::RunFinished { .. } | EventKind::Unknown => None,
         }
     }
-}
-
-/// The current wall clock in Unix milliseconds, as events stamp it.
-pub fn now_ms() -> i64 {
-    jiff::Timestamp::now().as_millisecond()
 }
 
 #[cfg(test)]

@@ -66,7 +66,7 @@ fn main() {
         };
         let (run, _) = runs::enqueue(&mut conn, &new).unwrap();
         let started = Instant::now();
-        let report = ingest::ingest_file(&mut conn, run, &events, runs::now_ms()).unwrap();
+        let report = ingest::ingest_file(&mut conn, run, &events, quire_core::clock::now_ms()).unwrap();
         seconds.push(started.elapsed().as_secs_f64());
         assert_eq!(report.events, total);
         assert_eq!(report.skipped_lines, 0);

@@ -8,7 +8,9 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
-use quire_core::pipeline::{Diagnostic, Location, SourceFile};
+use quire_core::diagnostic::{Diagnostic, Location};
+use quire_core::id::RepoName;
+use quire_core::source::SourceFile;
 use serde_json::{Map, Value};
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:3000";
@@ -30,7 +32,7 @@ pub struct CiConfig {
     pub timeout: Duration,
     pub sandbox: SandboxMode,
     /// Repositories whose commands may use the network.
-    pub network: Vec<String>,
+    pub network: Vec<RepoName>,
     pub limits: Limits,
 }
 
@@ -132,7 +134,7 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
         diagnostic: Box::new(diagnostic),
         source_file: Some(Box::new(file.clone())),
     };
-    let value = quire_core::fennel::evaluate_data(&file).map_err(|d| broken(d, &file))?;
+    let value = quire_core::lua::data::evaluate_data(&file).map_err(|d| broken(d, &file))?;
     Reader { file: &file }.config(&value).map_err(|d| broken(d, &file))
 }
 
@@ -225,8 +227,7 @@ impl Reader<'_> {
                     })?;
                     for repo in repos {
                         let name = self.string(repo, key)?;
-                        name.parse::<crate::repos::RepoName>().map_err(|e| self.error(key, e.to_string()))?;
-                        ci.network.push(name.to_string());
+                        ci.network.push(name.parse::<RepoName>().map_err(|e| self.error(key, e.to_string()))?);
                     }
                 }
                 "max-processes" => ci.limits.max_processes = self.positive(value, key)?,
@@ -345,7 +346,7 @@ mod tests {
         assert_eq!(config.ci.max_concurrent_runs, 4);
         assert_eq!(config.ci.timeout, Duration::from_secs(60));
         assert_eq!(config.ci.sandbox, SandboxMode::None);
-        assert_eq!(config.ci.network, ["a.git"]);
+        assert_eq!(config.ci.network, ["a.git".parse::<RepoName>().unwrap()]);
         assert_eq!(config.ci.limits.max_processes, 10);
         assert_eq!(config.secrets["deploy-token"], "abc");
         assert!(config.sentry_dsn.is_some());

@@ -1,7 +1,10 @@
 //! The SQLite database: opening connections the one way Quire uses them
 //! (WAL, foreign keys, a busy timeout), applying the embedded migrations,
-//! and a small pool so request handlers do not reopen the file. What is
-//! stored and how it changes is `runs` and `ingest`.
+//! and a small pool so request handlers do not reopen the file. Only
+//! `quire serve` migrates ([`open_and_migrate`]); the hook and the `ci`
+//! commands use [`open_current`], which refuses a database whose schema is
+//! not exactly this binary's. What is stored and how it changes is `runs`
+//! and `ingest`.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -19,6 +22,20 @@ pub enum DbError {
     Open { path: PathBuf, source: rusqlite::Error },
     #[error("cannot migrate the database {}: {source}", path.display())]
     Migrate { path: PathBuf, source: rusqlite_migration::Error },
+    #[error("there is no database at {}: start `quire serve` once to create it", path.display())]
+    Missing { path: PathBuf },
+    #[error(
+        "the database {} has schema version {found}, older than this quire's {expected}: \
+         start `quire serve` once to migrate it",
+        path.display()
+    )]
+    Outdated { path: PathBuf, found: usize, expected: usize },
+    #[error(
+        "the database {} has schema version {found}, written by a newer quire than this one \
+         (which knows up to {expected}): run the newer quire, or upgrade this one",
+        path.display()
+    )]
+    TooNew { path: PathBuf, found: usize, expected: usize },
     #[error(transparent)]
     Sql(#[from] rusqlite::Error),
 }
@@ -36,14 +53,34 @@ pub fn connect(path: &Path) -> Result<Connection, DbError> {
     open().map_err(|source| DbError::Open { path: path.to_path_buf(), source })
 }
 
-/// Opens the database and brings its schema up to date. Called once at
-/// server start (and by CLI commands that may run before any server has).
+/// Opens the database and brings its schema up to date. Only `quire serve`
+/// calls this, once at start, so that one process owns schema changes.
 pub fn open_and_migrate(path: &Path) -> Result<Connection, DbError> {
     let mut conn = connect(path)?;
     migrations()
         .to_latest(&mut conn)
         .map_err(|source| DbError::Migrate { path: path.to_path_buf(), source })?;
     Ok(conn)
+}
+
+/// Opens an existing database whose schema is exactly this binary's, for
+/// the hook and the operator commands.
+pub fn open_current(path: &Path) -> Result<Connection, DbError> {
+    if !path.exists() {
+        return Err(DbError::Missing { path: path.to_path_buf() });
+    }
+    let conn = connect(path)?;
+    let found: usize = conn
+        .pragma_query_value(None, "user_version", |r| r.get::<_, i64>(0))
+        .map_err(|source| DbError::Open { path: path.to_path_buf(), source })?
+        .try_into()
+        .unwrap_or(0);
+    let expected = MIGRATIONS.len();
+    match found.cmp(&expected) {
+        std::cmp::Ordering::Equal => Ok(conn),
+        std::cmp::Ordering::Less => Err(DbError::Outdated { path: path.to_path_buf(), found, expected }),
+        std::cmp::Ordering::Greater => Err(DbError::TooNew { path: path.to_path_buf(), found, expected }),
+    }
 }
 
 fn migrations() -> Migrations<'static> {
@@ -120,5 +157,28 @@ mod tests {
         assert_eq!(mode, "wal");
         let fk: bool = conn.pragma_query_value(None, "foreign_keys", |r| r.get(0)).unwrap();
         assert!(fk);
+    }
+
+    #[test]
+    fn open_current_takes_only_a_database_of_this_schema() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("quire.db");
+        let missing = open_current(&path).unwrap_err();
+        assert!(matches!(missing, DbError::Missing { .. }), "{missing}");
+        assert!(missing.to_string().contains("start `quire serve` once"), "{missing}");
+        assert!(!path.exists(), "opening does not create the file");
+
+        drop(connect(&path).unwrap());
+        let outdated = open_current(&path).unwrap_err();
+        assert!(matches!(outdated, DbError::Outdated { found: 0, .. }), "{outdated}");
+        assert!(!connect(&path).unwrap().prepare("SELECT 1 FROM runs").is_ok(), "nothing was migrated");
+
+        drop(open_and_migrate(&path).unwrap());
+        open_current(&path).unwrap();
+
+        connect(&path).unwrap().pragma_update(None, "user_version", MIGRATIONS.len() as i64 + 1).unwrap();
+        let too_new = open_current(&path).unwrap_err();
+        assert!(matches!(too_new, DbError::TooNew { .. }), "{too_new}");
+        assert!(too_new.to_string().contains("newer quire"), "{too_new}");
     }
 }

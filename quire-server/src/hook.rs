@@ -1,22 +1,29 @@
 //! `quire hook post-receive`, run by git in a hosted repository after a
 //! push: reads git's `<old> <new> <ref>` lines and tells the server. A push
-//! is never refused: when the server is down, the run is queued straight in
-//! the database (it starts when the server does) and a warning is printed.
+//! is never refused and never lost: when the server is down, the run is
+//! queued straight in the database, or, when the database cannot take it
+//! (none yet, another schema version, busy), saved in the spool; either way
+//! it starts when the server does, and a warning is printed.
 
 use std::io::BufRead;
 use std::path::Path;
 
+use quire_core::clock::now_ms;
+use quire_core::id::{InvalidRepoName, RepoName};
+
 use crate::db;
-use crate::repos::RepoName;
+use crate::protocol::{self, Message, RefUpdate, SendError};
 use crate::root::DataRoot;
 use crate::runs::{self, NewRun};
-use crate::socket::{self, is_zero_sha, Message, RefUpdate, SendError};
 
 /// What the hook did, for its message to the pusher.
 #[derive(Debug, PartialEq, Eq)]
 pub enum HookOutcome {
     Sent(Vec<String>),
     QueuedOffline(usize),
+    /// Saved in the spool for the next server start, because the database
+    /// could not take the push.
+    Spooled { runs: usize, because: String },
     NothingToRun,
 }
 
@@ -25,12 +32,12 @@ pub enum HookError {
     #[error("the hook runs in {0}, which is not a repository under {1}")]
     NotARepository(String, String),
     #[error(transparent)]
-    Name(#[from] crate::repos::InvalidRepoName),
+    Name(#[from] InvalidRepoName),
     #[error("reading the pushed refs: {0}")]
     Input(#[from] std::io::Error),
     #[error("the server refused the push: {0}")]
     Refused(String),
-    #[error("the server is down and the run could not be queued in the database: {0}")]
+    #[error("the server is down and the push could not be saved: {0}")]
     Offline(String),
 }
 
@@ -68,11 +75,12 @@ pub fn post_receive(
     if updates.iter().all(RefUpdate::is_deletion) {
         return Ok(HookOutcome::NothingToRun);
     }
-    let pushed_at_ms = runs::now_ms();
+    let pushed_at_ms = now_ms();
     let message = Message::Push { repo: repo.to_string(), pushed_at_ms, refs: updates.clone() };
-    match socket::send(&root.socket_path(), &message) {
+    match protocol::send(&root.socket_path(), &message) {
         Ok(runs) => Ok(HookOutcome::Sent(runs)),
-        Err(SendError::NotRunning { .. }) => queue_offline(root, &repo, &updates, pushed_at_ms),
+        Err(SendError::NotRunning { .. }) => queue_offline(root, &repo, &updates, pushed_at_ms)
+            .or_else(|because| spool_push(root, &message, because.to_string())),
         Err(SendError::Refused(reason)) => Err(HookError::Refused(reason)),
         Err(other) => Err(HookError::Refused(other.to_string())),
     }
@@ -85,20 +93,23 @@ fn queue_offline(
     pushed_at_ms: i64,
 ) -> Result<HookOutcome, HookError> {
     let offline = |e: &dyn std::fmt::Display| HookError::Offline(e.to_string());
-    let mut conn = db::open_and_migrate(&root.db_path()).map_err(|e| offline(&e))?;
+    let mut conn = db::open_current(&root.db_path()).map_err(|e| offline(&e))?;
     let mut queued = 0;
-    for update in updates.iter().filter(|u| !u.is_deletion()) {
-        let new = NewRun {
-            repo: repo.clone(),
-            ref_name: update.ref_name.clone(),
-            sha: update.new_sha.clone(),
-            previous_sha: Some(update.old_sha.clone()).filter(|s| !is_zero_sha(s)),
-            pushed_at_ms,
-        };
+    for new in updates.iter().filter_map(|update| NewRun::from_update(repo, pushed_at_ms, update)) {
         runs::enqueue(&mut conn, &new).map_err(|e| offline(&e))?;
         queued += 1;
     }
     Ok(HookOutcome::QueuedOffline(queued))
+}
+
+fn spool_push(root: &DataRoot, message: &Message, because: String) -> Result<HookOutcome, HookError> {
+    crate::spool::save(&root.spool_dir(), message)
+        .map_err(|e| HookError::Offline(format!("{because}; and the spool failed too: {e}")))?;
+    let runs = match message {
+        Message::Push { refs, .. } => refs.iter().filter(|u| !u.is_deletion()).count(),
+        Message::Cancel { .. } => 0,
+    };
+    Ok(HookOutcome::Spooled { runs, because })
 }
 
 #[cfg(test)]
@@ -111,7 +122,7 @@ mod tests {
             "{a} {b} refs/heads/main\ngarbage\n{b} {z} refs/heads/gone\n",
             a = "1".repeat(40),
             b = "2".repeat(40),
-            z = socket::ZERO_SHA
+            z = protocol::ZERO_SHA
         );
         let updates = read_updates(input.as_bytes()).unwrap();
         assert_eq!(updates.len(), 2);

@@ -1,18 +1,20 @@
 //! Ingest: a finished run's `events.jsonl` into the `jobs` and `sh_events`
-//! tables (SPEC §6.4 step 4). One transaction, two passes: jobs first, then
-//! the commands that reference them. A line that cannot be decoded is
-//! skipped and counted; the lines around it are kept. Deciding what the run
-//! became is the launcher's job, from the report returned here.
+//! tables (SPEC §6.4 step 4). The stream is read line by line into the
+//! shared fold (`quire_core::jobs`), so memory grows with the number of jobs
+//! and commands, not of events; then one transaction writes it in two
+//! passes: jobs first, then the commands that reference them. A line that
+//! cannot be decoded is skipped and counted; the lines around it are kept.
+//! Deciding what the run became is the launcher's job, from the report
+//! returned here.
 
-use std::collections::{HashMap, HashSet, VecDeque};
 use std::fs::File;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 
-use quire_core::event::{Event, EventKind, JobOutcome, RunOutcome};
+use quire_core::event::{Event, RunOutcome};
+use quire_core::id::RunId;
+use quire_core::jobs::Fold;
 use rusqlite::{params, Connection};
-
-use crate::runs::RunId;
 
 /// What an ingest found.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -21,7 +23,7 @@ pub struct IngestReport {
     pub events: usize,
     pub jobs: usize,
     pub commands: usize,
-    /// Lines that could not be decoded, or that referred to no job.
+    /// Lines that could not be decoded, or that referred to no command.
     pub skipped_lines: usize,
     /// The outcome, if the stream's last known event is `run_finished`.
     pub run_finished: Option<RunOutcome>,
@@ -50,24 +52,6 @@ pub fn ingest_file(
     }
 }
 
-/// A job as pass 1 assembles it.
-struct JobRecord {
-    position: usize,
-    started: Option<i64>,
-    finished: Option<i64>,
-    state: &'static str,
-    last_exit: Option<i32>,
-}
-
-/// A command as pass 2 assembles it.
-struct CommandRecord<'e> {
-    job: &'e str,
-    seq: u32,
-    cmd: &'e str,
-    started: i64,
-    finished: Option<(i64, i32)>,
-}
-
 pub fn ingest(
     conn: &mut Connection,
     run: RunId,
@@ -75,16 +59,10 @@ pub fn ingest(
     now_ms: i64,
 ) -> Result<IngestReport, IngestError> {
     let mut report = IngestReport::default();
-    let decoded = decode(events, &mut report)?;
-    report.run_finished =
-        decoded.iter().rev().find(|e| !matches!(e.kind, EventKind::Unknown)).and_then(|e| match e.kind {
-            EventKind::RunFinished { outcome } => Some(outcome),
-            _ => None,
-        });
-
-    let jobs = collect_jobs(&decoded, now_ms, Stream::Ended);
-    let (commands, orphans) = collect_commands(&decoded, &jobs);
-    report.skipped_lines += orphans;
+    let fold = decode_into_fold(events, &mut report)?;
+    report.run_finished = fold.run_finished();
+    report.skipped_lines += fold.orphans();
+    let jobs = fold.finish(now_ms);
 
     let run_id = run.to_string();
     let tx = conn.transaction()?;
@@ -94,15 +72,15 @@ pub fn ingest(
             "INSERT INTO jobs (run_id, job_id, position, state, exit_code, started_at_ms, finished_at_ms)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
         )?;
-        for (job_id, job) in &jobs {
+        for (position, job) in jobs.iter().enumerate() {
             insert.execute(params![
                 run_id,
-                job_id,
-                job.position,
-                job.state,
-                job.last_exit,
-                job.started,
-                job.finished
+                job.job_id.as_str(),
+                position,
+                job.state.as_str(),
+                job.exit_code,
+                job.started_at_ms,
+                job.finished_at_ms
             ])?;
         }
     }
@@ -111,37 +89,40 @@ pub fn ingest(
             "INSERT INTO sh_events (run_id, job_id, seq, cmd, started_at_ms, finished_at_ms, exit_code)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
         )?;
-        for command in &commands {
-            let (finished, exit) = command.finished.map_or((None, None), |(at, code)| (Some(at), Some(code)));
-            insert.execute(params![
-                run_id,
-                command.job,
-                command.seq,
-                command.cmd,
-                command.started,
-                finished,
-                exit
-            ])?;
+        for job in &jobs {
+            for command in &job.commands {
+                insert.execute(params![
+                    run_id,
+                    job.job_id.as_str(),
+                    command.seq,
+                    command.cmd,
+                    command.started_at_ms,
+                    command.finished_at_ms,
+                    command.exit_code
+                ])?;
+                report.commands += 1;
+            }
         }
     }
     tx.commit()?;
     report.jobs = jobs.len();
-    report.commands = commands.len();
     Ok(report)
 }
 
-/// Decodes every line it can; the rest are counted as skipped.
-fn decode(events: impl BufRead, report: &mut IngestReport) -> Result<Vec<Event>, IngestError> {
-    let mut decoded = Vec::new();
+/// Folds every line it can decode; the rest are counted as skipped.
+fn decode_into_fold(events: impl BufRead, report: &mut IngestReport) -> Result<Fold, IngestError> {
+    let mut fold = Fold::new();
     let mut warned = 0;
     for (number, line) in events.split(b'\n').enumerate() {
         let line = line.map_err(|source| IngestError::Io { path: PathBuf::from("events.jsonl"), source })?;
         if line.iter().all(u8::is_ascii_whitespace) {
             continue;
         }
-        let parsed = std::str::from_utf8(&line).ok().map(Event::from_line);
-        match parsed {
-            Some(Ok(event)) => decoded.push(event),
+        match std::str::from_utf8(&line).ok().map(Event::from_line) {
+            Some(Ok(event)) => {
+                fold.apply(&event);
+                report.events += 1;
+            }
             Some(Err(e)) => {
                 report.skipped_lines += 1;
                 if warned < 3 {
@@ -152,146 +133,7 @@ fn decode(events: impl BufRead, report: &mut IngestReport) -> Result<Vec<Event>,
             None => report.skipped_lines += 1,
         }
     }
-    report.events = decoded.len();
-    Ok(decoded)
-}
-
-/// Whether the stream is complete (quire-ci exited) or still growing.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Stream {
-    Ended,
-    Live,
-}
-
-/// What a run has done so far, from its events file, for showing a run
-/// that is still going (its rows are only written when it ends).
-pub fn progress(path: &Path) -> Vec<crate::jobs::JobRow> {
-    let Ok(file) = File::open(path) else { return Vec::new() };
-    let mut report = IngestReport::default();
-    let Ok(decoded) = decode(BufReader::new(file), &mut report) else { return Vec::new() };
-    let jobs = collect_jobs(&decoded, 0, Stream::Live);
-    let (commands, _) = collect_commands(&decoded, &jobs);
-    jobs.iter()
-        .map(|(id, job)| crate::jobs::JobRow {
-            job_id: id.to_string(),
-            state: job.state.to_string(),
-            exit_code: job.last_exit.map(i64::from),
-            started_at_ms: job.started,
-            finished_at_ms: job.finished,
-            commands: commands
-                .iter()
-                .filter(|c| c.job == *id)
-                .map(|c| crate::jobs::CommandRow {
-                    seq: c.seq.into(),
-                    cmd: c.cmd.to_string(),
-                    exit_code: c.finished.map(|(_, code)| code.into()),
-                    started_at_ms: c.started,
-                    finished_at_ms: c.finished.map(|(at, _)| at),
-                })
-                .collect(),
-        })
-        .collect()
-}
-
-/// Pass 1: one record per job, in order of first appearance.
-fn collect_jobs(events: &[Event], now_ms: i64, stream: Stream) -> Vec<(&str, JobRecord)> {
-    let mut jobs: Vec<(&str, JobRecord)> = Vec::new();
-    let mut index: HashMap<&str, usize> = HashMap::new();
-    for event in events {
-        let Some(job_id) = event.job_id() else { continue };
-        let slot = *index.entry(job_id.as_str()).or_insert_with(|| {
-            let position = jobs.len();
-            jobs.push((
-                job_id.as_str(),
-                JobRecord { position, started: None, finished: None, state: "pending", last_exit: None },
-            ));
-            position
-        });
-        let job = &mut jobs[slot].1;
-        match &event.kind {
-            EventKind::JobStarted { .. } => {
-                job.started = Some(event.at_ms);
-                job.state = "active";
-            }
-            EventKind::JobFinished { outcome, .. } => {
-                job.state = match outcome {
-                    JobOutcome::Complete => "complete",
-                    JobOutcome::Failed => "failed",
-                };
-                job.finished = Some(event.at_ms);
-            }
-            EventKind::JobSkipped { .. } => {
-                job.state = "skipped";
-                job.started = None;
-                job.finished = Some(event.at_ms);
-            }
-            EventKind::ShFinished { exit_code, .. } => job.last_exit = Some(*exit_code),
-            _ => {}
-        }
-    }
-    if stream == Stream::Live {
-        return jobs;
-    }
-    for (_, job) in &mut jobs {
-        match job.state {
-            // Started, never finished: quire-ci was stopped mid-job.
-            "active" => {
-                job.state = "aborted";
-                job.finished = Some(now_ms);
-            }
-            // Commands or a finish without a start: a mangled stream. The
-            // job ran, so it is recorded as aborted at its first sign.
-            "pending" | "complete" | "failed" if job.started.is_none() => {
-                job.started = job.finished.or(Some(now_ms));
-                job.finished = job.started;
-                job.state = "aborted";
-            }
-            _ => {}
-        }
-        if let (Some(start), Some(finish)) = (job.started, job.finished) {
-            job.finished = Some(finish.max(start));
-        }
-    }
-    jobs
-}
-
-/// Pass 2: commands numbered per job; a finish completes the job's oldest
-/// unfinished command. Returns the commands and how many events referred
-/// to no command or job.
-fn collect_commands<'e>(events: &'e [Event], jobs: &[(&str, JobRecord)]) -> (Vec<CommandRecord<'e>>, usize) {
-    let known: HashSet<&str> = jobs.iter().map(|(id, _)| *id).collect();
-    let mut commands: Vec<CommandRecord<'e>> = Vec::new();
-    let mut per_job: HashMap<&str, (u32, VecDeque<usize>)> = HashMap::new();
-    let mut orphans = 0;
-    for event in events {
-        match &event.kind {
-            EventKind::ShStarted { job_id, cmd } if known.contains(job_id.as_str()) => {
-                let (count, open) = per_job.entry(job_id.as_str()).or_default();
-                *count += 1;
-                open.push_back(commands.len());
-                commands.push(CommandRecord {
-                    job: job_id.as_str(),
-                    seq: *count,
-                    cmd,
-                    started: event.at_ms,
-                    finished: None,
-                });
-            }
-            EventKind::ShFinished { job_id, exit_code } => {
-                let open = per_job.get_mut(job_id.as_str()).map(|(_, open)| open).filter(|o| !o.is_empty());
-                match open {
-                    Some(open) => {
-                        let command = &mut commands[open.pop_front().expect("not empty")];
-                        command.finished = Some((event.at_ms.max(command.started), *exit_code));
-                    }
-                    None => orphans += 1,
-                }
-            }
-            EventKind::ShStarted { .. } => orphans += 1,
-            _ => {}
-        }
-    }
-    (commands, orphans)
+    Ok(fold)
 }
 
 #[cfg(test)]

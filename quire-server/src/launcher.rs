@@ -11,17 +11,18 @@ use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use quire_core::clock::now_ms;
 use quire_core::event::RunOutcome;
+use quire_core::id::{RepoName, RunId};
+use quire_core::run_dir::RunDir;
 use rustix::process::{kill_process_group, Pid, Signal};
 use tokio::sync::Notify;
 
 use crate::config::{Config, SandboxMode};
 use crate::db::Pool;
-use crate::ingest;
-use crate::repos::RepoName;
 use crate::root::DataRoot;
-use crate::runs::{self, Ending, FailureKind, NewRun, Run, RunId};
-use crate::socket::{is_zero_sha, Message};
+use crate::runs::{self, Ending, FailureKind, NewRun, Run};
+use crate::{ingest, token};
 
 /// How long quire-ci gets to stop its commands after SIGTERM before the
 /// whole process group is killed.
@@ -82,34 +83,6 @@ impl Launcher {
         }
     }
 
-    /// Handles a message from the socket; returns the runs it created or
-    /// touched, or a message for the sender.
-    pub async fn handle(&self, message: Message) -> Result<Vec<RunId>, String> {
-        match message {
-            Message::Push { repo, pushed_at_ms, refs } => {
-                let repo: RepoName =
-                    repo.parse().map_err(|e: crate::repos::InvalidRepoName| e.to_string())?;
-                let mut created = Vec::new();
-                for update in refs.into_iter().filter(|u| !u.is_deletion()) {
-                    let new = NewRun {
-                        repo: repo.clone(),
-                        ref_name: update.ref_name,
-                        sha: update.new_sha,
-                        previous_sha: Some(update.old_sha).filter(|s| !is_zero_sha(s)),
-                        pushed_at_ms,
-                    };
-                    created.push(self.queue(new).await?);
-                }
-                Ok(created)
-            }
-            Message::Cancel { run_id } => {
-                let id: RunId = run_id.parse().map_err(|e: runs::InvalidRunId| e.to_string())?;
-                self.cancel(id).await?;
-                Ok(vec![id])
-            }
-        }
-    }
-
     /// Runs database work on the blocking pool; errors come back as text
     /// for the log or the socket's reply.
     async fn db<T: Send + 'static>(
@@ -127,7 +100,7 @@ impl Launcher {
 
     /// Supersedes the ref's unfinished runs and queues a new one.
     pub async fn queue(&self, new: NewRun) -> Result<RunId, String> {
-        let (repo, ref_name) = (new.repo.to_string(), new.ref_name.clone());
+        let (repo, ref_name) = (new.repo.clone(), new.ref_name.clone());
         let (id, superseded) = self
             .db(move |conn| {
                 let unfinished =
@@ -211,18 +184,13 @@ impl Launcher {
     /// Prepares and spawns one run. Failures before quire-ci runs fail the
     /// run (with the reason in its quire-ci.log) rather than the server.
     async fn start(&self, run: Run) {
-        let id = run.id;
-        let Ok(repo) = run.repo.parse::<RepoName>() else {
-            tracing::error!(run = %id, repo = %run.repo, "queued run has an invalid repository name");
-            self.finish_without_process(id, None, "invalid repository name").await;
-            return;
-        };
+        let (id, repo) = (run.id, run.repo);
         let run_dir = self.inner.root.run_dir(&repo, id);
-        let workspace = run_dir.join("workspace");
-        let token = mint_token();
+        let workspace = run_dir.workspace();
+        let token = token::mint();
         let prepared = {
             let bare = self.inner.root.repo_path(&repo);
-            let (workspace, sha, hash) = (workspace.clone(), run.sha.clone(), runs::token_hash(&token));
+            let (workspace, sha, hash) = (workspace.clone(), run.sha, token::hash(&token));
             self.db(move |conn| {
                 std::fs::create_dir_all(&workspace)
                     .map_err(|e| format!("cannot create {}: {e}", workspace.display()))?;
@@ -235,12 +203,12 @@ impl Launcher {
             Ok(true) => {}
             Ok(false) => {
                 // Superseded or canceled while the checkout was made.
-                let _ = std::fs::remove_dir_all(&workspace);
+                let _ = tokio::fs::remove_dir_all(&workspace).await;
                 return;
             }
             Err(reason) => {
                 tracing::error!(run = %id, %reason, "preparing the run failed");
-                self.finish_without_process(id, Some(&run_dir), &reason).await;
+                self.finish_without_process(id, &run_dir, &reason).await;
                 return;
             }
         }
@@ -251,8 +219,8 @@ impl Launcher {
             }
             Err(reason) => {
                 tracing::error!(run = %id, %reason, "spawning quire-ci failed");
-                let _ = std::fs::remove_dir_all(&workspace);
-                self.finish_without_process(id, Some(&run_dir), &reason).await;
+                let _ = tokio::fs::remove_dir_all(&workspace).await;
+                self.finish_without_process(id, &run_dir, &reason).await;
             }
         }
     }
@@ -265,7 +233,7 @@ impl Launcher {
             // Nothing of the data root (database, config, repositories, other
             // runs) is visible to commands.
             command.arg("--hide").arg(self.inner.root.path());
-            if ci.network.iter().any(|r| r == repo.as_str()) {
+            if ci.network.contains(repo) {
                 command.arg("--network");
             }
         }
@@ -287,11 +255,11 @@ impl Launcher {
         &self,
         id: RunId,
         repo: &RepoName,
-        run_dir: &Path,
+        run_dir: &RunDir,
         workspace: &Path,
         token: &str,
     ) -> Result<tokio::process::Child, String> {
-        let log_path = run_dir.join("quire-ci.log");
+        let log_path = run_dir.executor_log();
         let log = std::fs::File::create(&log_path)
             .map_err(|e| format!("cannot create {}: {e}", log_path.display()))?;
         let log_err = log.try_clone().map_err(|e| e.to_string())?;
@@ -301,9 +269,9 @@ impl Launcher {
             .arg("--workspace")
             .arg(workspace)
             .arg("--events")
-            .arg(run_dir.join("events.jsonl"))
+            .arg(run_dir.events())
             .arg("--out-dir")
-            .arg(run_dir)
+            .arg(run_dir.path())
             .env("QUIRE__SERVER_URL", &self.inner.server_url)
             .env("QUIRE__RUN_TOKEN", token)
             .env_remove("QUIRE_ROOT")
@@ -341,7 +309,7 @@ impl Launcher {
         &self,
         id: RunId,
         repo: RepoName,
-        run_dir: PathBuf,
+        run_dir: RunDir,
         workspace: PathBuf,
         mut child: tokio::process::Child,
     ) {
@@ -365,10 +333,10 @@ impl Launcher {
             tracing::error!(run = %id, error = %e, "waiting for quire-ci failed");
         }
 
-        let events = run_dir.join("events.jsonl");
+        let events = run_dir.events();
         let recorded = self
             .db(move |conn| {
-                let report = ingest::ingest_file(conn, id, &events, runs::now_ms()).map_err(|e| e.to_string())?;
+                let report = ingest::ingest_file(conn, id, &events, now_ms()).map_err(|e| e.to_string())?;
                 if report.skipped_lines > 0 {
                     tracing::warn!(run = %id, skipped = report.skipped_lines, "events.jsonl had unreadable lines");
                 }
@@ -404,14 +372,9 @@ impl Launcher {
 
     /// Fails a run that never got a process, leaving the reason where its
     /// logs would be.
-    async fn finish_without_process(&self, id: RunId, run_dir: Option<&Path>, reason: &str) {
-        if let Some(dir) = run_dir {
-            let _ = std::fs::create_dir_all(dir);
-            let _ = std::fs::write(
-                dir.join("quire-ci.log"),
-                format!("quire: the run could not start: {reason}\n"),
-            );
-        }
+    async fn finish_without_process(&self, id: RunId, run_dir: &RunDir, reason: &str) {
+        let _ = tokio::fs::create_dir_all(run_dir.path()).await;
+        let _ = tokio::fs::write(run_dir.executor_log(), format!("quire: the run could not start: {reason}\n")).await;
         let crashed = Ending::Failed(FailureKind::ProcessCrashed);
         if let Err(e) = self.db(move |conn| runs::finish(conn, id, &crashed).map_err(|e| e.to_string())).await
         {
@@ -432,13 +395,6 @@ fn ending_for(stop: Option<Stop>, exited_cleanly: bool, run_finished: Option<Run
         (None, true, Some(RunOutcome::PipelineFailure)) => Ending::Failed(FailureKind::PipelineFailure),
         (None, _, _) => Ending::Failed(FailureKind::ProcessCrashed),
     }
-}
-
-/// ≥128 random bits, hex.
-fn mint_token() -> String {
-    let mut bytes = [0u8; 32];
-    getrandom::fill(&mut bytes).expect("the OS random source works");
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// `git archive <sha> | tar -x` into the workspace.
@@ -488,12 +444,5 @@ mod tests {
         assert_eq!(ending_for(Some(Stop::Timeout), false, None), Ending::Failed(Timeout));
         assert_eq!(ending_for(Some(Stop::Canceled), true, ok), Ending::Failed(Canceled));
         assert_eq!(ending_for(Some(Stop::Superseded), false, None), Ending::Superseded);
-    }
-
-    #[test]
-    fn tokens_are_long_and_fresh() {
-        let (a, b) = (mint_token(), mint_token());
-        assert_eq!(a.len(), 64);
-        assert_ne!(a, b);
     }
 }

@@ -1,21 +1,26 @@
 //! The Quire server (`quire`): hosted repositories, the push-to-run queue,
 //! the runner that spawns `quire-ci`, ingest of its events into SQLite, the
 //! HTTP API and web UI, and the operator CLI. The binary in `main.rs` only
-//! parses the command line and calls into these modules.
+//! parses the command line and calls into these modules; ARCHITECTURE.md
+//! has the map.
 
 pub mod api;
 pub mod config;
 pub mod db;
 pub mod hook;
+pub mod http;
 pub mod ingest;
-pub mod jobs;
+pub mod job_rows;
 pub mod launcher;
 pub mod live;
 pub mod ops;
+pub mod protocol;
 pub mod repos;
 pub mod root;
 pub mod runs;
 pub mod serve;
 pub mod socket;
+pub mod spool;
 pub mod telemetry;
+pub mod token;
 pub mod web;

@@ -5,15 +5,17 @@
 //! been read to their end. It reads files only; the database is asked just
 //! whether the run has finished.
 
-use std::collections::HashMap;
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use bytes::Bytes;
 use quire_core::cri;
-use quire_core::event::{Event, EventKind};
+use quire_core::event::Event;
+use quire_core::id::JobId;
+use quire_core::jobs::{Applied, Fold};
+use quire_core::run_dir::{LogFile, RunDir};
 use serde_json::json;
 
 /// How often the files are looked at.
@@ -47,34 +49,39 @@ impl Tail {
 
 /// The follower of one run's files.
 pub struct Follower {
-    run_dir: PathBuf,
+    dir: RunDir,
     events: Tail,
-    /// Per log file (job id, file name): its tail.
-    logs: Vec<((String, String), Tail)>,
-    commands_per_job: HashMap<String, u32>,
+    /// The logs the events announced, in the order to read them, each
+    /// with its tail.
+    logs: Vec<((JobId, LogFile), Tail)>,
+    /// The same fold ingest and the run page use: it numbers the commands.
+    fold: Fold,
 }
 
 impl Follower {
-    pub fn new(run_dir: PathBuf) -> Follower {
-        Follower { run_dir, events: Tail::default(), logs: Vec::new(), commands_per_job: HashMap::new() }
+    pub fn new(dir: RunDir) -> Follower {
+        Follower { dir, events: Tail::default(), logs: Vec::new(), fold: Fold::new() }
     }
 
     /// Everything new since the last poll, as SSE messages.
     pub fn poll(&mut self) -> Vec<Bytes> {
         let mut out = Vec::new();
-        for line in self.events.read_lines(&self.run_dir.join("events.jsonl")) {
+        for line in self.events.read_lines(&self.dir.events()) {
             if let Ok(event) = Event::from_line(&line) {
-                self.learn(&event);
+                match self.fold.apply(&event) {
+                    Applied::JobStarted { job } => self.follow(job, LogFile::Job),
+                    Applied::CommandStarted { job, seq } => self.follow(job, LogFile::Command(seq)),
+                    Applied::Other => {}
+                }
                 out.push(message("event", line.trim()));
             }
         }
         for ((job, file), tail) in &mut self.logs {
-            let path = self.run_dir.join("jobs").join(job.as_str()).join(file.as_str());
-            for line in tail.read_lines(&path) {
+            for line in tail.read_lines(&self.dir.log(job, *file)) {
                 let Ok(parsed) = cri::Line::parse(&line) else { continue };
                 let data = json!({
                     "job": job,
-                    "file": file,
+                    "file": file.file_name(),
                     "stream": parsed.stream.as_str(),
                     "partial": parsed.tag == cri::Tag::Partial,
                     "time": parsed.timestamp,
@@ -86,29 +93,15 @@ impl Follower {
         out
     }
 
-    /// New commands and failed jobs tell which log files to follow.
-    fn learn(&mut self, event: &Event) {
-        match &event.kind {
-            EventKind::JobStarted { job_id } => self.follow(job_id.as_str(), "job.log".to_string()),
-            EventKind::ShStarted { job_id, .. } => {
-                let n = self.commands_per_job.entry(job_id.to_string()).or_default();
-                *n += 1;
-                let file = format!("sh-{n}.log");
-                self.follow(job_id.as_str(), file);
-            }
-            _ => {}
-        }
-    }
-
-    fn follow(&mut self, job: &str, file: String) {
-        // job.log is appended once at the end of a job: keep it last so its
-        // lines arrive after the commands' output.
-        let key = (job.to_string(), file);
+    fn follow(&mut self, job: JobId, file: LogFile) {
+        // job.log is appended once at the end of a job: keep it after the
+        // job's commands so its lines arrive after their output.
+        let key = (job, file);
         if !self.logs.iter().any(|(k, _)| *k == key) {
             let at = self
                 .logs
                 .iter()
-                .position(|((j, f), _)| j == job && f == "job.log")
+                .position(|((j, f), _)| *j == key.0 && *f == LogFile::Job)
                 .unwrap_or(self.logs.len());
             self.logs.insert(at, (key, Tail::default()));
         }
@@ -147,7 +140,7 @@ mod tests {
         )
         .unwrap();
 
-        let mut follower = Follower::new(dir.path().to_path_buf());
+        let mut follower = Follower::new(RunDir::new(dir.path()));
         let first: Vec<String> =
             follower.poll().iter().map(|b| String::from_utf8_lossy(b).into_owned()).collect();
         assert_eq!(first.len(), 3, "{first:?}");

@@ -8,7 +8,8 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use miette::IntoDiagnostic;
-use quire_server::repos::{self, RepoName};
+use quire_core::id::RepoName;
+use quire_server::repos;
 use quire_server::root::DataRoot;
 use quire_server::{config, hook, ops, serve, telemetry};
 
@@ -150,6 +151,9 @@ fn post_receive(root: &DataRoot) -> ExitCode {
         }
         Ok(hook::HookOutcome::QueuedOffline(n)) if n > 0 => {
             eprintln!("quire: warning: the quire server is not running; {n} run(s) queued, they start with `quire serve`");
+        }
+        Ok(hook::HookOutcome::Spooled { runs, because }) if runs > 0 => {
+            eprintln!("quire: warning: the quire server is not running and the database cannot take the push ({because}); {runs} run(s) saved in the spool, they start with `quire serve`");
         }
         Ok(_) => {}
         Err(e) => eprintln!("quire: warning: no CI run was queued: {e}"),

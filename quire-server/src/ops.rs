@@ -7,15 +7,17 @@ use std::fmt::Write as _;
 use std::path::Path;
 use std::process::Command;
 
+use quire_core::clock::{format_duration_ms, now_ms};
 use quire_core::cri;
+use quire_core::id::{InvalidRepoName, RepoName, RunId};
+use quire_core::run_dir::LogFile;
 
 use crate::db;
 use crate::hook::{self, HookOutcome};
-use crate::jobs;
-use crate::repos::RepoName;
+use crate::job_rows;
+use crate::protocol::{self, Message, RefUpdate, SendError, ZERO_SHA};
 use crate::root::DataRoot;
-use crate::runs::{self, Run, RunId};
-use crate::socket::{self, Message, RefUpdate, SendError, ZERO_SHA};
+use crate::runs::{self, Run};
 
 #[derive(Debug, thiserror::Error)]
 pub enum OpsError {
@@ -30,7 +32,7 @@ pub enum OpsError {
     #[error("run {0} has no job `{1}`")]
     NoSuchJob(RunId, String),
     #[error(transparent)]
-    Repo(#[from] crate::repos::InvalidRepoName),
+    Repo(#[from] InvalidRepoName),
     #[error("no repository {0}")]
     NoSuchRepo(RepoName),
     #[error("{0} has no ref {1}")]
@@ -64,9 +66,9 @@ pub fn find_run(conn: &rusqlite::Connection, id_or_prefix: &str) -> Result<Run, 
 
 /// `quire ci runs [REPO]`: newest first.
 pub fn list_runs(root: &DataRoot, repo: Option<&RepoName>) -> Result<String, OpsError> {
-    let conn = db::open_and_migrate(&root.db_path())?;
-    let runs = runs::list(&conn, repo.map(RepoName::as_str), 50, 0)?;
-    let now = runs::now_ms();
+    let conn = db::open_current(&root.db_path())?;
+    let runs = runs::list(&conn, repo, 50, 0)?;
+    let now = now_ms();
     let mut out = String::new();
     if runs.is_empty() {
         out.push_str("no runs yet\n");
@@ -87,7 +89,7 @@ pub fn list_runs(root: &DataRoot, repo: Option<&RepoName>) -> Result<String, Ops
             run.short_sha(),
             run.state.as_str(),
             run.failure_kind.as_ref().map_or("-", |k| k.as_str()),
-            seconds(run.duration_ms(now)),
+            format_duration_ms(run.duration_ms(now)),
         );
     }
     Ok(out)
@@ -95,9 +97,9 @@ pub fn list_runs(root: &DataRoot, repo: Option<&RepoName>) -> Result<String, Ops
 
 /// `quire ci show RUN`: the run, its jobs and their commands.
 pub fn show_run(root: &DataRoot, id: &str) -> Result<String, OpsError> {
-    let conn = db::open_and_migrate(&root.db_path())?;
+    let conn = db::open_current(&root.db_path())?;
     let run = find_run(&conn, id)?;
-    let jobs = jobs::of_run(&conn, run.id)?;
+    let jobs = job_rows::of_run(&conn, run.id)?;
     let mut out = String::new();
     let _ = writeln!(out, "run       {}", run.id);
     let _ = writeln!(out, "repo      {} {} at {}", run.repo, run.ref_name, run.sha);
@@ -112,17 +114,17 @@ pub fn show_run(root: &DataRoot, id: &str) -> Result<String, OpsError> {
     }
     if let Some(finished) = run.finished_at_ms {
         let _ =
-            writeln!(out, "finished  {} (took {})", timestamp(finished), seconds(run.duration_ms(finished)));
+            writeln!(out, "finished  {} (took {})", timestamp(finished), format_duration_ms(run.duration_ms(finished)));
     }
     if jobs.is_empty() {
         let _ = writeln!(out, "\nno jobs recorded (see `quire ci logs {}` for quire-ci's own log)", run.id);
     }
     for job in &jobs {
-        let took = job.duration_ms().map(seconds).unwrap_or_default();
-        let _ = writeln!(out, "\njob {}  {}  {}", job.job_id, job.state, took);
+        let took = job.duration_ms().map(format_duration_ms).unwrap_or_default();
+        let _ = writeln!(out, "\njob {}  {}  {}", job.job_id, job.state.as_str(), took);
         for command in &job.commands {
             let exit = command.exit_code.map_or("unfinished".to_string(), |c| format!("exit {c}"));
-            let took = command.duration_ms().map(seconds).unwrap_or_default();
+            let took = command.duration_ms().map(format_duration_ms).unwrap_or_default();
             let _ = writeln!(out, "  sh-{}  {exit:<10}  {took:>8}  $ {}", command.seq, command.cmd);
         }
     }
@@ -131,15 +133,14 @@ pub fn show_run(root: &DataRoot, id: &str) -> Result<String, OpsError> {
 
 /// `quire ci logs RUN [JOB]`: the CRI logs as text, command by command.
 pub fn logs(root: &DataRoot, id: &str, job: Option<&str>) -> Result<String, OpsError> {
-    let conn = db::open_and_migrate(&root.db_path())?;
+    let conn = db::open_current(&root.db_path())?;
     let run = find_run(&conn, id)?;
-    let jobs = jobs::of_run(&conn, run.id)?;
-    let repo: RepoName = run.repo.parse()?;
-    let run_dir = root.run_dir(&repo, run.id);
+    let jobs = job_rows::of_run(&conn, run.id)?;
+    let run_dir = root.run_dir(&run.repo, run.id);
     let mut out = String::new();
     let selected: Vec<_> = match job {
         Some(name) => {
-            let found: Vec<_> = jobs.iter().filter(|j| j.job_id == name).collect();
+            let found: Vec<_> = jobs.iter().filter(|j| j.job_id.as_str() == name).collect();
             if found.is_empty() {
                 return Err(OpsError::NoSuchJob(run.id, name.to_string()));
             }
@@ -148,12 +149,11 @@ pub fn logs(root: &DataRoot, id: &str, job: Option<&str>) -> Result<String, OpsE
         None => jobs.iter().collect(),
     };
     for job in selected {
-        let dir = run_dir.join("jobs").join(&job.job_id);
         for command in &job.commands {
             let _ = writeln!(out, "==> {} sh-{}: $ {}", job.job_id, command.seq, command.cmd);
-            append_log(&mut out, &dir.join(format!("sh-{}.log", command.seq)));
+            append_log(&mut out, &run_dir.log(&job.job_id, LogFile::Command(command.seq)));
         }
-        let job_log = dir.join("job.log");
+        let job_log = run_dir.log(&job.job_id, LogFile::Job);
         if job_log.exists() {
             let _ = writeln!(out, "==> {} (job)", job.job_id);
             append_log(&mut out, &job_log);
@@ -161,7 +161,7 @@ pub fn logs(root: &DataRoot, id: &str, job: Option<&str>) -> Result<String, OpsE
     }
     if job.is_none() {
         let _ = writeln!(out, "==> quire-ci.log");
-        match std::fs::read_to_string(run_dir.join("quire-ci.log")) {
+        match std::fs::read_to_string(run_dir.executor_log()) {
             Ok(text) => out.push_str(&text),
             Err(_) => out.push_str("(no quire-ci.log)\n"),
         }
@@ -184,12 +184,12 @@ fn append_log(out: &mut String, path: &Path) {
 /// `quire ci cancel RUN`: through the server when it runs (it owns the
 /// process); directly in the database when it does not.
 pub fn cancel(root: &DataRoot, id: &str) -> Result<String, OpsError> {
-    let conn = db::open_and_migrate(&root.db_path())?;
+    let conn = db::open_current(&root.db_path())?;
     let run = find_run(&conn, id)?;
     if run.state.is_finished() {
         return Err(OpsError::Refused(format!("run {} already finished ({})", run.id, run.state.as_str())));
     }
-    match socket::send(&root.socket_path(), &Message::Cancel { run_id: run.id.to_string() }) {
+    match protocol::send(&root.socket_path(), &Message::Cancel { run_id: run.id.to_string() }) {
         Ok(_) => Ok(format!("run {} canceled\n", run.id)),
         Err(SendError::NotRunning { .. }) => {
             runs::finish(&conn, run.id, &runs::Ending::Failed(runs::FailureKind::Canceled))?;
@@ -225,12 +225,11 @@ pub fn retrigger(root: &DataRoot, repo: &RepoName, ref_name: &str) -> Result<Str
         HookOutcome::QueuedOffline(_) => {
             format!("queued a run for {repo} {full_ref} at {sha}; it starts when `quire serve` runs\n")
         }
+        HookOutcome::Spooled { because, .. } => format!(
+            "saved a run for {repo} {full_ref} at {sha} in the spool ({because}); it starts when `quire serve` runs\n"
+        ),
         HookOutcome::NothingToRun => String::new(),
     })
-}
-
-fn seconds(ms: i64) -> String {
-    format!("{:.2}s", ms.max(0) as f64 / 1000.0)
 }
 
 fn timestamp(ms: i64) -> String {

@@ -1,68 +1,15 @@
-//! Hosted repositories: the `RepoName` newtype (the only way a name from a
-//! user, a URL or a hook becomes a path), and creating, listing and
-//! removing bare repositories with their post-receive hook.
+//! Hosted repositories: creating, listing and removing bare repositories
+//! with their post-receive hook. Names are `quire_core::id::RepoName`, the
+//! only way a name from a user, a URL or a hook becomes a path.
 
-use std::fmt;
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::str::FromStr;
+
+use quire_core::id::{InvalidRepoName, RepoName};
 
 use crate::root::DataRoot;
-
-/// A repository name: `name.git` or `group/name.git`, characters
-/// `[A-Za-z0-9._-]`, no `..`, no hidden components.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct RepoName(String);
-
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("invalid repository name {name:?}: {reason}")]
-pub struct InvalidRepoName {
-    pub name: String,
-    pub reason: &'static str,
-}
-
-impl FromStr for RepoName {
-    type Err = InvalidRepoName;
-    fn from_str(name: &str) -> Result<RepoName, InvalidRepoName> {
-        let fail = |reason| Err(InvalidRepoName { name: name.chars().take(100).collect(), reason });
-        if !name.ends_with(".git") {
-            return fail("it must end in .git, e.g. foo.git");
-        }
-        let parts: Vec<&str> = name.split('/').collect();
-        if parts.len() > 2 {
-            return fail("at most one group level is allowed, e.g. group/foo.git");
-        }
-        for part in &parts {
-            if part.is_empty() || part.starts_with('.') {
-                return fail("components must be non-empty and must not start with a dot");
-            }
-            if !part.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b)) {
-                return fail("only letters, digits, '.', '_' and '-' are allowed");
-            }
-        }
-        if name.contains("..") {
-            return fail("'..' is not allowed");
-        }
-        if parts.last().is_some_and(|p| *p == ".git") {
-            return fail("the name before .git is empty");
-        }
-        Ok(RepoName(name.to_string()))
-    }
-}
-
-impl RepoName {
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Display for RepoName {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
 
 #[derive(Debug, thiserror::Error)]
 pub enum RepoError {
@@ -159,35 +106,4 @@ pub fn remove(root: &DataRoot, name: &RepoName) -> Result<(), RepoError> {
         let _ = fs::remove_dir(group);
     }
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn names_follow_the_rules() {
-        for ok in ["foo.git", "group/foo.git", "a.b_c-d.git", "x.y.git"] {
-            assert!(ok.parse::<RepoName>().is_ok(), "{ok}");
-        }
-        for bad in [
-            "foo",
-            "foo.git/",
-            "/foo.git",
-            "a/b/c.git",
-            "../foo.git",
-            "a/../b.git",
-            "a..b.git",
-            ".git",
-            ".hidden.git",
-            "g/.git",
-            "sp ace.git",
-            "é.git",
-            "",
-            "foo.git\n",
-            "a//b.git",
-        ] {
-            assert!(bad.parse::<RepoName>().is_err(), "{bad:?}");
-        }
-    }
 }

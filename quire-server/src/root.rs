@@ -1,11 +1,12 @@
 //! The data root (SPEC §6.1): where everything the server keeps lives, and
-//! the one place paths inside it are built. Paths are only ever derived from
-//! validated names (`RepoName`, `RunId`), never from raw input.
+//! the one place paths inside it are built (paths inside a run's directory
+//! are `quire_core::run_dir`'s). Paths are only ever derived from validated
+//! names (`RepoName`, `RunId`), never from raw input.
 
 use std::path::{Path, PathBuf};
 
-use crate::repos::RepoName;
-use crate::runs::RunId;
+use quire_core::id::{RepoName, RunId};
+use quire_core::run_dir::RunDir;
 
 #[derive(Debug, Clone)]
 pub struct DataRoot {
@@ -41,6 +42,11 @@ impl DataRoot {
         self.path.join("server.sock")
     }
 
+    /// Pushes the hook could not queue, replayed by `quire serve`.
+    pub fn spool_dir(&self) -> PathBuf {
+        self.path.join("spool")
+    }
+
     pub fn repos_dir(&self) -> PathBuf {
         self.path.join("repos")
     }
@@ -55,7 +61,7 @@ impl DataRoot {
 
     /// `runs/<repo>/<run-id>/`: events, logs and (while running) the
     /// workspace of one run.
-    pub fn run_dir(&self, repo: &RepoName, run: RunId) -> PathBuf {
-        self.runs_dir().join(repo.as_str()).join(run.to_string())
+    pub fn run_dir(&self, repo: &RepoName, run: RunId) -> RunDir {
+        RunDir::new(self.runs_dir().join(repo.as_str()).join(run.to_string()))
     }
 }

@@ -5,50 +5,13 @@
 //! and commands are written by `ingest`; processes are `launcher`'s.
 
 use std::fmt;
-use std::str::FromStr;
 
+use quire_core::clock::now_ms;
+use quire_core::id::{InvalidRunId, RepoName, RunId};
 use rusqlite::{params, Connection, OptionalExtension, Row};
 use serde::Serialize;
-use sha2::{Digest, Sha256};
 
-use crate::repos::RepoName;
-
-/// A run's id: a UUIDv7, so ids sort by creation time.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct RunId(uuid::Uuid);
-
-impl RunId {
-    pub fn generate() -> RunId {
-        RunId(uuid::Uuid::now_v7())
-    }
-}
-
-impl fmt::Display for RunId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        self.0.hyphenated().fmt(f)
-    }
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{0:?} is not a run id (a UUID such as 0193a4b2-7c1e-7d3f-8a9b-0c1d2e3f4a5b)")]
-pub struct InvalidRunId(pub String);
-
-impl FromStr for RunId {
-    type Err = InvalidRunId;
-    fn from_str(s: &str) -> Result<RunId, InvalidRunId> {
-        // Only the canonical hyphenated form, so a run has one spelling.
-        match uuid::Uuid::try_parse(s) {
-            Ok(id) if s.len() == 36 && id.hyphenated().to_string() == s => Ok(RunId(id)),
-            _ => Err(InvalidRunId(s.chars().take(64).collect())),
-        }
-    }
-}
-
-impl Serialize for RunId {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(self)
-    }
-}
+use crate::protocol::RefUpdate;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -75,7 +38,7 @@ impl RunState {
         matches!(self, RunState::Complete | RunState::Failed | RunState::Superseded)
     }
 
-    fn parse(s: &str) -> Option<RunState> {
+    pub fn parse(s: &str) -> Option<RunState> {
         Some(match s {
             "pending" => RunState::Pending,
             "active" => RunState::Active,
@@ -139,7 +102,7 @@ impl Serialize for FailureKind {
 #[derive(Debug, Clone, Serialize)]
 pub struct Run {
     pub id: RunId,
-    pub repo: String,
+    pub repo: RepoName,
     pub ref_name: String,
     pub sha: String,
     pub previous_sha: Option<String>,
@@ -163,7 +126,7 @@ impl Run {
         };
         Ok(Run {
             id: id.parse().map_err(|e: InvalidRunId| bad(e.to_string()))?,
-            repo: row.get(1)?,
+            repo: row.get::<_, String>(1)?.parse().map_err(|e: quire_core::id::InvalidRepoName| bad(e.to_string()))?,
             ref_name: row.get(2)?,
             sha: row.get(3)?,
             previous_sha: row.get(4)?,
@@ -206,15 +169,21 @@ pub struct NewRun {
     pub pushed_at_ms: i64,
 }
 
-/// The server's clock, Unix milliseconds.
-pub fn now_ms() -> i64 {
-    jiff::Timestamp::now().as_millisecond()
-}
-
-/// Hex SHA-256 of a run token; only this is stored.
-pub fn token_hash(token: &str) -> String {
-    let digest = Sha256::digest(token.as_bytes());
-    digest.iter().map(|b| format!("{b:02x}")).collect()
+impl NewRun {
+    /// The run a pushed ref update asks for; `None` for a deleted ref,
+    /// which has nothing to run.
+    pub fn from_update(repo: &RepoName, pushed_at_ms: i64, update: &RefUpdate) -> Option<NewRun> {
+        if update.is_deletion() {
+            return None;
+        }
+        Some(NewRun {
+            repo: repo.clone(),
+            ref_name: update.ref_name.clone(),
+            sha: update.new_sha.clone(),
+            previous_sha: Some(update.old_sha.clone()).filter(|s| !crate::protocol::is_zero_sha(s)),
+            pushed_at_ms,
+        })
+    }
 }
 
 /// Queues a run, first superseding the ref's earlier pending runs (their
@@ -250,12 +219,12 @@ pub fn enqueue(conn: &mut Connection, new: &NewRun) -> rusqlite::Result<(RunId, 
 }
 
 /// Unfinished runs of a ref, oldest first.
-pub fn unfinished_of_ref(conn: &Connection, repo: &str, ref_name: &str) -> rusqlite::Result<Vec<Run>> {
+pub fn unfinished_of_ref(conn: &Connection, repo: &RepoName, ref_name: &str) -> rusqlite::Result<Vec<Run>> {
     let mut stmt = conn.prepare(&format!(
         "SELECT {RUN_COLUMNS} FROM runs
          WHERE repo = ?1 AND ref_name = ?2 AND state IN ('pending', 'active') ORDER BY id"
     ))?;
-    let runs = stmt.query_map(params![repo, ref_name], Run::from_row)?;
+    let runs = stmt.query_map(params![repo.as_str(), ref_name], Run::from_row)?;
     runs.collect()
 }
 
@@ -361,18 +330,45 @@ pub fn get(conn: &Connection, id: RunId) -> rusqlite::Result<Option<Run>> {
 }
 
 /// Runs newest first, of one repository or all, a page at a time.
-pub fn list(conn: &Connection, repo: Option<&str>, limit: u32, offset: u32) -> rusqlite::Result<Vec<Run>> {
+pub fn list(conn: &Connection, repo: Option<&RepoName>, limit: u32, offset: u32) -> rusqlite::Result<Vec<Run>> {
     let mut stmt = conn.prepare_cached(&format!(
         "SELECT {RUN_COLUMNS} FROM runs WHERE (?1 IS NULL OR repo = ?1) ORDER BY id DESC LIMIT ?2 OFFSET ?3"
     ))?;
-    let runs = stmt.query_map(params![repo, limit, offset], Run::from_row)?;
+    let runs = stmt.query_map(params![repo.map(RepoName::as_str), limit, offset], Run::from_row)?;
     runs.collect()
+}
+
+/// Each repository with its newest run, if it has one.
+pub fn latest_of_repos(
+    conn: &Connection,
+    repos: Vec<RepoName>,
+) -> rusqlite::Result<Vec<(RepoName, Option<Run>)>> {
+    repos
+        .into_iter()
+        .map(|repo| {
+            let latest = list(conn, Some(&repo), 1, 0)?.pop();
+            Ok((repo, latest))
+        })
+        .collect()
+}
+
+/// The state of the newest run of a ref that passed or failed, for badges.
+pub fn latest_verdict(conn: &Connection, repo: &RepoName, ref_name: &str) -> rusqlite::Result<Option<RunState>> {
+    conn.query_row(
+        "SELECT state FROM runs WHERE repo = ?1 AND ref_name = ?2
+         AND state IN ('complete', 'failed') ORDER BY id DESC LIMIT 1",
+        params![repo.as_str(), ref_name],
+        |r| r.get::<_, String>(0),
+    )
+    .optional()
+    .map(|state| state.as_deref().and_then(RunState::parse))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::db;
+    use crate::token::hash as token_hash;
 
     fn conn() -> (tempfile::TempDir, Connection) {
         let dir = tempfile::tempdir().unwrap();
@@ -387,15 +383,6 @@ mod tests {
             sha: "a".repeat(40),
             previous_sha: None,
             pushed_at_ms: 1,
-        }
-    }
-
-    #[test]
-    fn run_ids_round_trip_and_reject_other_spellings() {
-        let id = RunId::generate();
-        assert_eq!(id.to_string().parse::<RunId>().unwrap(), id);
-        for bad in ["", "x", "../etc", &id.to_string().to_uppercase(), &id.to_string().replace('-', "")] {
-            assert!(bad.parse::<RunId>().is_err(), "{bad}");
         }
     }
 
@@ -454,6 +441,26 @@ mod tests {
         let run = get(&conn, active).unwrap().unwrap();
         assert_eq!((run.state, run.failure_kind), (RunState::Failed, Some(FailureKind::Orphaned)));
         assert_eq!(next_pending(&conn).unwrap().unwrap().id, claimed);
+    }
+
+    /// `complete → failed` satisfies every CHECK (a finished run with a
+    /// failure kind), so only the transition trigger stands in its way:
+    /// with the trigger the update is refused, without it the update lands.
+    #[test]
+    fn the_transition_trigger_alone_refuses_an_illegal_transition() {
+        let (_d, mut conn) = conn();
+        let (id, _) = enqueue(&mut conn, &push("refs/heads/main")).unwrap();
+        claim(&conn, id, &token_hash("t"), "/w").unwrap();
+        start_by_token(&conn, &token_hash("t")).unwrap().unwrap();
+        assert!(finish(&conn, id, &Ending::Complete).unwrap());
+        let illegal = "UPDATE runs SET state = 'failed', failure_kind = 'canceled' WHERE id = ?1";
+
+        let err = conn.execute(illegal, params![id.to_string()]).unwrap_err();
+        assert!(err.to_string().contains("illegal run state transition"), "{err}");
+        assert_eq!(get(&conn, id).unwrap().unwrap().state, RunState::Complete);
+
+        conn.execute_batch("DROP TRIGGER runs_transitions").unwrap();
+        assert_eq!(conn.execute(illegal, params![id.to_string()]).unwrap(), 1, "no CHECK refuses it");
     }
 
     /// The database itself refuses rows in shapes the state machine forbids.

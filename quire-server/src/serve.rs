@@ -1,18 +1,19 @@
 //! `quire serve`: one process running the HTTP server (API and web UI), the
-//! push-socket listener and the runner, on tokio. Startup order matters:
-//! migrate, reconcile what a previous instance left, bind the HTTP port (so
+//! push-socket listener and the runner, on tokio. It is the only process
+//! that migrates the database. Startup order matters: migrate, reconcile
+//! what a previous instance left, replay the spool, bind the HTTP port (so
 //! runs know the server's URL), then start taking pushes and running.
 
 use std::net::SocketAddr;
 
-use actix_web::{web, App, HttpServer};
+use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer, ResponseError};
 
-use crate::api::{self, AppState};
 use crate::config::{Config, SandboxMode};
 use crate::db::{self, Pool};
+use crate::http::{self, ApiError, AppState};
 use crate::launcher::{self, Launcher};
 use crate::root::DataRoot;
-use crate::{runs, socket};
+use crate::{api, runs, socket, spool, web as pages};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
@@ -22,6 +23,8 @@ pub enum ServeError {
     Db(#[from] db::DbError),
     #[error("reconciling runs left by a previous server failed: {0}")]
     Reconcile(rusqlite::Error),
+    #[error("replaying the pushes saved in {} failed: {source}", path.display())]
+    Spool { path: std::path::PathBuf, source: std::io::Error },
     #[error("cannot listen on {addr}: {source}")]
     Listen { addr: SocketAddr, source: std::io::Error },
     #[error("cannot open the push socket {}: {source}", path.display())]
@@ -34,13 +37,22 @@ pub async fn serve(root: DataRoot, config: Config, listen: Option<SocketAddr>) -
     for dir in [root.path().to_path_buf(), root.repos_dir(), root.runs_dir()] {
         std::fs::create_dir_all(&dir).map_err(|source| ServeError::Root { path: dir.clone(), source })?;
     }
-    let conn = db::open_and_migrate(&root.db_path())?;
+    let mut conn = db::open_and_migrate(&root.db_path())?;
     let (orphaned, released) = runs::reconcile(&conn).map_err(ServeError::Reconcile)?;
     if orphaned > 0 {
         tracing::warn!(orphaned, "runs left active by a previous server were marked failed (orphaned)");
     }
     if released > 0 {
         tracing::info!(released, "pending runs claimed by a previous server were queued again");
+    }
+    let spool_dir = root.spool_dir();
+    let replayed = spool::replay(&spool_dir, &mut conn)
+        .map_err(|source| ServeError::Spool { path: spool_dir.clone(), source })?;
+    if replayed.pushes > 0 {
+        tracing::info!(pushes = replayed.pushes, runs = replayed.runs, "queued pushes saved while the server was down");
+    }
+    if replayed.set_aside > 0 {
+        tracing::warn!(files = replayed.set_aside, dir = %spool_dir.display(), "unreadable spooled pushes were set aside as *.bad");
     }
     drop(conn);
 
@@ -50,11 +62,11 @@ pub async fn serve(root: DataRoot, config: Config, listen: Option<SocketAddr>) -
     let http = HttpServer::new(move || {
         App::new()
             .app_data(state.clone())
-            .app_data(api::path_errors())
-            .app_data(api::query_errors())
+            .app_data(http::path_errors())
+            .app_data(http::query_errors())
             .configure(api::configure)
-            .configure(crate::web::configure)
-            .default_service(web::to(api::not_found))
+            .configure(pages::configure)
+            .default_service(web::to(not_found))
     })
     .workers(2)
     .bind(addr)
@@ -89,4 +101,13 @@ pub async fn serve(root: DataRoot, config: Config, listen: Option<SocketAddr>) -
     let result = http.disable_signals().run().await.map_err(ServeError::Http);
     let _ = std::fs::remove_file(&socket_path);
     result
+}
+
+/// 404 for unknown paths: JSON under `/api/`, the HTML page elsewhere.
+async fn not_found(request: HttpRequest) -> HttpResponse {
+    if request.path().starts_with("/api/") {
+        ApiError::not_found("no such endpoint").error_response()
+    } else {
+        pages::not_found_page().await
+    }
 }

@@ -2,7 +2,8 @@
 //! repositories, a repository's runs, a run (jobs, commands, logs), status
 //! badges, and a 404 page. Everything from a pipeline is escaped by maud.
 //! Pages work without JavaScript; on an unfinished run a small script
-//! follows `/api/runs/{id}/events` and rebuilds the job list live.
+//! follows `/api/runs/{id}/events` and rebuilds the job list live. What it
+//! shares with the API is in `http`.
 
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
@@ -11,22 +12,21 @@ use std::path::Path;
 use actix_web::http::StatusCode;
 use actix_web::{get, web, HttpRequest, HttpResponse};
 use maud::{html, Markup, PreEscaped, DOCTYPE};
+use quire_core::clock::{format_duration_ms, now_ms};
 use quire_core::cri;
+use quire_core::id::{JobId, RepoName, RunId};
+use quire_core::jobs::{JobState, JobSummary};
+use quire_core::run_dir::LogFile;
 use serde::Deserialize;
 
-use crate::api::{with_db, ApiError, AppState};
-use crate::jobs::{self, JobRow};
-use crate::repos::{self, RepoName};
-use crate::runs::{self, Run, RunId, RunState};
-use crate::{ingest, root::DataRoot};
+use crate::http::paging::{Page, PageQuery, PAGE_SIZE};
+use crate::http::run::{load_run, LoadedRun};
+use crate::http::{require_user, with_db, ApiError, AppState, REPO_PATTERN};
+use crate::repos;
+use crate::runs::{self, FailureKind, Run, RunState};
 
-/// Runs per page on a repository's page.
-pub const PAGE_SIZE: u32 = 50;
 /// At most this much of the end of each log is rendered into the page.
 const LOG_TAIL: u64 = 256 * 1024;
-
-/// The path pattern of a repository name inside URLs.
-pub const REPO_PATTERN: &str = r"{repo:[A-Za-z0-9._-]+(?:/[A-Za-z0-9._-]+)?\.git}";
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(index)
@@ -80,19 +80,6 @@ fn error_page(error: ApiError) -> HttpResponse {
     )
 }
 
-/// When `:web {:trusted-user-header …}` is set, run pages and logs need it.
-pub fn require_user(state: &AppState, request: &HttpRequest) -> Result<(), ApiError> {
-    match &state.config.web.trusted_user_header {
-        Some(header) if request.headers().get(header.as_str()).is_none_or(|v| v.is_empty()) => {
-            Err(ApiError::new(
-                StatusCode::UNAUTHORIZED,
-                format!("sign in through the proxy: the {header} header is required"),
-            ))
-        }
-        _ => Ok(()),
-    }
-}
-
 fn state_badge(state: &str, kind: Option<&str>) -> Markup {
     html! {
         span class={ "state " (state) } { (state) }
@@ -115,18 +102,14 @@ fn when(ms: Option<i64>) -> Markup {
     }
 }
 
-pub fn duration(ms: Option<i64>) -> String {
-    match ms {
-        None => "—".to_string(),
-        Some(ms) if ms < 1000 => format!("{}ms", ms.max(0)),
-        Some(ms) if ms < 60_000 => format!("{:.1}s", ms as f64 / 1000.0),
-        Some(ms) => format!("{}m{:02}s", ms / 60_000, (ms % 60_000) / 1000),
-    }
+/// A span for the pages; `—` when it is not known.
+fn duration(ms: Option<i64>) -> String {
+    ms.map_or_else(|| "—".to_string(), format_duration_ms)
 }
 
 fn run_duration(run: &Run) -> Option<i64> {
     let start = run.started_at_ms?;
-    Some(run.finished_at_ms.unwrap_or_else(runs::now_ms) - start)
+    Some(run.finished_at_ms.unwrap_or_else(now_ms) - start)
 }
 
 /// `/`: every repository with its latest run.
@@ -135,12 +118,7 @@ async fn index(state: web::Data<AppState>) -> HttpResponse {
     let root = state.root.clone();
     let listed = with_db(&state, move |conn| {
         let names = repos::list(&root).map_err(ApiError::internal)?;
-        names
-            .into_iter()
-            .map(|name| {
-                Ok((runs::list(conn, Some(name.as_str()), 1, 0).map_err(ApiError::internal)?.pop(), name))
-            })
-            .collect::<Result<Vec<_>, ApiError>>()
+        runs::latest_of_repos(conn, names).map_err(ApiError::internal)
     })
     .await;
     let repos = match listed {
@@ -159,7 +137,7 @@ async fn index(state: web::Data<AppState>) -> HttpResponse {
                     table {
                         thead { tr { th { "repository" } th { "latest run" } th { "ref" } th { "commit" } th { "finished" } } }
                         tbody {
-                            @for (latest, name) in &repos {
+                            @for (name, latest) in &repos {
                                 tr {
                                     td { a href={ "/" (name) } { (name) } }
                                     @if let Some(run) = latest {
@@ -180,11 +158,6 @@ async fn index(state: web::Data<AppState>) -> HttpResponse {
     )
 }
 
-#[derive(Deserialize)]
-pub struct PageQuery {
-    pub page: Option<u32>,
-}
-
 /// `/{repo}`: the repository's runs, newest first, a page at a time.
 async fn repo_page(
     state: web::Data<AppState>,
@@ -192,12 +165,12 @@ async fn repo_page(
     query: web::Query<PageQuery>,
 ) -> HttpResponse {
     let Ok(repo) = repo.parse::<RepoName>() else { return not_found_page().await };
-    let page_number = query.page.unwrap_or(1).max(1);
-    let offset = (page_number - 1).saturating_mul(PAGE_SIZE);
-    let name = repo.to_string();
+    let window = Page::from_query(&query);
+    let page_number = window.number;
     let exists = state.root.repo_path(&repo).is_dir();
+    let listed = repo.clone();
     let result = with_db(&state, move |conn| {
-        runs::list(conn, Some(&name), PAGE_SIZE + 1, offset).map_err(ApiError::internal)
+        runs::list(conn, Some(&listed), PAGE_SIZE + 1, window.offset).map_err(ApiError::internal)
     })
     .await;
     let mut runs = match result {
@@ -224,7 +197,7 @@ async fn repo_page(
                         tbody {
                             @for run in &runs {
                                 tr {
-                                    td { a href={ "/runs/" (run.id) } { code { (&run.id.to_string()[..13]) } } }
+                                    td { a href={ "/runs/" (run.id) } { code { (run.id.short()) } } }
                                     td { (run_state(run)) }
                                     td { code { (run.ref_name) } }
                                     td { code { (run.short_sha()) } }
@@ -247,30 +220,6 @@ async fn repo_page(
     )
 }
 
-/// A run with what it did: from the database once it has finished, from
-/// its event stream while it runs.
-pub struct RunView {
-    pub run: Run,
-    pub jobs: Vec<JobRow>,
-    pub dir: std::path::PathBuf,
-}
-
-pub fn load_run(
-    conn: &rusqlite::Connection,
-    root: &DataRoot,
-    id: RunId,
-) -> Result<Option<RunView>, ApiError> {
-    let Some(run) = runs::get(conn, id).map_err(ApiError::internal)? else { return Ok(None) };
-    let repo: RepoName = run.repo.parse().map_err(ApiError::internal)?;
-    let dir = root.run_dir(&repo, id);
-    let jobs = if run.state.is_finished() {
-        jobs::of_run(conn, id).map_err(ApiError::internal)?
-    } else {
-        ingest::progress(&dir.join("events.jsonl"))
-    };
-    Ok(Some(RunView { run, jobs, dir }))
-}
-
 /// `/runs/{id}`: jobs, commands and their logs.
 #[get("/runs/{id}")]
 async fn run_page(state: web::Data<AppState>, request: HttpRequest, id: web::Path<String>) -> HttpResponse {
@@ -287,17 +236,18 @@ async fn run_page(state: web::Data<AppState>, request: HttpRequest, id: web::Pat
     page(StatusCode::OK, render_run(&view))
 }
 
-fn render_run(view: &RunView) -> Markup {
+fn render_run(view: &LoadedRun) -> Markup {
     let run = &view.run;
     let live = !run.state.is_finished();
     let crashed = run.state == RunState::Failed && view.jobs.is_empty()
         || matches!(
-            run.failure_kind.as_ref().map(|k| k.as_str()),
-            Some("process-crashed" | "orphaned" | "timeout")
+            run.failure_kind,
+            Some(FailureKind::ProcessCrashed | FailureKind::Orphaned | FailureKind::Timeout)
         );
+    let executor_log = view.dir.executor_log();
     html! {
-        (layout(&format!("run {}", &run.id.to_string()[..13]), html! {
-            h1 { "Run " code { (&run.id.to_string()[..13]) } " " span #run-state { (run_state(run)) } }
+        (layout(&format!("run {}", run.id.short()), html! {
+            h1 { "Run " code { (run.id.short()) } " " span #run-state { (run_state(run)) } }
             dl.facts {
                 dt { "repository" } dd { a href={ "/" (run.repo) } { (run.repo) } }
                 dt { "ref" } dd { code { (run.ref_name) } }
@@ -313,10 +263,10 @@ fn render_run(view: &RunView) -> Markup {
                 }
                 @for job in &view.jobs { (render_job(view, job)) }
             }
-            @if crashed || view.dir.join("quire-ci.log").exists() {
+            @if crashed || executor_log.exists() {
                 details open[crashed] {
                     summary { "quire-ci.log" }
-                    pre.log { (read_tail(&view.dir.join("quire-ci.log")).0) }
+                    pre.log { (read_tail(&executor_log).0) }
                 }
             }
             @if live { script { (PreEscaped(LIVE_SCRIPT)) } }
@@ -324,15 +274,14 @@ fn render_run(view: &RunView) -> Markup {
     }
 }
 
-fn render_job(view: &RunView, job: &JobRow) -> Markup {
-    let dir = view.dir.join("jobs").join(&job.job_id);
-    let job_log = dir.join("job.log");
+fn render_job(view: &LoadedRun, job: &JobSummary) -> Markup {
+    let job_log = view.dir.log(&job.job_id, LogFile::Job);
     html! {
         div.job id={ "job-" (job.job_id) } {
             h2 {
                 (job.job_id) " "
-                span.jobstate { (state_badge(&job.state, None)) }
-                " " span.muted.took { (if job.state == "skipped" { String::new() } else { duration(job.duration_ms()) }) }
+                span.jobstate { (state_badge(job.state.as_str(), None)) }
+                " " span.muted.took { (if job.state == JobState::Skipped { String::new() } else { duration(job.duration_ms()) }) }
             }
             @for command in &job.commands {
                 div.cmd {
@@ -342,11 +291,11 @@ fn render_job(view: &RunView, job: &JobRow) -> Markup {
                         " " span.muted { (duration(command.duration_ms())) }
                         " " a.raw href={ "/runs/" (view.run.id) "/logs/" (job.job_id) "/" (command.seq) } { "raw" }
                     }
-                    (render_log(&dir.join(format!("sh-{}.log", command.seq)), &format!("log-{}-sh-{}.log", job.job_id, command.seq)))
+                    (render_log(&view.dir.log(&job.job_id, LogFile::Command(command.seq)), &format!("log-{}-{}", job.job_id, LogFile::Command(command.seq))))
                 }
             }
             @if job_log.exists() {
-                div.cmd { div.cmdline { span.muted { "job" } } (render_log(&job_log, &format!("log-{}-job.log", job.job_id))) }
+                div.cmd { div.cmdline { span.muted { "job" } } (render_log(&job_log, &format!("log-{}-{}", job.job_id, LogFile::Job))) }
             }
         }
     }
@@ -398,7 +347,7 @@ async fn raw_log(
         return error_page(e);
     }
     let (id, job, n) = path.into_inner();
-    let (Ok(id), Ok(job)) = (id.parse::<RunId>(), quire_core::pipeline::JobId::new(job)) else {
+    let (Ok(id), Ok(job)) = (id.parse::<RunId>(), JobId::new(job)) else {
         return not_found_page().await;
     };
     let root = state.root.clone();
@@ -407,9 +356,8 @@ async fn raw_log(
         Ok(None) => return not_found_page().await,
         Err(e) => return error_page(e),
     };
-    let Ok(repo) = run.repo.parse::<RepoName>() else { return not_found_page().await };
-    let file = if n == 0 { "job.log".to_string() } else { format!("sh-{n}.log") };
-    let path = root.run_dir(&repo, id).join("jobs").join(job.as_str()).join(file);
+    let file = if n == 0 { LogFile::Job } else { LogFile::Command(n) };
+    let path = root.run_dir(&run.repo, id).log(&job, file);
     match std::fs::read_to_string(&path) {
         Ok(text) => {
             let body: String = cri::read_lines(&text)
@@ -436,22 +384,13 @@ async fn badge(
 ) -> HttpResponse {
     let Ok(repo) = repo.parse::<RepoName>() else { return not_found_page().await };
     let ref_name = query.ref_name.clone().unwrap_or_else(|| "refs/heads/main".to_string());
-    let name = repo.to_string();
     let latest = with_db(&state, move |conn| {
-        conn.query_row(
-            "SELECT state FROM runs WHERE repo = ?1 AND ref_name = ?2
-             AND state IN ('complete', 'failed') ORDER BY id DESC LIMIT 1",
-            [&name, &ref_name],
-            |r| r.get::<_, String>(0),
-        )
-        .map(Some)
-        .or_else(|e| if e == rusqlite::Error::QueryReturnedNoRows { Ok(None) } else { Err(e) })
-        .map_err(ApiError::internal)
+        runs::latest_verdict(conn, &repo, &ref_name).map_err(ApiError::internal)
     })
     .await;
-    let (label, color) = match latest.as_ref().ok().and_then(Option::as_deref) {
-        Some("complete") => ("passing", "#2e7d32"),
-        Some("failed") => ("failing", "#c62828"),
+    let (label, color) = match latest {
+        Ok(Some(RunState::Complete)) => ("passing", "#2e7d32"),
+        Ok(Some(RunState::Failed)) => ("failing", "#c62828"),
         _ => ("unknown", "#757575"),
     };
     HttpResponse::Ok()
@@ -562,11 +501,9 @@ mod tests {
     use super::*;
 
     #[test]
-    fn durations_are_short() {
+    fn unknown_durations_are_a_dash() {
         assert_eq!(duration(None), "—");
-        assert_eq!(duration(Some(12)), "12ms");
         assert_eq!(duration(Some(1500)), "1.5s");
-        assert_eq!(duration(Some(61_000)), "1m01s");
     }
 
     #[test]

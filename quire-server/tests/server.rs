@@ -306,18 +306,64 @@ fn a_server_killed_mid_run_orphans_it_and_runs_the_queue_after_restart() {
     assert_eq!(root.wait_finished(&queued), ("complete".to_string(), None));
 }
 
+/// Starts a server and stops it once it is listening, leaving a migrated
+/// database behind.
+fn serve_once(root: &Root) {
+    root.serve().kill();
+}
+
 #[test]
-fn a_push_while_the_server_is_down_runs_when_it_starts() {
+fn a_push_while_the_server_is_down_is_queued_in_the_database_and_runs_when_it_starts() {
     let root = Root::new();
+    serve_once(&root);
     let work = root.repo("app.git");
     work.pipeline(PASSING);
     work.commit("pipeline");
     let said = work.push("main");
-    assert!(said.contains("quire server is not running"), "the hook warns: {said}");
+    assert!(said.contains("quire server is not running") && said.contains("queued"), "the hook warns: {said}");
     let id = only_run(&root, "app.git");
     wait_state(&root, &id, "pending");
     let _server = root.serve();
     assert_eq!(root.wait_finished(&id), ("complete".to_string(), None));
+}
+
+/// Only `quire serve` creates and migrates the database, so a push to a
+/// root whose server never ran goes to the spool, and the first server
+/// start queues and runs it.
+#[test]
+fn a_push_before_any_server_ran_is_spooled_and_runs_at_the_first_start() {
+    let root = Root::new();
+    let work = root.repo("app.git");
+    work.pipeline(PASSING);
+    let sha = work.commit("pipeline");
+    let said = work.push("main");
+    assert!(said.contains("saved in the spool"), "the hook says where the push went: {said}");
+    assert!(!root.path().join("quire.db").exists(), "the hook creates no database");
+    let spooled = std::fs::read_dir(root.path().join("spool")).unwrap().count();
+    assert_eq!(spooled, 1);
+
+    let _server = root.serve();
+    let id = only_run(&root, "app.git");
+    assert_eq!(root.wait_finished(&id), ("complete".to_string(), None));
+    assert_eq!(rows(&root, "SELECT sha FROM runs WHERE id = ?1", &id), [sha]);
+    assert_eq!(std::fs::read_dir(root.path().join("spool")).unwrap().count(), 0, "replayed once, then removed");
+}
+
+#[test]
+fn operator_commands_never_create_or_migrate_the_database() {
+    let root = Root::new();
+    let out = root.quire(&["ci", "runs"]);
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(said.contains("no database") && said.contains("quire serve"), "{said}");
+    assert!(!root.path().join("quire.db").exists());
+
+    serve_once(&root);
+    root.db().pragma_update(None, "user_version", 999).unwrap();
+    let out = root.quire(&["ci", "runs"]);
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(said.contains("schema version 999") && said.contains("newer quire"), "{said}");
 }
 
 #[test]
@@ -330,9 +376,39 @@ fn deleting_a_ref_starts_nothing() {
     for id in &ids {
         root.wait_finished(id);
     }
-    common::git(work.path(), &["push", "-q", "origin", ":refs/heads/doomed"]);
-    std::thread::sleep(Duration::from_millis(500));
+    // git waits for the post-receive hook, and the hook for the server's
+    // answer, so once the push returns every run it caused is queued.
+    let said = work.push_refspec(":refs/heads/doomed");
+    assert!(!said.contains("queued"), "the hook queued nothing: {said}");
     assert_eq!(root.run_ids("app.git").len(), 2);
+}
+
+/// With `max-concurrent-runs 1`, two runs pushed together run one after
+/// the other: their active spans never overlap.
+#[test]
+fn max_concurrent_runs_of_one_never_lets_two_runs_overlap() {
+    let root = Root::new();
+    root.write_config("{:ci {:max-concurrent-runs 1 :sandbox :none}}");
+    let _server = root.serve();
+    let pipeline = "(local ci (require :quire.ci))\n(ci.job :nap [:quire/push] (fn [{: sh}] (sh \"sleep 1\")))\n";
+    let (work, _) = root.push_pipeline("app.git", pipeline, "main");
+    work.push("other");
+    let ids = root.wait_run_count("app.git", 2);
+    let mut spans: Vec<(i64, i64)> = ids
+        .iter()
+        .map(|id| {
+            assert_eq!(root.wait_finished(id), ("complete".to_string(), None));
+            root.db()
+                .query_row("SELECT started_at_ms, finished_at_ms FROM runs WHERE id = ?1", [id], |r| {
+                    Ok((r.get(0)?, r.get(1)?))
+                })
+                .unwrap()
+        })
+        .collect();
+    spans.sort();
+    let (first, second) = (spans[0], spans[1]);
+    assert!(first.1 - first.0 >= 1000 && second.1 - second.0 >= 1000, "each run slept: {spans:?}");
+    assert!(first.1 <= second.0, "the second run started only after the first finished: {spans:?}");
 }
 
 /// Captures each run token the server hands out, then runs the real
@@ -556,11 +632,13 @@ fn operational_errors_reach_sentry_and_pipeline_failures_do_not() {
     let root = Root::new();
     root.write_config(&format!("{{:sentry {{:dsn \"{}\"}}}}", sentry.dsn));
     {
-        let _server = root.serve();
+        let server = root.serve();
         root.push_pipeline("app.git", FAILING, "main");
         let id = only_run(&root, "app.git");
         assert_eq!(root.wait_finished(&id).1.as_deref(), Some("pipeline-failure"));
-        std::thread::sleep(Duration::from_secs(2));
+        // A graceful stop flushes the Sentry client before the process
+        // exits, so whatever the failing run reported has arrived by now.
+        server.stop();
         let events: Vec<String> =
             sentry.bodies().into_iter().filter(|b| b.contains("\"type\":\"event\"")).collect();
         assert!(events.is_empty(), "a failing pipeline is not an operational error: {events:?}");

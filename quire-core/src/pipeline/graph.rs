@@ -4,8 +4,9 @@
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 
-use super::diagnostic::{Diagnostic, Location};
-use super::job::{Input, Job, JobId, PUSH_SOURCE, SOURCE_NAMESPACE};
+use super::job::{Input, Job, PUSH_SOURCE, SOURCE_NAMESPACE};
+use crate::diagnostic::{Diagnostic, Location};
+use crate::id::JobId;
 
 /// One `ci.job` call, as far as the graph is concerned.
 #[derive(Debug, Clone)]

@@ -1,66 +1,14 @@
-//! Jobs as the rest of the system sees them once a pipeline is valid: the
-//! `JobId` newtype, a job's inputs, and where it was declared.
+//! Jobs as the rest of the system sees them once a pipeline is valid: a
+//! job's inputs (sources or other jobs) and where it was declared. The id
+//! type itself is `crate::id::JobId`.
 
-use std::fmt;
-
-use serde::{Deserialize, Serialize};
-
-use super::diagnostic::Location;
+use crate::diagnostic::Location;
+use crate::id::JobId;
 
 /// The only source a pipeline can take as input.
 pub const PUSH_SOURCE: &str = "quire/push";
 /// Names under this prefix are reserved for sources.
 pub const SOURCE_NAMESPACE: &str = "quire/";
-
-/// A job's id: non-empty, `[A-Za-z0-9_-]+`. Safe to use as a path component.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(try_from = "String", into = "String")]
-pub struct JobId(String);
-
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("job id {0:?} may only contain letters, digits, `_` and `-`")]
-pub struct InvalidJobId(pub String);
-
-impl JobId {
-    pub fn new(id: impl Into<String>) -> Result<JobId, InvalidJobId> {
-        let id = id.into();
-        let valid = !id.is_empty() && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
-        if valid {
-            Ok(JobId(id))
-        } else {
-            Err(InvalidJobId(id))
-        }
-    }
-
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
-impl TryFrom<String> for JobId {
-    type Error = InvalidJobId;
-    fn try_from(id: String) -> Result<Self, Self::Error> {
-        JobId::new(id)
-    }
-}
-
-impl From<JobId> for String {
-    fn from(id: JobId) -> String {
-        id.0
-    }
-}
-
-impl fmt::Display for JobId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl std::borrow::Borrow<str> for JobId {
-    fn borrow(&self) -> &str {
-        &self.0
-    }
-}
 
 /// What a job takes as input.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -78,19 +26,4 @@ pub struct Job {
     pub inputs: Vec<Input>,
     /// Where its `ci.job` call is.
     pub location: Location,
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn job_ids_accept_the_documented_set() {
-        for ok in ["build", "a", "A-9_z", "0"] {
-            assert!(JobId::new(ok).is_ok(), "{ok}");
-        }
-        for bad in ["", "a/b", "quire/push", "a b", "é", "a.b", "../x"] {
-            assert!(JobId::new(bad).is_err(), "{bad}");
-        }
-    }
 }

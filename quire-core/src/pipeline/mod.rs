@@ -1,60 +1,39 @@
 //! Pipelines: from `.quire/ci.fnl` text to a validated job graph whose
-//! run-fns are ready to call. Compiling happens in one Lua VM (`crate::fennel`),
-//! evaluation in another, restricted one (`vm`); the rules of SPEC §3.1 are
-//! checked in `graph`. Running jobs is the `runtime` module's business.
+//! run-fns are ready to call. Fennel is compiled in the compile VM and the
+//! top level evaluated in the execute VM (both in `crate::lua`); `declare`
+//! records the `ci.job` calls and `graph` checks the rules of SPEC §3.1.
+//! Running jobs is the `runtime` module's business.
 
-mod diagnostic;
+mod declare;
 mod graph;
 mod job;
-pub(crate) mod vm;
 
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use mlua::{Function, Lua};
 
-use crate::fennel;
+use crate::diagnostic::{Diagnostic, Location};
+use crate::lua::{compile, execute};
+use crate::source::SourceFile;
 
-pub use diagnostic::{Diagnostic, Location, Severity};
-pub use job::{Input, InvalidJobId, Job, JobId, PUSH_SOURCE};
-pub use vm::{set_deadline, ChunkInfo};
+pub use job::{Input, Job, PUSH_SOURCE};
 
 /// Where a workspace keeps its pipeline.
 pub const PIPELINE_PATH: &str = ".quire/ci.fnl";
 
-/// A pipeline's source text and the name it is shown under.
-#[derive(Debug, Clone)]
-pub struct SourceFile {
-    display_name: String,
-    pub text: String,
-}
+/// How long evaluating a pipeline's top level (declaring jobs) may take.
+const DECLARE_TIMEOUT: Duration = Duration::from_secs(10);
 
-impl SourceFile {
-    pub fn new(display_name: impl Into<String>, text: impl Into<String>) -> Self {
-        SourceFile { display_name: display_name.into(), text: text.into() }
-    }
-
-    /// Reads `<workspace>/.quire/ci.fnl`.
-    pub fn read(workspace: &Path) -> Result<SourceFile, LoadError> {
-        let path = workspace.join(PIPELINE_PATH);
-        let display = path.strip_prefix(".").unwrap_or(&path).display().to_string();
-        match std::fs::read_to_string(&path) {
-            Ok(text) => Ok(SourceFile::new(display, text)),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(LoadError::Missing { path }),
-            Err(source) => Err(LoadError::Io { path, source }),
-        }
-    }
-
-    /// Shows the file under another name, e.g. relative to its workspace.
-    pub fn with_display_name(mut self, name: impl Into<String>) -> Self {
-        self.display_name = name.into();
-        self
-    }
-
-    /// The path as diagnostics show it.
-    pub fn display_name(&self) -> &str {
-        &self.display_name
+/// Reads `<workspace>/.quire/ci.fnl`.
+pub fn read_source(workspace: &Path) -> Result<SourceFile, LoadError> {
+    let path = workspace.join(PIPELINE_PATH);
+    let display = path.strip_prefix(".").unwrap_or(&path).display().to_string();
+    match std::fs::read_to_string(&path) {
+        Ok(text) => Ok(SourceFile::new(display, text)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(LoadError::Missing { path }),
+        Err(source) => Err(LoadError::Io { path, source }),
     }
 }
 
@@ -74,7 +53,7 @@ pub enum LoadError {
 pub struct Pipeline {
     lua: Lua,
     source: SourceFile,
-    chunk: ChunkInfo,
+    chunk: execute::ChunkInfo,
     jobs: Vec<Job>,
     run_fns: Vec<Function>,
 }
@@ -82,7 +61,7 @@ pub struct Pipeline {
 impl std::fmt::Debug for Pipeline {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Pipeline")
-            .field("source", &self.source.display_name)
+            .field("source", &self.source.display_name())
             .field("jobs", &self.jobs)
             .finish()
     }
@@ -91,7 +70,7 @@ impl std::fmt::Debug for Pipeline {
 impl Pipeline {
     /// Reads, compiles and validates `<workspace>/.quire/ci.fnl`.
     pub fn load(workspace: &Path) -> Result<Pipeline, LoadError> {
-        Pipeline::from_source(SourceFile::read(workspace)?)
+        Pipeline::from_source(read_source(workspace)?)
     }
 
     /// Compiles and validates a pipeline, evaluating its top level in the
@@ -104,19 +83,23 @@ impl Pipeline {
     }
 
     #[allow(clippy::type_complexity)]
-    fn build(source: &SourceFile) -> Result<(Lua, ChunkInfo, Vec<Job>, Vec<Function>), Vec<Diagnostic>> {
+    fn build(
+        source: &SourceFile,
+    ) -> Result<(Lua, execute::ChunkInfo, Vec<Job>, Vec<Function>), Vec<Diagnostic>> {
         let internal = |e: mlua::Error| {
             vec![Diagnostic::error(format!("internal error preparing the pipeline VM: {e}"))]
         };
-        let lua = vm::new_execute_vm().map_err(internal)?;
+        let lua = execute::new_execute_vm().map_err(internal)?;
         let compiled =
-            fennel::compile(source, &vm::global_names(&lua).map_err(internal)?).map_err(|d| vec![d])?;
-        let chunk =
-            ChunkInfo { name: source.display_name().to_string(), positions: Rc::new(compiled.positions) };
-        let declarations = vm::install_ci_module(&lua, chunk.clone()).map_err(internal)?;
+            compile::compile(source, &execute::global_names(&lua).map_err(internal)?).map_err(|d| vec![d])?;
+        let chunk = execute::ChunkInfo {
+            name: source.display_name().to_string(),
+            positions: Rc::new(compiled.positions),
+        };
+        let declarations = declare::install_ci_module(&lua, chunk.clone()).map_err(internal)?;
 
-        vm::set_deadline(&lua, Instant::now() + vm::DECLARE_TIMEOUT, format!("evaluating {}", chunk.name));
-        let evaluated = lua.load(&compiled.lua).set_name(format!("={}", vm::LUA_CHUNK)).exec();
+        execute::set_deadline(&lua, Instant::now() + DECLARE_TIMEOUT, format!("evaluating {}", chunk.name));
+        let evaluated = chunk.load(&lua, &compiled.lua).exec();
         lua.remove_hook();
         if let Err(e) = evaluated {
             return Err(vec![top_level_error(&chunk, &e)]);
@@ -161,13 +144,13 @@ impl Pipeline {
     }
 
     /// Position maps for reporting run-time errors against the `.fnl` file.
-    pub fn chunk(&self) -> &ChunkInfo {
+    pub fn chunk(&self) -> &execute::ChunkInfo {
         &self.chunk
     }
 }
 
 /// An error raised while evaluating the top level, located at its line.
-fn top_level_error(chunk: &ChunkInfo, error: &mlua::Error) -> Diagnostic {
+fn top_level_error(chunk: &execute::ChunkInfo, error: &mlua::Error) -> Diagnostic {
     let failure = chunk.explain(error);
     let line = failure.line.unwrap_or(1);
     Diagnostic::error(failure.message).at(Location::new(

@@ -5,6 +5,7 @@
 //! is the caller's too (`RunContext`), so local and server runs share this.
 
 mod process;
+mod program;
 mod redact;
 mod sandbox;
 mod sh;
@@ -13,7 +14,7 @@ use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};
 use std::ffi::OsString;
 use std::io;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use mlua::{Lua, Table, Value};
@@ -21,10 +22,14 @@ use mlua::{Lua, Table, Value};
 pub use process::kill_running_command;
 pub use sandbox::{find_bwrap, Bwrap, Limits, Sandbox};
 
+use crate::clock::now_ms;
 use crate::cri::{self, Stream};
-use crate::event::{now_ms, Event, EventKind, JobOutcome, RunOutcome};
-use crate::pipeline::{Input, JobId, Pipeline, PUSH_SOURCE};
+use crate::event::{Event, EventKind, JobOutcome, RunOutcome};
+use crate::id::JobId;
+use crate::lua::execute::set_deadline;
+use crate::pipeline::{Input, Pipeline, PUSH_SOURCE};
 use crate::push::PushFacts;
+use crate::run_dir::{LogFile, RunDir};
 use redact::Redactor;
 
 /// Where a run's secrets come from.
@@ -66,8 +71,8 @@ pub enum Note {
 pub struct RunContext<'a> {
     /// The checkout, canonicalized.
     pub workspace: PathBuf,
-    /// Logs go to `<out_dir>/jobs/<job-id>/sh-<n>.log`.
-    pub out_dir: PathBuf,
+    /// Where logs go (`jobs/<job-id>/sh-<n>.log`, `job.log`).
+    pub run_dir: RunDir,
     /// Run only these jobs and their ancestors; empty means all.
     pub only: Vec<JobId>,
     /// How long one job (its Lua code and its commands) may take.
@@ -156,7 +161,7 @@ pub fn execute(pipeline: &Pipeline, ctx: &RunContext, sink: &mut dyn Sink) -> Re
             }
             Err(reason) => {
                 let reason = redactor.redact(&reason);
-                append_job_log(&ctx.out_dir, &job.id, &reason)?;
+                append_job_log(&ctx.run_dir, &job.id, &reason)?;
                 sink.note(&Note::JobFailed { job: job.id.clone(), reason });
                 not_complete.insert(job.id.clone());
                 outcome = RunOutcome::PipelineFailure;
@@ -209,15 +214,10 @@ fn ancestors(pipeline: &Pipeline, index: usize) -> HashSet<JobId> {
     found
 }
 
-/// The directory holding a job's logs.
-pub fn job_dir(out_dir: &Path, job: &JobId) -> PathBuf {
-    out_dir.join("jobs").join(job.as_str())
-}
-
 /// A job-level message (why the job failed) goes to `job.log` beside the
 /// command logs, in CRI format, so every reader of logs finds it.
-fn append_job_log(out_dir: &Path, job: &JobId, message: &str) -> Result<(), RunError> {
-    let path = job_dir(out_dir, job).join("job.log");
+fn append_job_log(run_dir: &RunDir, job: &JobId, message: &str) -> Result<(), RunError> {
+    let path = run_dir.log(job, LogFile::Job);
     let write = || -> io::Result<()> {
         std::fs::create_dir_all(path.parent().expect("job.log has a parent"))?;
         let file = std::fs::OpenOptions::new().create(true).append(true).open(&path)?;
@@ -259,7 +259,7 @@ impl JobRun<'_, '_> {
     fn call(&self) -> JobResult {
         let lua = self.pipeline.lua();
         let run_fn = self.pipeline.run_fn(self.index);
-        crate::pipeline::set_deadline(lua, self.deadline, format!("job `{}`", self.job_id()));
+        set_deadline(lua, self.deadline, format!("job `{}`", self.job_id()));
         let result = lua.scope(|scope| {
             let rt = lua.create_table()?;
             rt.set(
@@ -291,8 +291,8 @@ impl JobRun<'_, '_> {
             *n += 1;
             *n
         };
-        let dir = job_dir(&self.ctx.out_dir, self.job_id());
-        let log_path = dir.join(format!("sh-{number}.log"));
+        let dir = self.ctx.run_dir.job_dir(self.job_id());
+        let log_path = self.ctx.run_dir.log(self.job_id(), LogFile::Command(number));
         let deadline = match request.timeout {
             Some(t) => (Instant::now() + t).min(self.deadline),
             None => self.deadline,

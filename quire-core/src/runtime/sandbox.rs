@@ -19,7 +19,7 @@ use std::process::Command;
 
 use rustix::process::{Resource, Rlimit};
 
-use super::sh::Program;
+use super::program::Program;
 
 /// The user sandboxed commands run as when quire-ci is root.
 pub const UNPRIVILEGED_ID: u32 = 65534;
@@ -227,10 +227,7 @@ impl Sandbox {
         extra_env: &[(String, String)],
         limits: &Limits,
     ) -> Command {
-        let argv: Vec<OsString> = match program {
-            Program::Shell(script) => vec!["/bin/sh".into(), "-c".into(), script.into()],
-            Program::Argv(argv) => argv.iter().map(OsString::from).collect(),
-        };
+        let argv = program.argv();
         let mut command = match self {
             Sandbox::None => {
                 // A program given by path lets the standard library use

@@ -12,28 +12,11 @@ use std::time::{Duration, Instant};
 use mlua::{Lua, Table, Value};
 
 use super::process::{self, Captured, Finished};
+use super::program::Program;
 use super::redact::Redactor;
 use super::sandbox::{Limits, Sandbox};
+use crate::clock::format_duration_ms;
 use crate::cri::{self, Stream};
-
-/// What to run.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Program {
-    /// A string, run with `/bin/sh -c`.
-    Shell(String),
-    /// An argv, run directly.
-    Argv(Vec<String>),
-}
-
-impl Program {
-    /// The command as events and logs show it (argv joined with spaces).
-    pub fn display(&self) -> String {
-        match self {
-            Program::Shell(script) => script.clone(),
-            Program::Argv(argv) => argv.join(" "),
-        }
-    }
-}
 
 /// A checked `(sh cmd opts)` call.
 #[derive(Debug, Clone, PartialEq)]
@@ -248,18 +231,9 @@ impl Execution<'_> {
 
     pub fn deadline_description(&self) -> String {
         match self.request.timeout {
-            Some(t) => format!("its :timeout of {}", seconds(t)),
+            Some(t) => format!("its :timeout of {}", format_duration_ms(t.as_millis() as i64)),
             None => "the job's timeout".to_string(),
         }
-    }
-}
-
-fn seconds(d: Duration) -> String {
-    let s = d.as_secs_f64();
-    if s.fract() == 0.0 {
-        format!("{s:.0}s")
-    } else {
-        format!("{s:.1}s")
     }
 }
 
@@ -271,10 +245,7 @@ fn is_spawn_error(e: &io::Error) -> bool {
 
 /// The shell's conventions: 127 for not found, 126 for not executable.
 fn spawn_failure(program: &Program, e: &io::Error) -> (i32, String) {
-    let name = match program {
-        Program::Argv(argv) => argv[0].as_str(),
-        Program::Shell(_) => "/bin/sh",
-    };
+    let name = program.name();
     if e.kind() == io::ErrorKind::NotFound {
         (127, format!("command not found: {name}"))
     } else {
@@ -325,7 +296,6 @@ mod tests {
             request("return {'echo', 'a b'}").unwrap().program,
             Program::Argv(vec!["echo".into(), "a b".into()])
         );
-        assert_eq!(Program::Argv(vec!["echo".into(), "a".into()]).display(), "echo a");
     }
 
     #[test]

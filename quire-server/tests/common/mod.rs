@@ -177,6 +177,16 @@ impl Server {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+
+    /// Stops the server as an operator would (SIGTERM) and waits until it
+    /// has exited.
+    pub fn stop(mut self) {
+        let pid = self.child.id().to_string();
+        let sent = Command::new("kill").args(["-TERM", &pid]).status().expect("kill runs");
+        assert!(sent.success(), "SIGTERM reached quire serve");
+        let status = self.child.wait().expect("quire serve is waited for");
+        assert!(status.success(), "quire serve stops cleanly on SIGTERM: {status}");
+    }
 }
 
 impl Drop for Server {
@@ -218,11 +228,13 @@ impl Work {
     /// `git push origin HEAD:<branch>`; returns git's stderr (the hook's
     /// messages).
     pub fn push(&self, branch: &str) -> String {
-        let out = Command::new("git")
-            .current_dir(self.path())
-            .args(["push", "-q", "origin", &format!("HEAD:refs/heads/{branch}")])
-            .output()
-            .unwrap();
+        self.push_refspec(&format!("HEAD:refs/heads/{branch}"))
+    }
+
+    /// `git push origin <refspec>` (`:refs/heads/x` deletes x); returns
+    /// git's stderr.
+    pub fn push_refspec(&self, refspec: &str) -> String {
+        let out = Command::new("git").current_dir(self.path()).args(["push", "-q", "origin", refspec]).output().unwrap();
         let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
         assert!(out.status.success(), "git push failed: {stderr}");
         stderr

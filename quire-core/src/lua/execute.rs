@@ -1,41 +1,21 @@
-//! The execute VM: the restricted Lua state that evaluates a compiled
-//! pipeline and later calls its run-fns. It owns what pipeline code can
-//! reach (SPEC §3.3: no `io`, no `os` beyond the clock, no `debug`, no
-//! bytecode, no files) and the `quire.ci` module that records `ci.job`
-//! declarations. It does not judge declarations; `graph` does.
+//! The execute VM: the restricted Lua state that evaluates compiled Fennel
+//! and later calls a pipeline's run-fns. It owns what that code can reach
+//! (SPEC §3.3: no `io`, no `os` beyond the clock, no `debug`, no bytecode,
+//! no files), the deadline hook that stops runaway Lua, and explaining a
+//! Lua error in terms of the `.fnl` file. The `quire.ci` module and what
+//! `ci.job` records belong to `pipeline::declare`.
 
-use std::cell::RefCell;
 use std::rc::Rc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use mlua::{Function, HookTriggers, Lua, LuaOptions, StdLib, Table, Value, VmState};
+use mlua::{Chunk, Function, HookTriggers, Lua, LuaOptions, StdLib, Table, Value, VmState};
 
-use super::diagnostic::{Diagnostic, Location};
-use crate::fennel::PositionMap;
+use super::compile::PositionMap;
+use crate::diagnostic::Location;
 
 /// The name Lua knows the pipeline's chunk by. Lua truncates long chunk
 /// names in messages, so the file's real path is substituted afterwards.
 pub const LUA_CHUNK: &str = "[pipeline]";
-
-/// Modules pipeline code may `require`.
-pub const CI_MODULE: &str = "quire.ci";
-
-/// A `ci.job` call as it was made, before validation.
-#[derive(Debug, Clone)]
-pub struct Declaration {
-    pub id: String,
-    pub inputs: Vec<String>,
-    pub run_fn: Function,
-    pub location: Location,
-}
-
-/// What evaluating the pipeline's top level recorded.
-#[derive(Debug, Default)]
-pub struct Declarations {
-    pub jobs: Vec<Declaration>,
-    /// `ci.job` calls with arguments of the wrong type.
-    pub errors: Vec<Diagnostic>,
-}
 
 /// Where positions in this VM's chunk map to in the `.fnl` file.
 #[derive(Clone)]
@@ -55,6 +35,12 @@ impl ChunkInfo {
             .and_then(|l| self.positions.fennel_line(l as u32))
             .unwrap_or(1);
         Location::new(&self.name, line, self.positions.call_column(line, head))
+    }
+
+    /// Compiled Lua of this chunk, ready to run under the name errors are
+    /// remapped from.
+    pub fn load<'a>(&self, lua: &'a Lua, compiled: &'a str) -> Chunk<'a> {
+        lua.load(compiled).set_name(format!("={LUA_CHUNK}"))
     }
 }
 
@@ -167,93 +153,6 @@ pub fn global_names(lua: &Lua) -> mlua::Result<Vec<String>> {
     Ok(names)
 }
 
-/// Installs `require` with the `quire.ci` module, whose `job` records
-/// declarations into the returned cell.
-pub fn install_ci_module(lua: &Lua, chunk: ChunkInfo) -> mlua::Result<Rc<RefCell<Declarations>>> {
-    let declarations = Rc::new(RefCell::new(Declarations::default()));
-    let recorded = declarations.clone();
-    let job = lua.create_function(move |lua, (id, inputs, run_fn): (Value, Value, Value)| {
-        let location = chunk.caller_location(lua, 1, "job");
-        let mut recorded = recorded.borrow_mut();
-        match declaration(id, inputs, run_fn, location) {
-            Ok(decl) => recorded.jobs.push(decl),
-            Err(diagnostic) => recorded.errors.push(diagnostic),
-        }
-        Ok(())
-    })?;
-    let module = lua.create_table()?;
-    module.set("job", job)?;
-    let module = lua.create_registry_value(module)?;
-    let require = lua.create_function(move |lua, name: String| {
-        if name == CI_MODULE {
-            lua.registry_value::<Table>(&module)
-        } else {
-            Err(mlua::Error::runtime(format!(
-                "module '{name}' is not available: pipelines can only require :{CI_MODULE}"
-            )))
-        }
-    })?;
-    lua.globals().set("require", require)?;
-    Ok(declarations)
-}
-
-fn declaration(
-    id: Value,
-    inputs: Value,
-    run_fn: Value,
-    location: Location,
-) -> Result<Declaration, Diagnostic> {
-    let id = match id {
-        Value::String(s) => s.to_string_lossy(),
-        other => {
-            return Err(Diagnostic::error(format!(
-                "ci.job: the job id must be a string or keyword, got {}",
-                other.type_name()
-            ))
-            .at(location))
-        }
-    };
-    let inputs = match inputs {
-        Value::Table(t) => {
-            let mut names = Vec::new();
-            for value in t.sequence_values::<Value>() {
-                match value {
-                    Ok(Value::String(s)) => names.push(s.to_string_lossy()),
-                    Ok(other) => {
-                        return Err(Diagnostic::error(format!(
-                            "job `{id}`: inputs must be names (strings or keywords), got a {}",
-                            other.type_name()
-                        ))
-                        .at(location))
-                    }
-                    Err(e) => {
-                        return Err(Diagnostic::error(format!("job `{id}`: reading inputs: {e}")).at(location))
-                    }
-                }
-            }
-            names
-        }
-        other => {
-            return Err(Diagnostic::error(format!(
-                "job `{id}`: inputs must be a sequence such as [:quire/push], got {}",
-                other.type_name()
-            ))
-            .at(location))
-        }
-    };
-    let run_fn = match run_fn {
-        Value::Function(f) => f,
-        other => {
-            return Err(Diagnostic::error(format!(
-                "job `{id}`: the third argument must be the run function, got {}",
-                other.type_name()
-            ))
-            .at(location))
-        }
-    };
-    Ok(Declaration { id, inputs, run_fn, location })
-}
-
 /// Stops Lua code that runs past `deadline` with an error naming `what`.
 /// Blocking calls into Rust (like `sh`) are not interrupted by this; they
 /// enforce their own timeouts.
@@ -267,18 +166,15 @@ pub fn set_deadline(lua: &Lua, deadline: Instant, what: String) {
     });
 }
 
-/// How long evaluating a pipeline's top level (declaring jobs) may take.
-pub const DECLARE_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
 
     fn eval(code: &str) -> mlua::Result<Value> {
-        let lua = new_execute_vm().unwrap();
-        let chunk = ChunkInfo { name: "ci.fnl".into(), positions: Rc::default() };
-        install_ci_module(&lua, chunk).unwrap();
-        lua.load(code).eval()
+        new_execute_vm().unwrap().load(code).eval()
     }
 
     #[test]
@@ -304,14 +200,6 @@ mod tests {
         let err = eval("return load('\\27Lua', 'x', 'b')").unwrap();
         assert!(matches!(err, Value::Nil), "bytecode must not load");
         assert!(matches!(eval("return string.dump").unwrap(), Value::Nil));
-    }
-
-    #[test]
-    fn require_only_knows_quire_ci() {
-        assert!(matches!(eval("return require('quire.ci').job").unwrap(), Value::Function(_)));
-        let err = eval("return require('os')").unwrap_err().to_string();
-        assert!(err.contains("pipelines can only require :quire.ci"), "{err}");
-        assert!(eval("return require('fennel')").is_err());
     }
 
     #[test]

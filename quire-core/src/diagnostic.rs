@@ -1,13 +1,14 @@
-//! Diagnostics about a pipeline: what is wrong and where in the `.fnl` file.
-//! Owns the position type and the rendering to miette reports; it does not
-//! decide what is an error (that is `fennel`, `vm` and `graph`).
+//! Diagnostics about a Fennel file (a pipeline or the server's config): what
+//! is wrong and where. Owns the position type and the rendering to miette
+//! reports and to editor-style one-liners; it does not decide what is an
+//! error (that is `lua::compile`, `pipeline` and `pipeline::graph`).
 
 use std::fmt;
 
 use miette::{LabeledSpan, NamedSource, SourceSpan};
 use serde::Serialize;
 
-use super::SourceFile;
+use crate::source::SourceFile;
 
 /// A position in a pipeline file. Lines and columns count from 1.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

@@ -1,55 +1,25 @@
 //! Reading what a run did, as ingest stored it: its jobs in pipeline order
-//! and each job's commands. Writing these rows is `ingest`'s business.
+//! and each job's commands, in the shape of `quire_core::jobs`. Writing
+//! these rows is `ingest`'s business.
 
+use quire_core::id::{JobId, RunId};
+use quire_core::jobs::{CommandSummary, JobState, JobSummary};
+use rusqlite::types::Type;
 use rusqlite::{params, Connection};
-use serde::Serialize;
-
-use crate::runs::RunId;
-
-#[derive(Debug, Clone, Serialize)]
-pub struct JobRow {
-    pub job_id: String,
-    pub state: String,
-    pub exit_code: Option<i64>,
-    pub started_at_ms: Option<i64>,
-    pub finished_at_ms: Option<i64>,
-    pub commands: Vec<CommandRow>,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct CommandRow {
-    /// n of `jobs/<job-id>/sh-<n>.log`.
-    pub seq: i64,
-    pub cmd: String,
-    pub exit_code: Option<i64>,
-    pub started_at_ms: i64,
-    pub finished_at_ms: Option<i64>,
-}
-
-impl JobRow {
-    pub fn duration_ms(&self) -> Option<i64> {
-        Some(self.finished_at_ms? - self.started_at_ms?)
-    }
-}
-
-impl CommandRow {
-    pub fn duration_ms(&self) -> Option<i64> {
-        Some(self.finished_at_ms? - self.started_at_ms)
-    }
-}
 
 /// The run's jobs in pipeline order, each with its commands in order.
-pub fn of_run(conn: &Connection, run: RunId) -> rusqlite::Result<Vec<JobRow>> {
+pub fn of_run(conn: &Connection, run: RunId) -> rusqlite::Result<Vec<JobSummary>> {
     let id = run.to_string();
     let mut jobs_stmt = conn.prepare_cached(
         "SELECT job_id, state, exit_code, started_at_ms, finished_at_ms
          FROM jobs WHERE run_id = ?1 ORDER BY position",
     )?;
-    let mut jobs: Vec<JobRow> = jobs_stmt
+    let mut jobs: Vec<JobSummary> = jobs_stmt
         .query_map(params![id], |r| {
-            Ok(JobRow {
-                job_id: r.get(0)?,
-                state: r.get(1)?,
+            let state: String = r.get(1)?;
+            Ok(JobSummary {
+                job_id: job_id(r.get(0)?)?,
+                state: JobState::parse(&state).ok_or_else(|| invalid(1, format!("unknown job state {state:?}")))?,
                 exit_code: r.get(2)?,
                 started_at_ms: r.get(3)?,
                 finished_at_ms: r.get(4)?,
@@ -64,7 +34,7 @@ pub fn of_run(conn: &Connection, run: RunId) -> rusqlite::Result<Vec<JobRow>> {
     let rows = commands_stmt.query_map(params![id], |r| {
         Ok((
             r.get::<_, String>(0)?,
-            CommandRow {
+            CommandSummary {
                 seq: r.get(1)?,
                 cmd: r.get(2)?,
                 exit_code: r.get(3)?,
@@ -75,9 +45,17 @@ pub fn of_run(conn: &Connection, run: RunId) -> rusqlite::Result<Vec<JobRow>> {
     })?;
     for row in rows {
         let (job_id, command) = row?;
-        if let Some(job) = jobs.iter_mut().find(|j| j.job_id == job_id) {
+        if let Some(job) = jobs.iter_mut().find(|j| j.job_id.as_str() == job_id) {
             job.commands.push(command);
         }
     }
     Ok(jobs)
+}
+
+fn job_id(raw: String) -> rusqlite::Result<JobId> {
+    JobId::new(raw).map_err(|e| invalid(0, e.to_string()))
+}
+
+fn invalid(column: usize, what: String) -> rusqlite::Error {
+    rusqlite::Error::FromSqlConversionFailure(column, Type::Text, what.into())
 }

@@ -1,14 +1,14 @@
-//! Debian's Fennel, embedded at build time. The compile VM turns Fennel
-//! source into Lua plus what is needed to map Lua positions back to the
-//! `.fnl` file; it never runs the program (pipelines run in the execute VM
-//! of `pipeline::vm`). Fennel needs Lua's `debug` library, so the compile VM
-//! is built with mlua's unsafe constructor; macros still run in Fennel's
-//! compiler sandbox. Also here: evaluating a Fennel file that is plain data
-//! (the server's `config.fnl`).
+//! The compile VM: Debian's Fennel, embedded at build time, turning Fennel
+//! source into Lua plus the [`PositionMap`] that maps Lua positions back to
+//! the `.fnl` file. It never runs the program (that is the execute VM's, in
+//! `lua::execute`). Fennel needs Lua's `debug` library, so the compile VM is
+//! built with mlua's unsafe constructor; macros still run in Fennel's
+//! compiler sandbox.
 
 use mlua::{Lua, LuaOptions, StdLib, Table};
 
-use crate::pipeline::{Diagnostic, Location, SourceFile};
+use crate::diagnostic::{Diagnostic, Location};
+use crate::source::SourceFile;
 
 /// Debian's fennel.lua, precompiled by build.rs.
 const FENNEL_BYTECODE: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/fennel.luac"));
@@ -115,47 +115,6 @@ pub fn compile(source: &SourceFile, allowed_globals: &[String]) -> Result<Compil
     })
 }
 
-/// Evaluates a Fennel file that describes data (a table of strings,
-/// numbers, booleans and tables) in the restricted VM and returns it as JSON.
-pub fn evaluate_data(source: &SourceFile) -> Result<serde_json::Value, Diagnostic> {
-    use mlua::LuaSerdeExt;
-    let vm_error = |e: mlua::Error| Diagnostic::error(format!("internal error preparing the Lua VM: {e}"));
-    let lua = crate::pipeline::vm::new_execute_vm().map_err(vm_error)?;
-    let compiled = compile(source, &crate::pipeline::vm::global_names(&lua).map_err(vm_error)?)?;
-    let chunk = crate::pipeline::ChunkInfo {
-        name: source.display_name().to_string(),
-        positions: std::rc::Rc::new(compiled.positions),
-    };
-    crate::pipeline::set_deadline(
-        &lua,
-        std::time::Instant::now() + std::time::Duration::from_secs(5),
-        format!("evaluating {}", chunk.name),
-    );
-    let located = |e: &mlua::Error| {
-        let failure = chunk.explain(e);
-        let line = failure.line.unwrap_or(1);
-        Diagnostic::error(failure.message).at(Location::new(&chunk.name, line, 1))
-    };
-    let value: mlua::Value = lua
-        .load(&compiled.lua)
-        .set_name(format!("={}", crate::pipeline::vm::LUA_CHUNK))
-        .eval()
-        .map_err(|e| located(&e))?;
-    lua.remove_hook();
-    if !matches!(value, mlua::Value::Table(_)) {
-        return Err(Diagnostic::error(format!(
-            "{} must evaluate to a table such as {{:listen \"127.0.0.1:3000\"}}, got {}",
-            chunk.name,
-            value.type_name()
-        ))
-        .at(Location::new(&chunk.name, 1, 1)));
-    }
-    lua.from_value(value).map_err(|e| {
-        Diagnostic::error(format!("{} may only hold strings, numbers, booleans and tables: {e}", chunk.name))
-            .at(Location::new(&chunk.name, 1, 1))
-    })
-}
-
 fn compile_vm() -> Lua {
     // SAFETY: the compile VM runs only Fennel's compiler over the source; it
     // never executes pipeline code outside Fennel's own macro sandbox.
@@ -232,25 +191,6 @@ mod tests {
         let err = compile(&src("(local x 1)\n(undefined-thing x)\n"), &globals()).unwrap_err();
         assert!(err.message.contains("unknown identifier"), "{}", err.message);
         assert_eq!(err.location.unwrap().line, 2);
-    }
-
-    #[test]
-    fn data_files_evaluate_to_json() {
-        let value = evaluate_data(&src("{:listen \"127.0.0.1:9\" :ci {:max-concurrent-runs 3} :list [1 2]}"))
-            .unwrap();
-        assert_eq!(value["listen"], "127.0.0.1:9");
-        assert_eq!(value["ci"]["max-concurrent-runs"], 3);
-        assert_eq!(value["list"], serde_json::json!([1, 2]));
-    }
-
-    #[test]
-    fn broken_data_files_name_their_line() {
-        let err = evaluate_data(&src("{:listen\n  \"x\"\n  :ci {:a }")).unwrap_err();
-        assert!(err.location.is_some());
-        let err = evaluate_data(&src("{:a 1}\n(error \"nope\")")).unwrap_err();
-        assert_eq!(err.location.unwrap().line, 2, "{}", err.message);
-        let err = evaluate_data(&src("42")).unwrap_err();
-        assert!(err.message.contains("must evaluate to a table"), "{}", err.message);
     }
 
     #[test]

@@ -1,0 +1,97 @@
+//! A run's directory and every path inside it (SPEC §5):
+//!
+//! ```text
+//! <run dir>/
+//!   events.jsonl            the event stream
+//!   quire-ci.log            the executor's own progress and diagnostics
+//!   workspace/              the checkout, while a server run is active
+//!   jobs/<job-id>/sh-<n>.log  one CRI log per `sh` call, n from 1
+//!   jobs/<job-id>/job.log     why the job failed, if it did
+//! ```
+//!
+//! This is the only place those names are joined; the runtime writes
+//! through it, the server reads through it. Where the directory itself
+//! lives (the server's data root, `--out-dir`) is the caller's business.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use crate::id::JobId;
+
+/// One of a job's log files.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum LogFile {
+    /// The log of the job's n-th `sh` call (n counts from 1).
+    Command(u32),
+    /// `job.log`: job-level messages such as why the job failed.
+    Job,
+}
+
+impl LogFile {
+    /// The file's name inside the job's directory.
+    pub fn file_name(self) -> String {
+        match self {
+            LogFile::Command(n) => format!("sh-{n}.log"),
+            LogFile::Job => "job.log".to_string(),
+        }
+    }
+}
+
+impl fmt::Display for LogFile {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.file_name())
+    }
+}
+
+/// The directory of one run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunDir {
+    path: PathBuf,
+}
+
+impl RunDir {
+    pub fn new(path: impl Into<PathBuf>) -> RunDir {
+        RunDir { path: path.into() }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn events(&self) -> PathBuf {
+        self.path.join("events.jsonl")
+    }
+
+    /// quire-ci's stdout and stderr on the server.
+    pub fn executor_log(&self) -> PathBuf {
+        self.path.join("quire-ci.log")
+    }
+
+    pub fn workspace(&self) -> PathBuf {
+        self.path.join("workspace")
+    }
+
+    pub fn job_dir(&self, job: &JobId) -> PathBuf {
+        self.path.join("jobs").join(job.as_str())
+    }
+
+    pub fn log(&self, job: &JobId, file: LogFile) -> PathBuf {
+        self.job_dir(job).join(file.file_name())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_follow_the_spec_layout() {
+        let dir = RunDir::new("/r");
+        let job = JobId::new("build").unwrap();
+        assert_eq!(dir.events(), Path::new("/r/events.jsonl"));
+        assert_eq!(dir.executor_log(), Path::new("/r/quire-ci.log"));
+        assert_eq!(dir.workspace(), Path::new("/r/workspace"));
+        assert_eq!(dir.log(&job, LogFile::Command(3)), Path::new("/r/jobs/build/sh-3.log"));
+        assert_eq!(dir.log(&job, LogFile::Job), Path::new("/r/jobs/build/job.log"));
+    }
+}
