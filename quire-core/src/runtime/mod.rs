@@ -343,15 +343,7 @@ impl JobRun<'_, '_> {
     }
 
     fn jobs(&self, lua: &Lua, name: Value) -> mlua::Result<Value> {
-        let name = match name {
-            Value::String(s) => s.to_string_lossy(),
-            other => {
-                return Err(mlua::Error::runtime(format!(
-                    "jobs: expected a job name, got {}",
-                    other.type_name()
-                )))
-            }
-        };
+        let name = name_argument("jobs", "a job name", name)?;
         let value = if name == PUSH_SOURCE {
             self.ctx.push.outputs()
         } else {
@@ -368,15 +360,7 @@ impl JobRun<'_, '_> {
     }
 
     fn secret(&self, lua: &Lua, name: Value) -> mlua::Result<Value> {
-        let name = match name {
-            Value::String(s) => s.to_string_lossy(),
-            other => {
-                return Err(mlua::Error::runtime(format!(
-                    "secret: expected a secret name, got {}",
-                    other.type_name()
-                )))
-            }
-        };
+        let name = name_argument("secret", "a secret name", name)?;
         let value = self.ctx.secrets.secret(&name).map_err(|e| mlua::Error::runtime(e.to_string()))?;
         self.redactor.add(&value);
         Ok(Value::String(lua.create_string(&value)?))
@@ -392,6 +376,15 @@ impl JobRun<'_, '_> {
         let message = error.to_string();
         self.fatal.borrow_mut().get_or_insert(error);
         mlua::Error::runtime(message)
+    }
+}
+
+/// The one string argument of a runtime function, or an error saying what
+/// `function` expected.
+fn name_argument(function: &str, expected: &str, value: Value) -> mlua::Result<String> {
+    match value {
+        Value::String(s) => Ok(s.to_string_lossy()),
+        other => Err(mlua::Error::runtime(format!("{function}: expected {expected}, got {}", other.type_name()))),
     }
 }
 
