@@ -50,14 +50,14 @@ fn valid_pipeline_in_short_format_prints_nothing() {
 }
 
 #[test]
-fn valid_pipeline_as_json() {
+fn a_valid_pipeline_as_json_lists_its_jobs() {
     let out = validate(&fixture("valid"), "json");
     assert_eq!(out.status.code(), Some(0));
     assert_eq!(stdout(&out), "{\"valid\":true,\"jobs\":[\"build\",\"test\",\"lint\"],\"diagnostics\":[]}\n");
 }
 
 #[test]
-fn destructured_job_works() {
+fn a_job_destructuring_its_runtime_table_is_valid() {
     let out = validate(&fixture("destructured"), "json");
     assert_eq!(out.status.code(), Some(0), "{}", stdout(&out));
     let doc: Value = serde_json::from_str(&stdout(&out)).unwrap();
@@ -84,7 +84,7 @@ fn syntax_error_has_fennels_position() {
 }
 
 #[test]
-fn rule_bad_id() {
+fn rule_bad_id_is_an_error_at_the_job_call() {
     assert_eq!(
         short_errors("bad-id"),
         [".quire/ci.fnl:5:3: error: job `deploy/prod`: job id \"deploy/prod\" may only contain letters, digits, `_` and `-`"]
@@ -92,7 +92,7 @@ fn rule_bad_id() {
 }
 
 #[test]
-fn rule_duplicate_id() {
+fn rule_duplicate_id_points_at_the_second_declaration() {
     assert_eq!(
         short_errors("duplicate-id"),
         [".quire/ci.fnl:5:1: error: duplicate job id `build` (first defined on line 3)"]
@@ -100,7 +100,7 @@ fn rule_duplicate_id() {
 }
 
 #[test]
-fn rule_empty_inputs() {
+fn rule_empty_inputs_is_an_error() {
     assert_eq!(short_errors("empty-inputs"), [".quire/ci.fnl:3:1: error: job `build` has no inputs"]);
 }
 
@@ -124,7 +124,7 @@ fn rule_cycle_lists_the_cycle() {
 }
 
 #[test]
-fn rule_unreachable() {
+fn rule_unreachable_job_is_an_error() {
     assert_eq!(
         short_errors("unreachable"),
         [

@@ -433,7 +433,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_transition_table() {
+    fn how_a_run_ends_follows_the_spec_transition_table() {
         use FailureKind::*;
         let ok = Some(RunOutcome::Success);
         let failed = Some(RunOutcome::PipelineFailure);

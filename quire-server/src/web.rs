@@ -507,7 +507,7 @@ mod tests {
     }
 
     #[test]
-    fn badges_are_svg() {
+    fn badges_are_svg_naming_their_verdict() {
         let svg = badge_svg("passing", "#2e7d32");
         assert!(svg.starts_with("<svg") && svg.contains("ci: passing"));
     }

@@ -529,7 +529,7 @@ fn a_malformed_socket_message_is_refused_and_the_server_keeps_working() {
 }
 
 #[test]
-fn cancel_and_retrigger() {
+fn cancel_fails_the_run_and_retrigger_queues_the_refs_current_commit() {
     let root = Root::new();
     root.write_config(NO_SANDBOX);
     let markers = tempfile::tempdir().unwrap();
