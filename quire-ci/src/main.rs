@@ -36,6 +36,8 @@ enum Command {
         /// `path:line:col: error: message` line per problem; json: a document.
         #[arg(long, value_enum, default_value_t = validate::Format::Human)]
         format: validate::Format,
+        #[command(flatten)]
+        lua: LuaArgs,
     },
     /// Run the pipeline's jobs, writing events, logs and progress.
     ///
@@ -68,6 +70,10 @@ struct RunCommand {
     /// Run only this job and its ancestors (repeatable).
     #[arg(long = "job", value_name = "ID", value_parser = parse_job_id)]
     jobs: Vec<JobId>,
+    /// How many jobs may run at once (default: the number of CPUs);
+    /// --jobs 1 runs them one at a time, in order.
+    #[arg(long = "jobs", value_name = "N", value_parser = clap::value_parser!(u16).range(1..=256))]
+    parallel: Option<u16>,
     /// How long one job may take, in seconds, before its commands are
     /// killed and it fails.
     #[arg(long, value_name = "SECS", default_value_t = 3600)]
@@ -83,6 +89,36 @@ struct RunCommand {
     hide: Vec<PathBuf>,
     #[command(flatten)]
     limits: LimitArgs,
+    #[command(flatten)]
+    lua: LuaArgs,
+    /// Most output one command's log keeps, in MiB; the rest is discarded
+    /// after a line saying so.
+    #[arg(long, value_name = "MIB", default_value_t = 64)]
+    max_log_mb: u64,
+    /// With --sandbox bwrap: the size of the private /tmp, in MiB.
+    #[arg(long, value_name = "MIB", default_value_t = 512)]
+    max_tmp_mb: u64,
+}
+
+/// What holds pipeline Lua in check.
+#[derive(Debug, clap::Args)]
+struct LuaArgs {
+    /// Memory of each Lua VM (compiling, and each job's), in MiB.
+    #[arg(long, value_name = "MIB", default_value_t = 512)]
+    lua_memory_mb: u64,
+    /// How long compiling the pipeline (macros included) and evaluating its
+    /// top level may each take, in seconds.
+    #[arg(long, value_name = "SECS", default_value_t = 10)]
+    declare_timeout_secs: u64,
+}
+
+impl LuaArgs {
+    fn limits(&self) -> quire_core::pipeline::LuaLimits {
+        quire_core::pipeline::LuaLimits {
+            memory: (self.lua_memory_mb.max(1) * 1024 * 1024) as usize,
+            declare_timeout: Duration::from_secs(self.declare_timeout_secs.max(1)),
+        }
+    }
 }
 
 impl RunCommand {
@@ -94,12 +130,22 @@ impl RunCommand {
             sha: self.sha,
             ref_name: self.ref_name,
             jobs: self.jobs,
+            parallel: self.parallel.map_or_else(
+                || std::thread::available_parallelism().map_or(1, |n| n.get()),
+                usize::from,
+            ),
             job_timeout: Duration::from_secs(self.job_timeout),
             sandbox: match self.sandbox {
                 SandboxKind::None => run::SandboxChoice::None,
-                SandboxKind::Bwrap => run::SandboxChoice::Bwrap { network: self.network, hide: self.hide },
+                SandboxKind::Bwrap => run::SandboxChoice::Bwrap {
+                    network: self.network,
+                    hide: self.hide,
+                    tmp_size: self.max_tmp_mb.max(1) * 1024 * 1024,
+                },
             },
             limits: self.limits.limits(),
+            lua: self.lua.limits(),
+            log_cap: self.max_log_mb.max(1) * 1024 * 1024,
         }
     }
 }
@@ -156,22 +202,28 @@ fn sentry_from_env() -> Option<sentry::ClientInitGuard> {
 }
 
 /// Commands run in process groups of their own, so a signal to quire-ci
-/// (Ctrl-C, or the server stopping a run) would not reach them: pass it on
-/// by killing the running command, then die of the signal as usual.
+/// (Ctrl-C, or the server stopping a run) would not reach them: a thread
+/// waiting for the signal kills every running command, then every process
+/// left over (quire-ci is their subreaper), then ends quire-ci as the
+/// signal would have.
 fn stop_commands_on_signals() {
     use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
-    for signal in [SIGTERM, SIGINT, SIGHUP] {
-        // SAFETY: the handler only makes kill(2) calls and re-raises the
-        // signal with its default action, both async-signal-safe.
-        let registered = unsafe {
-            signal_hook::low_level::register(signal, move || {
-                quire_core::runtime::kill_running_command();
-                let _ = signal_hook::low_level::emulate_default_handler(signal);
-            })
-        };
-        if let Err(e) = registered {
-            eprintln!("quire-ci: warning: cannot handle signal {signal}: {e}");
+    let mut signals = match signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP]) {
+        Ok(signals) => signals,
+        Err(e) => {
+            eprintln!("quire-ci: warning: cannot handle signals: {e}");
+            return;
         }
+    };
+    let spawned = std::thread::Builder::new().name("signals".into()).spawn(move || {
+        if let Some(signal) = signals.forever().next() {
+            quire_core::runtime::kill_running_commands();
+            quire_core::runtime::sweep_orphans();
+            std::process::exit(128 + signal);
+        }
+    });
+    if let Err(e) = spawned {
+        eprintln!("quire-ci: warning: cannot handle signals: {e}");
     }
 }
 
@@ -184,7 +236,7 @@ fn main() -> ExitCode {
     let _sentry = sentry_from_env();
     stop_commands_on_signals();
     match cli.command {
-        Command::Validate { workspace, format } => validate::run(&workspace, format),
+        Command::Validate { workspace, format, lua } => validate::run(&workspace, format, lua.limits()),
         Command::Run(command) => ExitCode::from(run::run(command.into_args())),
     }
 }

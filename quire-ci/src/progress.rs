@@ -116,6 +116,11 @@ impl Sink for Reporter {
             Note::JobSkipped { job, because } => {
                 self.say(&format!("⊘ {job} skipped: its input `{because}` did not complete"));
             }
+            Note::Printed { job, text } => {
+                for line in text.lines() {
+                    self.say(&format!("  [{job}] {line}"));
+                }
+            }
         }
     }
 }

@@ -6,15 +6,16 @@
 use std::fs::File;
 use std::io::{self, BufWriter, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use quire_core::clock::now_ms;
 use quire_core::event::{Event, EventKind, RunOutcome};
 use quire_core::id::JobId;
-use quire_core::pipeline::{self, LoadError, Pipeline, PIPELINE_PATH};
+use quire_core::pipeline::{self, LoadError, LuaLimits, Pipeline, PIPELINE_PATH};
 use quire_core::push::PushFacts;
 use quire_core::run_dir::RunDir;
-use quire_core::runtime::{self, Bwrap, Limits, RunContext, RunError, Sandbox, SecretSource, Sink};
+use quire_core::runtime::{self, Bwrap, Limits, RunAs, RunContext, RunError, Sandbox, SecretSource, Sink};
 
 use crate::local::{self, EnvSecrets};
 use crate::progress::Reporter;
@@ -55,7 +56,7 @@ impl std::str::FromStr for EventsTarget {
 /// The sandbox asked for on the command line.
 pub enum SandboxChoice {
     None,
-    Bwrap { network: bool, hide: Vec<PathBuf> },
+    Bwrap { network: bool, hide: Vec<PathBuf>, tmp_size: u64 },
 }
 
 pub struct RunArgs {
@@ -65,9 +66,14 @@ pub struct RunArgs {
     pub sha: Option<String>,
     pub ref_name: Option<String>,
     pub jobs: Vec<JobId>,
+    /// How many jobs may run at once.
+    pub parallel: usize,
     pub job_timeout: Duration,
     pub sandbox: SandboxChoice,
     pub limits: Limits,
+    pub lua: LuaLimits,
+    /// Bytes of output each command's log keeps.
+    pub log_cap: u64,
 }
 
 /// A failure of quire-ci itself, with the exit status it maps to.
@@ -104,16 +110,28 @@ fn run_inner(args: RunArgs) -> Result<(), Fatal> {
         .workspace
         .canonicalize()
         .map_err(|e| Fatal::usage(format!("workspace {}: {e}", args.workspace.display())))?;
+    let server = Server::from_env();
     let sandbox = match args.sandbox {
         SandboxChoice::None => Sandbox::None,
-        SandboxChoice::Bwrap { network, hide } => {
+        SandboxChoice::Bwrap { network, hide, tmp_size } => {
             let program = runtime::find_bwrap().ok_or_else(|| {
                 Fatal::failed("--sandbox bwrap was asked for, but bubblewrap (bwrap) is not installed; install it (Debian: apt-get install bubblewrap) or run with --sandbox none")
             })?;
-            Sandbox::Bwrap(Bwrap::new(program, network, hide))
+            // The server's workspace is made for the run and may be handed
+            // to `nobody`; a local checkout is the user's and is never
+            // changed.
+            let run_as = if server.is_some() { RunAs::Nobody } else { RunAs::WorkspaceOwner };
+            let bwrap = Bwrap::new(program, network, hide, run_as, &workspace, tmp_size).map_err(|e| {
+                Fatal::failed(format!("cannot prepare the workspace {} for the sandbox: {e}", workspace.display()))
+            })?;
+            Sandbox::Bwrap(bwrap)
         }
     };
-    let server = Server::from_env();
+    // Processes that leave their command's process group are re-parented
+    // here, to be swept when the run ends.
+    if let Err(e) = runtime::become_subreaper() {
+        eprintln!("quire-ci: warning: cannot become the reaper of detached processes: {e}");
+    }
     let push = match &server {
         Some(server) => server.bootstrap().map_err(Fatal::failed)?.push_facts(),
         None => {
@@ -128,19 +146,20 @@ fn run_inner(args: RunArgs) -> Result<(), Fatal> {
     // Paths in messages are relative to the workspace: the same in a local
     // run and on the server, whose workspaces are temporary directories.
     let loaded = pipeline::read_source(&workspace)
-        .and_then(|source| Pipeline::from_source(source.with_display_name(PIPELINE_PATH)));
+        .and_then(|source| Pipeline::from_source(source.with_display_name(PIPELINE_PATH), Some(&workspace), args.lua));
     let pipeline = match loaded {
         Ok(pipeline) => pipeline,
         Err(error) => return finish_unloadable(&mut reporter, &error),
     };
-    let secrets: &dyn SecretSource = match &server {
-        Some(server) => server,
-        None => &EnvSecrets,
+    let secrets: Arc<dyn SecretSource> = match server {
+        Some(server) => Arc::new(server),
+        None => Arc::new(EnvSecrets),
     };
     let ctx = RunContext {
         workspace,
         run_dir: RunDir::new(&out_dir),
         only: args.jobs,
+        parallel: args.parallel,
         job_timeout: args.job_timeout,
         base_env: std::env::vars_os()
             .filter(|(name, _)| !runtime::is_private_variable(&name.to_string_lossy()))
@@ -149,14 +168,20 @@ fn run_inner(args: RunArgs) -> Result<(), Fatal> {
         secrets,
         sandbox,
         limits: args.limits,
+        log_cap: args.log_cap,
     };
-    let result = runtime::execute(&pipeline, &ctx, &mut reporter);
+    let pipeline = Arc::new(pipeline);
+    let result = runtime::execute(pipeline.clone(), Arc::new(ctx), &mut reporter);
+    let swept = runtime::sweep_orphans();
+    if swept > 0 {
+        reporter.say(&format!("quire-ci: stopped {swept} process(es) the run had left running in the background"));
+    }
     if announce_out_dir {
         reporter.say(&format!("logs are in {}", out_dir.display()));
     }
     match result {
         Ok(_) => Ok(()),
-        Err(RunError::UnknownJob(id)) => Err(Fatal::usage(format!(
+        Err(RunError::UnknownJob(runtime::UnknownJob(id))) => Err(Fatal::usage(format!(
             "unknown job `{id}` given to --job; the pipeline defines: {}",
             pipeline.jobs().iter().map(|j| j.id.as_str()).collect::<Vec<_>>().join(", ")
         ))),

@@ -5,7 +5,7 @@ use std::path::Path;
 use std::process::ExitCode;
 
 use quire_core::diagnostic::Diagnostic;
-use quire_core::pipeline::{LoadError, Pipeline};
+use quire_core::pipeline::{LoadError, LuaLimits, Pipeline};
 use quire_core::source::SourceFile;
 use serde_json::json;
 
@@ -20,8 +20,8 @@ const VALID: u8 = 0;
 const INVALID: u8 = 1;
 const CANNOT_CHECK: u8 = 2;
 
-pub fn run(workspace: &Path, format: Format) -> ExitCode {
-    let status = match Pipeline::load(workspace) {
+pub fn run(workspace: &Path, format: Format, limits: LuaLimits) -> ExitCode {
+    let status = match Pipeline::load(workspace, limits) {
         Ok(pipeline) => {
             report_valid(&pipeline, format);
             VALID

@@ -179,7 +179,8 @@ fn a_failing_checked_sh_fails_its_job_and_check_false_lets_the_run_fn_decide() {
     (sh "echo unreachable")))
 "#,
     );
-    let run = Run::of(checkout.path(), &[], &[]);
+    // One job at a time: the events come in exactly the sequential order.
+    let run = Run::of(checkout.path(), &["--jobs", "1"], &[]);
     assert_eq!(run.out.status.code(), Some(0));
     assert_eq!(
         run.events(),
@@ -213,7 +214,7 @@ fn a_failed_job_skips_its_dependents_but_not_independent_jobs() {
 (ci.job :lint [:quire/push] (fn [{: sh}] (sh "echo lint")))
 "#,
     );
-    let run = Run::of(checkout.path(), &[], &[]);
+    let run = Run::of(checkout.path(), &["--jobs", "1"], &[]);
     assert_eq!(
         run.events(),
         [
@@ -504,9 +505,10 @@ fn the_runtime_table_is_dead_after_its_job() {
     );
     let run = Run::of(checkout.path(), &[], &[]);
     assert!(run.events().contains(&ev("job_finished", r#""job_id":"b","outcome":"failed""#)));
-    assert!(run
-        .log("b", "job.log")
-        .contains("runtime table can only be used while that job's run-fn is running"));
+    // Each job runs in an execute VM of its own: what job `a` saved is not
+    // even there for job `b`, so its command never runs.
+    assert!(run.log("b", "job.log").contains("attempt to index a nil value"), "{}", run.log("b", "job.log"));
+    assert!(!run.events().iter().any(|e| e.contains("should not run")));
 }
 
 #[test]
@@ -538,4 +540,73 @@ fn huge_output_is_kept_in_the_log_and_capped_in_lua() {
     let captured = run.log_lines("a", "sh-2.log");
     let n: usize = captured[0].2.strip_prefix("captured ").unwrap().parse().unwrap();
     assert!((1024 * 1024..1024 * 1024 + 400).contains(&n), "captured {n} bytes");
+}
+
+/// The job ids of the events of `kind`, in stream order.
+fn jobs_of(events: &[String], kind: &str) -> Vec<String> {
+    events
+        .iter()
+        .filter(|e| e.contains(&format!("\"type\":\"{kind}\"")))
+        .map(|e| serde_json::from_str::<serde_json::Value>(e).unwrap()["job_id"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[test]
+fn independent_jobs_run_at_once_and_the_join_waits_for_all_of_them() {
+    let checkout = Checkout::new(
+        r#"(local ci (require :quire.ci))
+(each [_ id (ipairs [:a :b :c :d])]
+  (ci.job id [:quire/push] (fn [{: sh}] (sh "sleep 1") {:done id})))
+(ci.job :join [:a :b :c :d]
+  (fn [{: jobs}] (assert (= (. (jobs :d) :done) :d)) nil))
+"#,
+    );
+    let run = Run::of(checkout.path(), &["--jobs", "4"], &[]);
+    assert_eq!(run.out.status.code(), Some(0), "{}", run.stderr());
+    let events = run.events();
+    let position = |kind: &str, job: &str| {
+        events.iter().position(|e| e.contains(&format!("\"type\":\"{kind}\",\"job_id\":\"{job}\""))).unwrap()
+    };
+    let last_start = ["a", "b", "c", "d"].map(|j| position("job_started", j)).into_iter().max().unwrap();
+    let first_finish = ["a", "b", "c", "d"].map(|j| position("job_finished", j)).into_iter().min().unwrap();
+    assert!(last_start < first_finish, "all four started before any finished: {events:#?}");
+    let last_finish = ["a", "b", "c", "d"].map(|j| position("job_finished", j)).into_iter().max().unwrap();
+    assert!(position("job_started", "join") > last_finish, "the join started after all four");
+    assert_eq!(jobs_of(&events, "job_started")[..4], ["a", "b", "c", "d"], "ties start in definition order");
+    assert!(events.last().unwrap().contains("\"run_finished\",\"outcome\":\"success\""));
+}
+
+#[test]
+fn a_failing_job_skips_only_its_dependents_while_a_parallel_sibling_completes() {
+    let checkout = Checkout::new(
+        r#"(local ci (require :quire.ci))
+(ci.job :build [:quire/push] (fn [{: sh}] (sh "sleep 0.2; false")))
+(ci.job :test [:build] (fn [{: sh}] (sh "echo test")))
+(ci.job :deploy [:test] (fn [{: sh}] (sh "echo deploy")))
+(ci.job :lint [:quire/push] (fn [{: sh}] (sh "sleep 0.5; echo lint")))
+"#,
+    );
+    let run = Run::of(checkout.path(), &["--jobs", "2"], &[]);
+    let events = run.events();
+    assert_eq!(jobs_of(&events, "job_started"), ["build", "lint"]);
+    assert_eq!(jobs_of(&events, "job_skipped"), ["test", "deploy"]);
+    assert!(events.contains(&ev("job_finished", r#""job_id":"lint","outcome":"complete""#)));
+    assert!(events.contains(&ev("job_finished", r#""job_id":"build","outcome":"failed""#)));
+    assert!(events.last().unwrap().contains("pipeline_failure"));
+}
+
+#[test]
+fn a_looping_job_waits_for_its_timeout_while_a_sibling_finishes() {
+    let checkout = Checkout::new(
+        r#"(local ci (require :quire.ci))
+(ci.job :spin [:quire/push] (fn [] (while true nil)))
+(ci.job :ok [:quire/push] (fn [{: sh}] (sh "echo fine")))
+"#,
+    );
+    let run = Run::of(checkout.path(), &["--jobs", "2", "--job-timeout", "2"], &[]);
+    assert_eq!(run.out.status.code(), Some(0));
+    let events = run.events();
+    let finished = jobs_of(&events, "job_finished");
+    assert_eq!(finished, ["ok", "spin"], "the sibling finished first");
+    assert!(run.log("spin", "job.log").contains("did not finish in time"), "{}", run.log("spin", "job.log"));
 }

@@ -201,7 +201,9 @@ fn a_fork_bomb_a_runaway_write_and_an_endless_command_are_stopped() {
 (ci.job :after [:quire/push]
   (fn [{: sh}] (sh "echo the run goes on")))
 "#,
-        &["--max-processes", "64", "--max-file-size-mb", "5"],
+        // One job at a time: the bomb would otherwise use up the process
+        // budget its siblings share (RLIMIT_NPROC is per user).
+        &["--max-processes", "64", "--max-file-size-mb", "5", "--jobs", "1"],
         &[],
     );
     assert!(started.elapsed() < Duration::from_secs(40));

@@ -46,45 +46,77 @@ pub fn timestamp_now() -> String {
     format!("{:.9}", jiff::Timestamp::now())
 }
 
+/// What a writer masks before anything reaches the file (secrets). Masking
+/// happens before a long line is cut into chunks, and a chunk never ends
+/// inside a masked value, so a value straddling a chunk boundary is masked
+/// too.
+pub trait Mask {
+    /// `text` with every masked value replaced.
+    fn mask(&self, text: &str) -> String;
+    /// The byte spans of masked values in raw output.
+    fn spans(&self, raw: &[u8]) -> Vec<(usize, usize)>;
+    /// The length of the longest masked value, in bytes.
+    fn longest(&self) -> usize;
+}
+
+/// Masks nothing.
+pub struct NoMask;
+
+impl Mask for NoMask {
+    fn mask(&self, text: &str) -> String {
+        text.to_string()
+    }
+    fn spans(&self, _raw: &[u8]) -> Vec<(usize, usize)> {
+        Vec::new()
+    }
+    fn longest(&self) -> usize {
+        0
+    }
+}
+
 /// Writes CRI lines to `out`, buffering each stream's unfinished line until
-/// its newline arrives (or it reaches [`MAX_LINE`]). Complete lines are
-/// written and flushed at once so a `tail -f` follows along.
+/// its newline arrives (or it grows past [`MAX_LINE`], when a `P` chunk is
+/// cut on a character boundary). Complete lines are written and flushed at
+/// once so a `tail -f` follows along. With a cap, output past it is
+/// discarded after one line saying so.
 pub struct Writer<W: Write> {
     out: W,
     pending: [Vec<u8>; 2],
+    cap: Option<u64>,
+    written: u64,
+    truncated: bool,
 }
 
 impl<W: Write> Writer<W> {
     pub fn new(out: W) -> Self {
-        Writer { out, pending: [Vec::new(), Vec::new()] }
+        Writer { out, pending: [Vec::new(), Vec::new()], cap: None, written: 0, truncated: false }
     }
 
-    /// Feeds a chunk of raw output from `stream`; `redact` is applied to
-    /// each line (or chunk) before it is written.
-    pub fn write(
-        &mut self,
-        stream: Stream,
-        mut data: &[u8],
-        redact: &dyn Fn(&str) -> String,
-    ) -> io::Result<()> {
+    /// A writer that keeps at most `cap` bytes of output.
+    pub fn with_cap(out: W, cap: u64) -> Self {
+        Writer { cap: Some(cap), ..Writer::new(out) }
+    }
+
+    /// Whether output was discarded because of the cap.
+    pub fn truncated(&self) -> bool {
+        self.truncated
+    }
+
+    /// Feeds a chunk of raw output from `stream`.
+    pub fn write(&mut self, stream: Stream, mut data: &[u8], mask: &dyn Mask) -> io::Result<()> {
         let mut wrote = false;
         while !data.is_empty() {
-            let pending = &mut self.pending[stream as usize];
             match data.iter().position(|&b| b == b'\n') {
                 Some(newline) => {
-                    pending.extend_from_slice(&data[..newline]);
+                    self.pending[stream as usize].extend_from_slice(&data[..newline]);
                     data = &data[newline + 1..];
-                    let line = std::mem::take(pending);
-                    self.emit_line(stream, &line, redact)?;
+                    let line = std::mem::take(&mut self.pending[stream as usize]);
+                    self.emit_line(stream, &line, mask)?;
                 }
                 None => {
-                    pending.extend_from_slice(data);
+                    self.pending[stream as usize].extend_from_slice(data);
                     data = &[];
-                    while self.pending[stream as usize].len() >= MAX_LINE {
-                        let rest = self.pending[stream as usize].split_off(MAX_LINE);
-                        let chunk = std::mem::replace(&mut self.pending[stream as usize], rest);
-                        self.emit(stream, Tag::Partial, &chunk, redact)?;
-                    }
+                    self.emit_partials(stream, mask)?;
                 }
             }
             wrote = true;
@@ -95,50 +127,95 @@ impl<W: Write> Writer<W> {
         Ok(())
     }
 
-    /// Writes a complete line of text, e.g. a message from quire-ci itself.
-    pub fn write_line(&mut self, stream: Stream, text: &str) -> io::Result<()> {
-        self.emit_line(stream, text.as_bytes(), &|s| s.to_string())?;
+    /// Writes a complete line of text from quire-ci itself, e.g. why a
+    /// command was killed. Such lines are written even past the cap.
+    pub fn write_line(&mut self, stream: Stream, text: &str, mask: &dyn Mask) -> io::Result<()> {
+        let masked = mask.mask(text);
+        for line in masked.lines() {
+            self.emit(stream, Tag::Full, line)?;
+        }
         self.out.flush()
     }
 
     /// Writes out unfinished lines (a last line without a newline is `F`).
-    pub fn finish(&mut self, redact: &dyn Fn(&str) -> String) -> io::Result<()> {
+    pub fn finish(&mut self, mask: &dyn Mask) -> io::Result<()> {
         for stream in [Stream::Stdout, Stream::Stderr] {
             let line = std::mem::take(&mut self.pending[stream as usize]);
             if !line.is_empty() {
-                self.emit(stream, Tag::Full, &line, redact)?;
+                self.emit_line(stream, &line, mask)?;
             }
         }
         self.out.flush()
     }
 
-    fn emit_line(&mut self, stream: Stream, line: &[u8], redact: &dyn Fn(&str) -> String) -> io::Result<()> {
-        let mut chunks = line.chunks(MAX_LINE).peekable();
-        if chunks.peek().is_none() {
-            return self.emit(stream, Tag::Full, b"", redact);
+    /// A whole line: masked first, then cut into chunks on character
+    /// boundaries.
+    fn emit_line(&mut self, stream: Stream, line: &[u8], mask: &dyn Mask) -> io::Result<()> {
+        let text = String::from_utf8_lossy(line);
+        let text = mask.mask(text.strip_suffix('\r').unwrap_or(&text));
+        let mut rest = text.as_str();
+        while rest.len() > MAX_LINE {
+            let cut = floor_char_boundary(rest.as_bytes(), MAX_LINE);
+            self.emit_output(stream, Tag::Partial, &rest[..cut])?;
+            rest = &rest[cut..];
         }
-        while let Some(chunk) = chunks.next() {
-            let tag = if chunks.peek().is_some() { Tag::Partial } else { Tag::Full };
-            self.emit(stream, tag, chunk, redact)?;
+        self.emit_output(stream, Tag::Full, rest)
+    }
+
+    /// Cuts `P` chunks off a line that has grown long without a newline,
+    /// keeping back enough to finish any masked value that may be arriving.
+    fn emit_partials(&mut self, stream: Stream, mask: &dyn Mask) -> io::Result<()> {
+        let hold = mask.longest().saturating_sub(1);
+        while self.pending[stream as usize].len() >= MAX_LINE + hold {
+            let pending = &self.pending[stream as usize];
+            let mut cut = MAX_LINE.min(pending.len() - hold);
+            if let Some(&(_, end)) = mask.spans(pending).iter().find(|&&(start, end)| start < cut && cut < end) {
+                cut = end;
+            }
+            let cut = floor_char_boundary(pending, cut).max(1);
+            let chunk: Vec<u8> = self.pending[stream as usize].drain(..cut).collect();
+            let text = mask.mask(&String::from_utf8_lossy(&chunk));
+            self.emit_output(stream, Tag::Partial, &text)?;
         }
         Ok(())
     }
 
-    fn emit(
-        &mut self,
-        stream: Stream,
-        tag: Tag,
-        content: &[u8],
-        redact: &dyn Fn(&str) -> String,
-    ) -> io::Result<()> {
-        let text = String::from_utf8_lossy(content);
-        let text = text.strip_suffix('\r').unwrap_or(&text);
+    /// Writes command output, within the cap.
+    fn emit_output(&mut self, stream: Stream, tag: Tag, text: &str) -> io::Result<()> {
+        if self.truncated {
+            return Ok(());
+        }
+        if let Some(cap) = self.cap {
+            if self.written + text.len() as u64 > cap {
+                self.truncated = true;
+                let note = format!(
+                    "quire-ci: log truncated: it reached its limit of {} MiB; the rest of this command's output was discarded",
+                    cap / (1024 * 1024)
+                );
+                return self.emit(Stream::Stderr, Tag::Full, &note);
+            }
+        }
+        self.written += text.len() as u64;
+        self.emit(stream, tag, text)
+    }
+
+    fn emit(&mut self, stream: Stream, tag: Tag, text: &str) -> io::Result<()> {
         let tag = match tag {
             Tag::Full => 'F',
             Tag::Partial => 'P',
         };
-        writeln!(self.out, "{} {} {} {}", timestamp_now(), stream.as_str(), tag, redact(text))
+        writeln!(self.out, "{} {} {} {}", timestamp_now(), stream.as_str(), tag, text)
     }
+}
+
+/// The largest index at most `at` that does not fall inside a UTF-8
+/// character of `bytes` (0 if none).
+fn floor_char_boundary(bytes: &[u8], at: usize) -> usize {
+    let mut cut = at.min(bytes.len());
+    while cut > 0 && cut < bytes.len() && (bytes[cut] & 0b1100_0000) == 0b1000_0000 {
+        cut -= 1;
+    }
+    cut
 }
 
 /// Why a log line could not be parsed.
@@ -206,17 +283,84 @@ pub fn read_lines(text: &str) -> Vec<Line> {
 mod tests {
     use super::*;
 
-    fn plain(s: &str) -> String {
-        s.to_string()
+    fn written(feed: &[(Stream, &[u8])]) -> Vec<Line> {
+        written_masked(feed, &NoMask)
     }
 
-    fn written(feed: &[(Stream, &[u8])]) -> Vec<Line> {
+    fn written_masked(feed: &[(Stream, &[u8])], mask: &dyn Mask) -> Vec<Line> {
         let mut writer = Writer::new(Vec::new());
         for (stream, data) in feed {
-            writer.write(*stream, data, &plain).unwrap();
+            writer.write(*stream, data, mask).unwrap();
         }
-        writer.finish(&plain).unwrap();
+        writer.finish(mask).unwrap();
         String::from_utf8(writer.out).unwrap().lines().map(|l| Line::parse(l).unwrap()).collect()
+    }
+
+    /// Masks one value, as the runtime's redactor does.
+    struct One(&'static str);
+
+    impl Mask for One {
+        fn mask(&self, text: &str) -> String {
+            text.replace(self.0, "***")
+        }
+        fn spans(&self, raw: &[u8]) -> Vec<(usize, usize)> {
+            let needle = self.0.as_bytes();
+            raw.windows(needle.len()).enumerate().filter(|(_, w)| *w == needle).map(|(i, _)| (i, i + needle.len())).collect()
+        }
+        fn longest(&self) -> usize {
+            self.0.len()
+        }
+    }
+
+    fn joined(lines: &[Line]) -> String {
+        read_lines(&lines.iter().map(|l| format!("{l}\n")).collect::<String>())
+            .into_iter()
+            .map(|l| l.content)
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    #[test]
+    fn a_secret_straddling_the_chunk_boundary_is_masked() {
+        let secret = "hunter2-secret";
+        for offset in 0..secret.len() {
+            let mut line = "x".repeat(MAX_LINE - offset).into_bytes();
+            line.extend_from_slice(secret.as_bytes());
+            line.extend_from_slice(b" tail");
+            // Fed in small pieces, as a pipe delivers it.
+            let feed: Vec<(Stream, &[u8])> = line.chunks(1000).map(|c| (Stream::Stdout, c)).collect();
+            let lines = written_masked(&feed, &One(secret));
+            let text = joined(&lines);
+            assert!(!text.contains("hunter2"), "offset {offset}: the secret leaked");
+            assert!(text.ends_with("*** tail"), "offset {offset}");
+        }
+    }
+
+    #[test]
+    fn chunks_are_cut_on_character_boundaries() {
+        let mut line = "x".repeat(MAX_LINE - 1).into_bytes();
+        line.extend_from_slice("é€😀 end".as_bytes());
+        let feed: Vec<(Stream, &[u8])> = line.chunks(777).map(|c| (Stream::Stdout, c)).collect();
+        let lines = written_masked(&feed, &NoMask);
+        assert!(lines.len() >= 2);
+        assert!(lines.iter().all(|l| !l.content.contains('\u{fffd}')), "no character was cut in two");
+        assert!(joined(&lines).ends_with("é€😀 end"));
+    }
+
+    #[test]
+    fn a_capped_log_says_it_was_truncated_and_keeps_nothing_after() {
+        let mut writer = Writer::with_cap(Vec::new(), 100);
+        for _ in 0..50 {
+            writer.write(Stream::Stdout, b"0123456789\n", &NoMask).unwrap();
+        }
+        writer.write_line(Stream::Stderr, "quire-ci: command killed", &NoMask).unwrap();
+        writer.finish(&NoMask).unwrap();
+        assert!(writer.truncated());
+        let text = String::from_utf8(writer.out).unwrap();
+        let lines: Vec<Line> = text.lines().map(|l| Line::parse(l).unwrap()).collect();
+        assert_eq!(lines.iter().filter(|l| l.content == "0123456789").count(), 10);
+        assert!(lines[10].content.contains("log truncated"), "{text}");
+        assert_eq!(lines.last().unwrap().content, "quire-ci: command killed", "quire-ci's own lines still go in");
     }
 
     #[test]
@@ -276,7 +420,7 @@ mod tests {
     #[test]
     fn redaction_applies_to_content() {
         let mut writer = Writer::new(Vec::new());
-        writer.write(Stream::Stdout, b"token=hunter2\n", &|s: &str| s.replace("hunter2", "***")).unwrap();
+        writer.write(Stream::Stdout, b"token=hunter2\n", &One("hunter2")).unwrap();
         let text = String::from_utf8(writer.out).unwrap();
         assert!(text.ends_with(" stdout F token=***\n"), "{text}");
     }

@@ -79,10 +79,11 @@ async fn secret(
     let run =
         with_db(&state, move |conn| runs::live_run_by_token(conn, &hash).map_err(ApiError::internal)).await?;
     let run = run.ok_or_else(|| ApiError::unauthorized(DEAD_TOKEN))?;
-    match state.config.secrets.get(name.as_str()) {
-        Some(value) => {
+    // A secret scoped to other repositories is, for this run, not there.
+    match state.config.secrets.get(name.as_str()).filter(|s| s.readable_by(&run.repo)) {
+        Some(secret) => {
             tracing::info!(run = %run.id, secret = %name, "secret served");
-            Ok(HttpResponse::Ok().json(json!({ "value": value })))
+            Ok(HttpResponse::Ok().json(json!({ "value": secret.value })))
         }
         None => Err(ApiError::not_found(format!("secret `{name}` is not declared in config.fnl"))),
     }

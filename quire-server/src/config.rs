@@ -19,10 +19,25 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:3000";
 pub struct Config {
     pub listen: SocketAddr,
     pub ci: CiConfig,
-    /// Secret name → value, served to runs that ask for them.
-    pub secrets: BTreeMap<String, String>,
+    /// Secret name → value, served to runs that may read them.
+    pub secrets: BTreeMap<String, Secret>,
     pub sentry_dsn: Option<String>,
     pub web: WebConfig,
+}
+
+/// A declared secret and which repositories' runs may read it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Secret {
+    pub value: String,
+    /// `None`: every repository.
+    pub repos: Option<Vec<RepoName>>,
+}
+
+impl Secret {
+    /// Whether a run of `repo` may read the secret.
+    pub fn readable_by(&self, repo: &RepoName) -> bool {
+        self.repos.as_ref().is_none_or(|repos| repos.contains(repo))
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -34,6 +49,8 @@ pub struct CiConfig {
     /// Repositories whose commands may use the network.
     pub network: Vec<RepoName>,
     pub limits: Limits,
+    /// Jobs of one run that may run at once.
+    pub max_parallel_jobs: u64,
 }
 
 /// Where runs' commands execute.
@@ -54,18 +71,32 @@ impl SandboxMode {
     }
 }
 
-/// Per-command resource limits handed to quire-ci.
+/// Resource limits handed to quire-ci: per command, and for pipeline Lua.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Limits {
     pub max_processes: u64,
     pub max_file_size_mb: u64,
     pub max_cpu_secs: u64,
     pub max_memory_mb: u64,
+    /// Output one command's log keeps.
+    pub max_log_mb: u64,
+    /// The sandbox's private /tmp.
+    pub max_tmp_mb: u64,
+    /// Memory of each Lua VM.
+    pub lua_memory_mb: u64,
 }
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits { max_processes: 2048, max_file_size_mb: 4096, max_cpu_secs: 3600, max_memory_mb: 16384 }
+        Limits {
+            max_processes: 2048,
+            max_file_size_mb: 4096,
+            max_cpu_secs: 3600,
+            max_memory_mb: 16384,
+            max_log_mb: 64,
+            max_tmp_mb: 512,
+            lua_memory_mb: 512,
+        }
     }
 }
 
@@ -91,6 +122,7 @@ impl Default for Config {
                 },
                 network: Vec::new(),
                 limits: Limits::default(),
+                max_parallel_jobs: std::thread::available_parallelism().map_or(1, |n| n.get() as u64),
             },
             secrets: BTreeMap::new(),
             sentry_dsn: None,
@@ -161,7 +193,7 @@ impl Reader<'_> {
                 "ci" => self.ci(value, &mut config.ci)?,
                 "secrets" => {
                     for (name, secret) in self.table(value, "secrets")? {
-                        config.secrets.insert(name.clone(), self.string(secret, name)?.to_string());
+                        config.secrets.insert(name.clone(), self.secret(name, secret)?);
                     }
                 }
                 "sentry" => {
@@ -234,6 +266,10 @@ impl Reader<'_> {
                 "max-file-size-mb" => ci.limits.max_file_size_mb = self.positive(value, key)?,
                 "max-cpu-secs" => ci.limits.max_cpu_secs = self.positive(value, key)?,
                 "max-memory-mb" => ci.limits.max_memory_mb = self.positive(value, key)?,
+                "max-log-mb" => ci.limits.max_log_mb = self.positive(value, key)?,
+                "max-tmp-mb" => ci.limits.max_tmp_mb = self.positive(value, key)?,
+                "lua-memory-mb" => ci.limits.lua_memory_mb = self.positive(value, key)?,
+                "max-parallel-jobs" => ci.max_parallel_jobs = self.positive(value, key)?.min(256),
                 _ => {
                     return Err(self.unknown(
                         key,
@@ -247,12 +283,57 @@ impl Reader<'_> {
                             "max-file-size-mb",
                             "max-cpu-secs",
                             "max-memory-mb",
+                            "max-log-mb",
+                            "max-tmp-mb",
+                            "lua-memory-mb",
+                            "max-parallel-jobs",
                         ],
                     ))
                 }
             }
         }
         Ok(())
+    }
+
+    /// `"value"`, or `{:value "…" :repos ["app.git" …]}`.
+    fn secret(&self, name: &str, value: &Value) -> Result<Secret, Diagnostic> {
+        if let Some(text) = value.as_str() {
+            return Ok(Secret { value: text.to_string(), repos: None });
+        }
+        let fields = self.table(value, name).map_err(|_| {
+            self.error(
+                name,
+                format!(
+                    "secret :{name} must be a string or {{:value \"…\" :repos [\"app.git\"]}}, got {}",
+                    kind(value)
+                ),
+            )
+        })?;
+        let mut secret = Secret { value: String::new(), repos: None };
+        let mut has_value = false;
+        for (key, field) in fields {
+            match key.as_str() {
+                "value" => {
+                    secret.value = self.string(field, key)?.to_string();
+                    has_value = true;
+                }
+                "repos" => {
+                    let repos = field.as_array().ok_or_else(|| {
+                        self.error(key, format!(":repos of secret :{name} must be a list of repositories, got {}", kind(field)))
+                    })?;
+                    let names = repos
+                        .iter()
+                        .map(|r| self.string(r, key)?.parse::<RepoName>().map_err(|e| self.error(key, e.to_string())))
+                        .collect::<Result<Vec<_>, _>>()?;
+                    secret.repos = Some(names);
+                }
+                _ => return Err(self.unknown(key, &format!("secret :{name}"), &["value", "repos"])),
+            }
+        }
+        if !has_value {
+            return Err(self.error(name, format!("secret :{name} has no :value")));
+        }
+        Ok(secret)
     }
 
     fn table<'v>(&self, value: &'v Value, what: &str) -> Result<&'v Map<String, Value>, Diagnostic> {
@@ -336,8 +417,9 @@ mod tests {
     fn the_documented_example_loads() {
         let config = load_text(
             r#"{:listen "127.0.0.1:3001"
-                :ci {:max-concurrent-runs 4 :timeout-secs 60 :sandbox :none :network ["a.git"] :max-processes 10}
-                :secrets {:deploy-token "abc"}
+                :ci {:max-concurrent-runs 4 :timeout-secs 60 :sandbox :none :network ["a.git"] :max-processes 10
+                     :max-log-mb 8 :max-tmp-mb 16 :lua-memory-mb 32 :max-parallel-jobs 3}
+                :secrets {:deploy-token "abc" :app-only {:value "xyz" :repos ["app.git"]}}
                 :sentry {:dsn "http://key@127.0.0.1:9/1"}
                 :web {:trusted-user-header "Remote-User"}}"#,
         )
@@ -348,7 +430,15 @@ mod tests {
         assert_eq!(config.ci.sandbox, SandboxMode::None);
         assert_eq!(config.ci.network, ["a.git".parse::<RepoName>().unwrap()]);
         assert_eq!(config.ci.limits.max_processes, 10);
-        assert_eq!(config.secrets["deploy-token"], "abc");
+        assert_eq!((config.ci.limits.max_log_mb, config.ci.limits.max_tmp_mb, config.ci.limits.lua_memory_mb), (8, 16, 32));
+        assert_eq!(config.ci.max_parallel_jobs, 3);
+        let app: RepoName = "app.git".parse().unwrap();
+        let other: RepoName = "other.git".parse().unwrap();
+        assert_eq!(config.secrets["deploy-token"].value, "abc");
+        assert!(config.secrets["deploy-token"].readable_by(&other));
+        assert_eq!(config.secrets["app-only"].value, "xyz");
+        assert!(config.secrets["app-only"].readable_by(&app));
+        assert!(!config.secrets["app-only"].readable_by(&other));
         assert!(config.sentry_dsn.is_some());
         assert_eq!(config.web.trusted_user_header.as_deref(), Some("Remote-User"));
     }
@@ -366,6 +456,11 @@ mod tests {
 
         let err = load_text("{:listen \"nowhere\"}").unwrap_err();
         assert!(err.diagnostic.message.contains(":listen must be an address"));
+
+        let err = load_text("{:secrets\n {:x {:repos [\"a.git\"]}}}").unwrap_err();
+        assert!(err.diagnostic.message.contains("secret :x has no :value"), "{}", err.diagnostic.message);
+        let err = load_text("{:secrets {:x {:value \"v\" :repos [\"../a\"]}}}").unwrap_err();
+        assert!(err.diagnostic.message.contains("invalid repository name"), "{}", err.diagnostic.message);
 
         let err = load_text("{:sentry\n {:dsn \"not a dsn\"}}").unwrap_err();
         assert!(err.diagnostic.message.contains(":dsn is not a Sentry DSN"), "{}", err.diagnostic.message);

@@ -239,6 +239,14 @@ impl Launcher {
         }
         let limits = &ci.limits;
         command
+            .arg("--jobs")
+            .arg(ci.max_parallel_jobs.to_string())
+            .arg("--max-log-mb")
+            .arg(limits.max_log_mb.to_string())
+            .arg("--max-tmp-mb")
+            .arg(limits.max_tmp_mb.to_string())
+            .arg("--lua-memory-mb")
+            .arg(limits.lua_memory_mb.to_string())
             .arg("--max-processes")
             .arg(limits.max_processes.to_string())
             .arg("--max-file-size-mb")
@@ -294,11 +302,14 @@ impl Launcher {
                 Ok(())
             });
         }
+        // Spawned and registered under the lock, so that a sweep for
+        // leftovers never takes a new executor for one.
+        let mut running = self.inner.running.lock().expect("running lock");
         let child =
             command.spawn().map_err(|e| format!("cannot start {}: {e}", self.inner.quire_ci.display()))?;
         let pid = child.id().ok_or("quire-ci exited before it could be tracked")?;
         let group = Pid::from_raw(pid as i32).ok_or("quire-ci has no pid")?;
-        self.inner.running.lock().expect("running lock").insert(id, Running { group, stop: None });
+        running.insert(id, Running { group, stop: None });
         tracing::info!(run = %id, pid, "quire-ci started");
         Ok(child)
     }
@@ -326,8 +337,15 @@ impl Launcher {
             let run = running.get(&id).expect("a supervised run is registered until it is recorded");
             (run.group, run.stop)
         };
-        // Whatever is left of the process group goes now.
+        // Whatever is left of the process group goes now, and so does
+        // anything that left the group and outlived quire-ci.
         let _ = kill_process_group(group, Signal::KILL);
+        let inner = self.inner.clone();
+        match tokio::task::spawn_blocking(move || sweep_leftovers(&inner)).await {
+            Ok(0) => {}
+            Ok(swept) => tracing::warn!(run = %id, swept, "killed processes the run left behind"),
+            Err(e) => tracing::error!(run = %id, error = %e, "sweeping the run's leftovers failed"),
+        }
         let exited_cleanly = matches!(&status, Ok(s) if s.success());
         if let Err(e) = &status {
             tracing::error!(run = %id, error = %e, "waiting for quire-ci failed");
@@ -382,6 +400,19 @@ impl Launcher {
         }
         self.inner.wake.notify_one();
     }
+}
+
+/// Kills the server's children that are neither a running executor nor
+/// one of its own helpers (git and tar share the server's process group):
+/// processes a run detached from its process group, re-parented to the
+/// server (a subreaper) when their quire-ci ended.
+fn sweep_leftovers(inner: &Inner) -> usize {
+    let own_group = rustix::process::getpgid(None).ok();
+    let running = inner.running.lock().expect("running lock");
+    let executors: Vec<Pid> = running.values().map(|r| r.group).collect();
+    quire_core::runtime::sweep_children(|pid| {
+        executors.contains(&pid) || rustix::process::getpgid(Some(pid)).ok() == own_group
+    })
 }
 
 /// The transition table of SPEC §6.4: how a run ends given why the server

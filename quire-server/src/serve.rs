@@ -37,6 +37,11 @@ pub async fn serve(root: DataRoot, config: Config, listen: Option<SocketAddr>) -
     for dir in [root.path().to_path_buf(), root.repos_dir(), root.runs_dir()] {
         std::fs::create_dir_all(&dir).map_err(|source| ServeError::Root { path: dir.clone(), source })?;
     }
+    // Processes a run detaches outlive their quire-ci; as their subreaper
+    // the server can sweep them when the run ends.
+    if let Err(e) = quire_core::runtime::become_subreaper() {
+        tracing::warn!(error = %e, "cannot become the reaper of processes runs detach");
+    }
     let mut conn = db::open_and_migrate(&root.db_path())?;
     let (orphaned, released) = runs::reconcile(&conn).map_err(ServeError::Reconcile)?;
     if orphaned > 0 {

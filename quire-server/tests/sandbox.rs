@@ -27,7 +27,9 @@ fn log(root: &Root, run: &str, job: &str, n: u32) -> String {
 fn a_hostile_pipeline_reaches_nothing_it_does_not_own() {
     let root = Root::world_readable();
     root.write_config(
-        "{:secrets {:deploy-token \"the-secret\"}\n :ci {:max-processes 64 :max-file-size-mb 5}}",
+        // One job at a time: the fork bomb would otherwise use up the process
+        // budget its siblings share (RLIMIT_NPROC is per user).
+        "{:secrets {:deploy-token \"the-secret\"}\n :ci {:max-processes 64 :max-file-size-mb 5 :max-parallel-jobs 1}}",
     );
     let tokens = root.path().join("tokens");
     let recorder = root.path().join("record.sh");

@@ -156,8 +156,8 @@ fn a_failing_job_fails_the_run_and_skips_its_dependents() {
     let id = only_run(&root, "app.git");
     assert_eq!(root.wait_finished(&id), ("failed".to_string(), Some("pipeline-failure".to_string())));
     assert_eq!(
-        rows(&root, "SELECT job_id, state, exit_code, started_at_ms IS NULL FROM jobs WHERE run_id = ?1 ORDER BY position", &id),
-        ["build|failed|2|0", "test|skipped|-|1", "lint|complete|0|0"]
+        rows(&root, "SELECT job_id, state, exit_code, started_at_ms IS NULL FROM jobs WHERE run_id = ?1 ORDER BY job_id", &id),
+        ["build|failed|2|0", "lint|complete|0|0", "test|skipped|-|1"]
     );
 }
 

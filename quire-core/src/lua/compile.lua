@@ -3,7 +3,12 @@
 -- map positions back to the .fnl file: the sourcemap (Lua line -> Fennel
 -- line) and the position of every call form, for columns. Call positions
 -- come from a compiler plugin, so the source is parsed only once.
-local fennel, source, filename, allowed_globals = ...
+local fennel, source, filename, allowed_globals, search_path, macro_path = ...
+
+-- Modules and macros are found only where the Rust side allows (the
+-- pipeline's own .quire directory), never on the host's FENNEL_PATH.
+fennel.path = search_path
+fennel["macro-path"] = macro_path
 
 -- Every call form compiled: {fennel line, 1-based column, head}.
 local calls = {}

@@ -5,8 +5,12 @@
 //! built with mlua's unsafe constructor; macros still run in Fennel's
 //! compiler sandbox.
 
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
 use mlua::{Lua, LuaOptions, StdLib, Table};
 
+use super::limits;
 use crate::diagnostic::{Diagnostic, Location};
 use crate::source::SourceFile;
 
@@ -78,11 +82,37 @@ impl PositionMap {
     }
 }
 
-/// Compiles `source` to Lua. `allowed_globals` are the names the execute VM
-/// defines; any other global is a compile error, so typos surface here with
-/// a position instead of as a nil call at run time.
-pub fn compile(source: &SourceFile, allowed_globals: &[String]) -> Result<Compiled, Diagnostic> {
-    let lua = compile_vm();
+/// The files a compilation may read: `include`, `require` at compile time,
+/// `import-macros` and Fennel's own error snippets all go through here.
+#[derive(Debug, Clone)]
+pub struct FileAccess {
+    /// Nothing outside this directory (canonical) can be read, however a
+    /// path or a symlink is spelled.
+    pub root: PathBuf,
+    /// Where modules are searched, e.g. `<workspace>/.quire`.
+    pub modules: PathBuf,
+}
+
+/// How one compilation runs.
+#[derive(Debug, Clone)]
+pub struct CompileOptions<'a> {
+    /// The names the execute VM defines; any other global is a compile
+    /// error, so typos surface here with a position instead of as a nil
+    /// call at run time.
+    pub allowed_globals: &'a [String],
+    /// `None`: the source may read no file at all.
+    pub files: Option<FileAccess>,
+    pub memory_limit: usize,
+    /// Compiling, macros included, must be over by then.
+    pub deadline: Instant,
+}
+
+/// Largest file a compilation reads.
+const MAX_MODULE_BYTES: u64 = 1024 * 1024;
+
+/// Compiles `source` to Lua.
+pub fn compile(source: &SourceFile, options: &CompileOptions) -> Result<Compiled, Diagnostic> {
+    let lua = compile_vm(options).map_err(|e| internal(source, "preparing the compile VM", &e))?;
     let fennel: Table = lua
         .load(FENNEL_BYTECODE)
         .set_mode(mlua::ChunkMode::Binary)
@@ -95,11 +125,40 @@ pub fn compile(source: &SourceFile, allowed_globals: &[String]) -> Result<Compil
         .into_function()
         .map_err(|e| internal(source, "loading the compile driver", &e))?;
     let globals = lua
-        .create_sequence_from(allowed_globals.iter().map(String::as_str))
+        .create_sequence_from(options.allowed_globals.iter().map(String::as_str))
         .map_err(|e| internal(source, "preparing globals", &e))?;
-    let (ok, lua_or_err, lines, calls): (bool, String, Option<Vec<u32>>, Option<Vec<Table>>) = driver
-        .call((fennel, source.text.as_str(), source.display_name(), globals))
-        .map_err(|e| internal(source, "compiling", &e))?;
+    let search_path = options.files.as_ref().map_or_else(String::new, |files| {
+        let dir = files.modules.display();
+        format!("{dir}/?.fnl;{dir}/?/init.fnl")
+    });
+    let macro_path = options.files.as_ref().map_or_else(String::new, |files| {
+        let dir = files.modules.display();
+        format!("{dir}/?.fnl;{dir}/?/init-macros.fnl;{dir}/?/init.fnl")
+    });
+    limits::arm(&lua, options.deadline).map_err(|e| internal(source, "arming the deadline", &e))?;
+    let result = driver.call::<(bool, String, Option<Vec<u32>>, Option<Vec<Table>>)>((
+        fennel,
+        source.text.as_str(),
+        source.display_name(),
+        globals,
+        search_path,
+        macro_path,
+    ));
+    limits::disarm();
+    let (ok, lua_or_err, lines, calls) = result.map_err(|e| {
+        if limits::is_deadline(&e) {
+            Diagnostic::error(format!(
+                "compiling {} did not finish in time (a macro that never returns?)",
+                source.display_name()
+            ))
+            .at(crate::diagnostic::Location::new(source.display_name(), 1, 1))
+        } else if limits::is_out_of_memory(&e) {
+            Diagnostic::error(format!("compiling {} ran out of memory (the Lua memory limit)", source.display_name()))
+                .at(crate::diagnostic::Location::new(source.display_name(), 1, 1))
+        } else {
+            internal(source, "compiling", &e)
+        }
+    })?;
     if !ok {
         return Err(fennel_error(source, &lua_or_err));
     }
@@ -115,10 +174,117 @@ pub fn compile(source: &SourceFile, allowed_globals: &[String]) -> Result<Compil
     })
 }
 
-fn compile_vm() -> Lua {
-    // SAFETY: the compile VM runs only Fennel's compiler over the source; it
-    // never executes pipeline code outside Fennel's own macro sandbox.
-    unsafe { Lua::unsafe_new_with(StdLib::ALL_SAFE | StdLib::DEBUG, LuaOptions::default()) }
+/// The compile VM: Lua's safe libraries plus `debug` (which Fennel needs),
+/// with everything that reaches the host taken away or confined: `io` is
+/// only a read-only `open` limited to [`FileAccess::root`], `os` only the
+/// clock, no `dofile`/`loadfile`, no C modules and no search path of the
+/// host's.
+fn compile_vm(options: &CompileOptions) -> mlua::Result<Lua> {
+    // SAFETY: the compile VM runs only Fennel's compiler over the source;
+    // pipeline code runs there only as macros, in Fennel's macro sandbox,
+    // and the host is out of its reach (below) even if a macro escapes.
+    let lua = unsafe { Lua::unsafe_new_with(StdLib::ALL_SAFE | StdLib::DEBUG, LuaOptions::default()) };
+    limits::install(&lua, options.memory_limit)?;
+    let globals = lua.globals();
+    for name in ["dofile", "loadfile"] {
+        globals.raw_remove(name)?;
+    }
+    let full_os: Table = globals.get("os")?;
+    let os = lua.create_table()?;
+    for name in ["time", "date", "clock"] {
+        os.set(name, full_os.get::<mlua::Function>(name)?)?;
+    }
+    globals.set("os", os)?;
+
+    let package: Table = globals.get("package")?;
+    package.set("path", "")?;
+    package.set("cpath", "")?;
+    package.raw_remove("loadlib")?;
+    let searchers: Table = package.get("searchers")?;
+    let preload: mlua::Function = searchers.get(1)?;
+    package.set("searchers", lua.create_sequence_from([preload])?)?;
+
+    let io = lua.create_table()?;
+    let root = options.files.as_ref().map(|f| f.root.clone());
+    io.set(
+        "open",
+        lua.create_function(move |lua, (path, mode): (String, Option<String>)| {
+            if mode.as_deref().is_some_and(|m| !m.starts_with('r')) {
+                return Ok((mlua::Value::Nil, Some(format!("{path}: files are read-only while compiling"))));
+            }
+            match read_confined(root.as_deref(), &path) {
+                Ok(text) => Ok((mlua::Value::Table(file_handle(lua, text)?), None)),
+                Err(message) => Ok((mlua::Value::Nil, Some(message))),
+            }
+        })?,
+    )?;
+    let stderr = lua.create_table()?;
+    stderr.set(
+        "write",
+        lua.create_function(|_, (_this, parts): (mlua::Value, mlua::Variadic<String>)| {
+            eprint!("{}", parts.concat());
+            Ok(())
+        })?,
+    )?;
+    io.set("stderr", stderr)?;
+    globals.set("io", io)?;
+    Ok(lua)
+}
+
+/// A file's text, if it lies inside `root` once every symlink is resolved.
+/// The message never contains the file's content.
+fn read_confined(root: Option<&Path>, path: &str) -> Result<String, String> {
+    let Some(root) = root else {
+        return Err(format!("cannot read {path}: this file may not read other files"));
+    };
+    let joined = root.join(path);
+    let Ok(resolved) = joined.canonicalize() else { return Err(format!("{path}: no such file")) };
+    if !resolved.starts_with(root) {
+        return Err(format!("cannot read {path}: it is outside the workspace"));
+    }
+    let file = std::fs::File::open(&resolved).map_err(|e| format!("cannot read {path}: {e}"))?;
+    let mut text = String::new();
+    std::io::Read::read_to_string(&mut std::io::Read::take(file, MAX_MODULE_BYTES + 1), &mut text)
+        .map_err(|e| format!("cannot read {path}: {e}"))?;
+    if text.len() as u64 > MAX_MODULE_BYTES {
+        return Err(format!("cannot read {path}: it is larger than {MAX_MODULE_BYTES} bytes"));
+    }
+    Ok(text)
+}
+
+/// What Fennel needs of a Lua file handle: `read` (everything, or a line),
+/// `lines` and `close`.
+fn file_handle(lua: &Lua, text: String) -> mlua::Result<Table> {
+    let handle = lua.create_table()?;
+    let rest = std::rc::Rc::new(std::cell::RefCell::new(text));
+    let for_read = rest.clone();
+    handle.set(
+        "read",
+        lua.create_function(move |_, (_this, format): (mlua::Value, Option<String>)| {
+            let mut rest = for_read.borrow_mut();
+            if rest.is_empty() {
+                return Ok(None);
+            }
+            let everything = format.as_deref().is_some_and(|f| f.trim_start_matches('*').starts_with('a'));
+            if everything {
+                return Ok(Some(std::mem::take(&mut *rest)));
+            }
+            let line_end = rest.find('\n').map_or(rest.len(), |i| i + 1);
+            let line: String = rest.drain(..line_end).collect();
+            Ok(Some(line.trim_end_matches('\n').to_string()))
+        })?,
+    )?;
+    let for_lines = rest;
+    handle.set(
+        "lines",
+        lua.create_function(move |lua, _this: mlua::Value| {
+            let lines: Vec<String> = for_lines.borrow().lines().map(str::to_string).collect();
+            let mut iter = lines.into_iter();
+            lua.create_function_mut(move |_, ()| Ok(iter.next()))
+        })?,
+    )?;
+    handle.set("close", lua.create_function(|_, _this: mlua::Value| Ok(true))?)?;
+    Ok(handle)
 }
 
 /// Turns Fennel's `file:line:col: Parse error: msg` text into a diagnostic.
@@ -165,11 +331,20 @@ mod tests {
         ["require", "error"].map(String::from).to_vec()
     }
 
+    fn options(globals: &[String]) -> CompileOptions<'_> {
+        CompileOptions {
+            allowed_globals: globals,
+            files: None,
+            memory_limit: 256 * 1024 * 1024,
+            deadline: Instant::now() + std::time::Duration::from_secs(10),
+        }
+    }
+
     #[test]
     fn compiles_and_maps_lines() {
         let compiled = compile(
             &src("(local ci (require :quire.ci))\n\n(ci.job :a [:quire/push]\n  (fn [] (error \"x\")))\n"),
-            &globals(),
+            &options(&globals()),
         )
         .unwrap();
         assert!(compiled.lua.contains("ci.job(\"a\""), "{}", compiled.lua);
@@ -180,7 +355,7 @@ mod tests {
 
     #[test]
     fn syntax_error_keeps_fennels_line() {
-        let err = compile(&src("(local x 1)\n(let [a] a)\n"), &globals()).unwrap_err();
+        let err = compile(&src("(local x 1)\n(let [a] a)\n"), &options(&globals())).unwrap_err();
         let loc = err.location.unwrap();
         assert_eq!((loc.line, loc.column), (2, 6));
         assert!(err.message.contains("expected even number"), "{}", err.message);
@@ -188,7 +363,7 @@ mod tests {
 
     #[test]
     fn unknown_global_is_a_compile_error() {
-        let err = compile(&src("(local x 1)\n(undefined-thing x)\n"), &globals()).unwrap_err();
+        let err = compile(&src("(local x 1)\n(undefined-thing x)\n"), &options(&globals())).unwrap_err();
         assert!(err.message.contains("unknown identifier"), "{}", err.message);
         assert_eq!(err.location.unwrap().line, 2);
     }

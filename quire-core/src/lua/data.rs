@@ -2,29 +2,39 @@
 //! like a pipeline, evaluated in a fresh execute VM under a deadline, and
 //! handed back as JSON. What the data means is the caller's business.
 
-use std::rc::Rc;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use mlua::LuaSerdeExt;
 
-use super::compile::compile;
+use super::compile::{compile, CompileOptions};
 use super::execute::{self, ChunkInfo};
+use super::limits;
 use crate::diagnostic::{Diagnostic, Location};
 use crate::source::SourceFile;
 
-/// How long a data file may take to evaluate.
+/// How long a data file may take to compile, and then to evaluate.
 const EVALUATE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Memory for each of the two VMs; a data file is small.
+const MEMORY_LIMIT: usize = 256 * 1024 * 1024;
 
 /// Evaluates a Fennel file that describes data (a table of strings,
 /// numbers, booleans and tables) in the restricted VM and returns it as JSON.
 pub fn evaluate_data(source: &SourceFile) -> Result<serde_json::Value, Diagnostic> {
     let vm_error = |e: mlua::Error| Diagnostic::error(format!("internal error preparing the Lua VM: {e}"));
-    let lua = execute::new_execute_vm().map_err(vm_error)?;
-    let compiled = compile(source, &execute::global_names(&lua).map_err(vm_error)?)?;
-    let chunk = ChunkInfo { name: source.display_name().to_string(), positions: Rc::new(compiled.positions) };
-    execute::set_deadline(&lua, Instant::now() + EVALUATE_TIMEOUT, format!("evaluating {}", chunk.name));
+    let lua = execute::new_execute_vm(MEMORY_LIMIT).map_err(vm_error)?;
+    let globals = execute::global_names(&lua).map_err(vm_error)?;
+    let options = CompileOptions {
+        allowed_globals: &globals,
+        files: None,
+        memory_limit: MEMORY_LIMIT,
+        deadline: Instant::now() + EVALUATE_TIMEOUT,
+    };
+    let compiled = compile(source, &options)?;
+    let chunk = ChunkInfo { name: source.display_name().to_string(), positions: Arc::new(compiled.positions) };
+    limits::arm(&lua, Instant::now() + EVALUATE_TIMEOUT).map_err(vm_error)?;
     let value = chunk.load(&lua, &compiled.lua).eval::<mlua::Value>();
-    lua.remove_hook();
+    limits::disarm();
     let value = value.map_err(|e| {
         let failure = chunk.explain(&e);
         Diagnostic::error(failure.message).at(Location::new(&chunk.name, failure.line.unwrap_or(1), 1))

@@ -5,12 +5,12 @@
 //! Lua error in terms of the `.fnl` file. The `quire.ci` module and what
 //! `ci.job` records belong to `pipeline::declare`.
 
-use std::rc::Rc;
-use std::time::Instant;
+use std::sync::Arc;
 
-use mlua::{Chunk, Function, HookTriggers, Lua, LuaOptions, StdLib, Table, Value, VmState};
+use mlua::{Chunk, Function, Lua, LuaOptions, StdLib, Table, Value};
 
 use super::compile::PositionMap;
+use super::limits;
 use crate::diagnostic::Location;
 
 /// The name Lua knows the pipeline's chunk by. Lua truncates long chunk
@@ -22,7 +22,7 @@ pub const LUA_CHUNK: &str = "[pipeline]";
 pub struct ChunkInfo {
     /// The file's display name.
     pub name: String,
-    pub positions: Rc<PositionMap>,
+    pub positions: Arc<PositionMap>,
 }
 
 impl ChunkInfo {
@@ -86,6 +86,7 @@ fn innermost_message(error: &mlua::Error) -> String {
         mlua::Error::CallbackDestructed => {
             "a job's runtime table can only be used while that job's run-fn is running".to_string()
         }
+        mlua::Error::MemoryError(_) => "the Lua memory limit was reached (not enough memory)".to_string(),
         other => other.to_string(),
     }
 }
@@ -108,9 +109,10 @@ fn first_line_reference(chunk: &str, text: &str) -> Option<u32> {
 /// Builds the execute VM. The returned VM has `require` limited to
 /// `quire.ci`, and `print` writing to stderr so that stdout stays free for
 /// the event stream.
-pub fn new_execute_vm() -> mlua::Result<Lua> {
+pub fn new_execute_vm(memory_limit: usize) -> mlua::Result<Lua> {
     let libs = StdLib::TABLE | StdLib::STRING | StdLib::MATH | StdLib::UTF8 | StdLib::COROUTINE | StdLib::OS;
     let lua = Lua::new_with(libs, LuaOptions::default())?;
+    limits::install(&lua, memory_limit)?;
     let globals = lua.globals();
 
     let full_os: Table = globals.get("os")?;
@@ -153,28 +155,16 @@ pub fn global_names(lua: &Lua) -> mlua::Result<Vec<String>> {
     Ok(names)
 }
 
-/// Stops Lua code that runs past `deadline` with an error naming `what`.
-/// Blocking calls into Rust (like `sh`) are not interrupted by this; they
-/// enforce their own timeouts.
-pub fn set_deadline(lua: &Lua, deadline: Instant, what: String) {
-    lua.set_hook(HookTriggers::new().every_nth_instruction(10_000), move |_, _| {
-        if Instant::now() >= deadline {
-            Err(mlua::Error::runtime(format!("{what} did not finish in time")))
-        } else {
-            Ok(VmState::Continue)
-        }
-    });
-}
-
-
 #[cfg(test)]
 mod tests {
     use std::time::Duration;
 
     use super::*;
 
+    const TEST_MEMORY: usize = 64 * 1024 * 1024;
+
     fn eval(code: &str) -> mlua::Result<Value> {
-        new_execute_vm().unwrap().load(code).eval()
+        new_execute_vm(TEST_MEMORY).unwrap().load(code).eval()
     }
 
     #[test]
@@ -204,9 +194,17 @@ mod tests {
 
     #[test]
     fn deadline_stops_endless_loops() {
-        let lua = new_execute_vm().unwrap();
-        set_deadline(&lua, Instant::now() + Duration::from_millis(50), "the loop".into());
-        let err = lua.load("while true do end").exec().unwrap_err().to_string();
-        assert!(err.contains("the loop did not finish in time"), "{err}");
+        let lua = new_execute_vm(TEST_MEMORY).unwrap();
+        limits::arm(&lua, std::time::Instant::now() + Duration::from_millis(50)).unwrap();
+        let err = lua.load("while true do end").exec().unwrap_err();
+        limits::disarm();
+        assert!(limits::is_deadline(&err), "{err}");
+    }
+
+    #[test]
+    fn the_vm_has_a_memory_limit() {
+        let lua = new_execute_vm(16 * 1024 * 1024).unwrap();
+        let err = lua.load("return string.rep('x', 64 * 1024 * 1024)").exec().unwrap_err();
+        assert!(limits::is_out_of_memory(&err), "{err}");
     }
 }

@@ -124,8 +124,8 @@ mod tests {
     use crate::lua::execute::new_execute_vm;
 
     fn eval(code: &str) -> mlua::Result<Value> {
-        let lua = new_execute_vm().unwrap();
-        let chunk = ChunkInfo { name: "ci.fnl".into(), positions: Rc::default() };
+        let lua = new_execute_vm(64 * 1024 * 1024).unwrap();
+        let chunk = ChunkInfo { name: "ci.fnl".into(), positions: std::sync::Arc::default() };
         install_ci_module(&lua, chunk).unwrap();
         lua.load(code).eval()
     }

@@ -9,30 +9,55 @@ mod graph;
 mod job;
 
 use std::path::{Path, PathBuf};
-use std::rc::Rc;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use mlua::{Function, Lua};
 
 use crate::diagnostic::{Diagnostic, Location};
-use crate::lua::{compile, execute};
+use crate::lua::compile::{self, CompileOptions, FileAccess};
+use crate::lua::{execute, limits};
 use crate::source::SourceFile;
 
 pub use job::{Input, Job, PUSH_SOURCE};
 
 /// Where a workspace keeps its pipeline.
 pub const PIPELINE_PATH: &str = ".quire/ci.fnl";
+/// Where a pipeline's own modules live (`include`, `import-macros`).
+pub const MODULES_DIR: &str = ".quire";
 
-/// How long evaluating a pipeline's top level (declaring jobs) may take.
-const DECLARE_TIMEOUT: Duration = Duration::from_secs(10);
+/// What holds pipeline code in check while it is compiled and evaluated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LuaLimits {
+    /// Memory of each Lua VM, in bytes.
+    pub memory: usize,
+    /// Compiling (macros included) and then evaluating the top level (which
+    /// declares the jobs) may each take this long.
+    pub declare_timeout: Duration,
+}
 
-/// Reads `<workspace>/.quire/ci.fnl`.
+impl Default for LuaLimits {
+    fn default() -> Self {
+        LuaLimits { memory: 512 * 1024 * 1024, declare_timeout: Duration::from_secs(10) }
+    }
+}
+
+/// Reads `<workspace>/.quire/ci.fnl`, refusing one that resolves outside
+/// the workspace (a symlink out of it) without reading it.
 pub fn read_source(workspace: &Path) -> Result<SourceFile, LoadError> {
     let path = workspace.join(PIPELINE_PATH);
     let display = path.strip_prefix(".").unwrap_or(&path).display().to_string();
-    match std::fs::read_to_string(&path) {
+    let resolved = match path.canonicalize() {
+        Ok(resolved) => resolved,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(LoadError::Missing { path }),
+        Err(source) => return Err(LoadError::Io { path, source }),
+    };
+    let root = workspace.canonicalize().map_err(|source| LoadError::Io { path: workspace.to_path_buf(), source })?;
+    if !resolved.starts_with(&root) || !resolved.is_file() {
+        return Err(LoadError::OutsideWorkspace { path });
+    }
+    match std::fs::read_to_string(&resolved) {
         Ok(text) => Ok(SourceFile::new(display, text)),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(LoadError::Missing { path }),
         Err(source) => Err(LoadError::Io { path, source }),
     }
 }
@@ -42,42 +67,60 @@ pub fn read_source(workspace: &Path) -> Result<SourceFile, LoadError> {
 pub enum LoadError {
     #[error("no pipeline at {}: create it to define jobs (see docs/CI-FENNEL.md)", path.display())]
     Missing { path: PathBuf },
+    #[error(
+        "{} resolves outside the workspace (a symlink?); a pipeline must be a file of the repository",
+        path.display()
+    )]
+    OutsideWorkspace { path: PathBuf },
     #[error("cannot read {}: {source}", path.display())]
     Io { path: PathBuf, source: std::io::Error },
     #[error("{} has {} error(s)", file.display_name(), diagnostics.len())]
     Invalid { file: SourceFile, diagnostics: Vec<Diagnostic> },
 }
 
-/// A compiled, validated pipeline together with the execute VM that holds
-/// its run-fns.
+/// A compiled, validated pipeline: its source, its Lua and its jobs. It
+/// holds no Lua VM, so it can be shared between threads; each job runs in
+/// an [`Instance`] of its own.
+#[derive(Debug)]
 pub struct Pipeline {
-    lua: Lua,
     source: SourceFile,
-    chunk: execute::ChunkInfo,
+    compiled: String,
+    positions: Arc<compile::PositionMap>,
     jobs: Vec<Job>,
+    limits: LuaLimits,
+}
+
+/// A pipeline evaluated in a fresh execute VM: its run-fns, ready to call.
+pub struct Instance {
+    lua: Lua,
+    chunk: execute::ChunkInfo,
     run_fns: Vec<Function>,
 }
 
-impl std::fmt::Debug for Pipeline {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Pipeline")
-            .field("source", &self.source.display_name())
-            .field("jobs", &self.jobs)
-            .finish()
-    }
-}
-
 impl Pipeline {
-    /// Reads, compiles and validates `<workspace>/.quire/ci.fnl`.
-    pub fn load(workspace: &Path) -> Result<Pipeline, LoadError> {
-        Pipeline::from_source(read_source(workspace)?)
+    /// Reads, compiles and validates `<workspace>/.quire/ci.fnl`; it may
+    /// `include` modules from `<workspace>/.quire`.
+    pub fn load(workspace: &Path, limits: LuaLimits) -> Result<Pipeline, LoadError> {
+        Pipeline::from_source(read_source(workspace)?, Some(workspace), limits)
     }
 
     /// Compiles and validates a pipeline, evaluating its top level in the
-    /// execute VM to collect the `ci.job` declarations.
-    pub fn from_source(source: SourceFile) -> Result<Pipeline, LoadError> {
-        match Pipeline::build(&source) {
-            Ok((lua, chunk, jobs, run_fns)) => Ok(Pipeline { lua, source, chunk, jobs, run_fns }),
+    /// execute VM to collect the `ci.job` declarations. With a workspace,
+    /// compile-time file access is confined to it; without, there is none.
+    pub fn from_source(
+        source: SourceFile,
+        workspace: Option<&Path>,
+        limits: LuaLimits,
+    ) -> Result<Pipeline, LoadError> {
+        let files = match workspace.map(Path::canonicalize).transpose() {
+            Ok(root) => root.map(|root| FileAccess { modules: root.join(MODULES_DIR), root }),
+            Err(source_error) => {
+                let path = workspace.map(Path::to_path_buf).unwrap_or_default();
+                return Err(LoadError::Io { path, source: source_error });
+            }
+        };
+        match Pipeline::build(&source, files, limits) {
+            Ok((compiled, positions, jobs)) => Ok(Pipeline { source, compiled, positions, jobs, limits }),
             Err(diagnostics) => Err(LoadError::Invalid { file: source, diagnostics }),
         }
     }
@@ -85,27 +128,24 @@ impl Pipeline {
     #[allow(clippy::type_complexity)]
     fn build(
         source: &SourceFile,
-    ) -> Result<(Lua, execute::ChunkInfo, Vec<Job>, Vec<Function>), Vec<Diagnostic>> {
+        files: Option<FileAccess>,
+        limits: LuaLimits,
+    ) -> Result<(String, Arc<compile::PositionMap>, Vec<Job>), Vec<Diagnostic>> {
         let internal = |e: mlua::Error| {
             vec![Diagnostic::error(format!("internal error preparing the pipeline VM: {e}"))]
         };
-        let lua = execute::new_execute_vm().map_err(internal)?;
-        let compiled =
-            compile::compile(source, &execute::global_names(&lua).map_err(internal)?).map_err(|d| vec![d])?;
-        let chunk = execute::ChunkInfo {
-            name: source.display_name().to_string(),
-            positions: Rc::new(compiled.positions),
+        let lua = execute::new_execute_vm(limits.memory).map_err(internal)?;
+        let globals = execute::global_names(&lua).map_err(internal)?;
+        let options = CompileOptions {
+            allowed_globals: &globals,
+            files,
+            memory_limit: limits.memory,
+            deadline: Instant::now() + limits.declare_timeout,
         };
-        let declarations = declare::install_ci_module(&lua, chunk.clone()).map_err(internal)?;
-
-        execute::set_deadline(&lua, Instant::now() + DECLARE_TIMEOUT, format!("evaluating {}", chunk.name));
-        let evaluated = chunk.load(&lua, &compiled.lua).exec();
-        lua.remove_hook();
-        if let Err(e) = evaluated {
-            return Err(vec![top_level_error(&chunk, &e)]);
-        }
-
-        let declarations = std::mem::take(&mut *declarations.borrow_mut());
+        let compiled = compile::compile(source, &options).map_err(|d| vec![d])?;
+        let positions = Arc::new(compiled.positions);
+        let chunk = execute::ChunkInfo { name: source.display_name().to_string(), positions: positions.clone() };
+        let declarations = evaluate(&lua, &chunk, &compiled.lua, limits).map_err(|d| vec![d])?;
         if !declarations.errors.is_empty() {
             return Err(declarations.errors);
         }
@@ -115,8 +155,26 @@ impl Pipeline {
             .map(|d| graph::Node { id: d.id.clone(), inputs: d.inputs.clone(), location: d.location.clone() })
             .collect();
         let jobs = graph::validate(&nodes)?;
+        Ok((compiled.lua, positions, jobs))
+    }
+
+    /// Evaluates the pipeline again in a fresh execute VM, on the calling
+    /// thread, for running its jobs there.
+    pub fn instantiate(&self) -> Result<Instance, String> {
+        let lua = execute::new_execute_vm(self.limits.memory)
+            .map_err(|e| format!("internal error preparing the pipeline VM: {e}"))?;
+        let chunk = execute::ChunkInfo { name: self.source.display_name().to_string(), positions: self.positions.clone() };
+        let declarations = evaluate(&lua, &chunk, &self.compiled, self.limits).map_err(|d| d.to_string())?;
+        let same_jobs = declarations.jobs.len() == self.jobs.len()
+            && declarations.jobs.iter().zip(&self.jobs).all(|(d, j)| d.id == j.id.as_str());
+        if !same_jobs {
+            return Err(format!(
+                "{} declared other jobs when it was evaluated again; its top level must declare the same jobs every time",
+                chunk.name
+            ));
+        }
         let run_fns = declarations.jobs.into_iter().map(|d| d.run_fn).collect();
-        Ok((lua, chunk, jobs, run_fns))
+        Ok(Instance { lua, chunk, run_fns })
     }
 
     pub fn source(&self) -> &SourceFile {
@@ -133,12 +191,18 @@ impl Pipeline {
         graph::topological_order(&self.jobs)
     }
 
-    /// The execute VM, for the runtime.
+    pub fn limits(&self) -> LuaLimits {
+        self.limits
+    }
+}
+
+impl Instance {
+    /// The execute VM.
     pub fn lua(&self) -> &Lua {
         &self.lua
     }
 
-    /// The run-fn of the job at `index`.
+    /// The run-fn of the job at `index` (of [`Pipeline::jobs`]).
     pub fn run_fn(&self, index: usize) -> &Function {
         &self.run_fns[index]
     }
@@ -149,13 +213,34 @@ impl Pipeline {
     }
 }
 
+/// Runs the compiled top level under the declare deadline and returns what
+/// its `ci.job` calls recorded.
+fn evaluate(
+    lua: &Lua,
+    chunk: &execute::ChunkInfo,
+    compiled: &str,
+    limits: LuaLimits,
+) -> Result<declare::Declarations, Diagnostic> {
+    let internal = |e: mlua::Error| Diagnostic::error(format!("internal error preparing the pipeline VM: {e}"));
+    let declarations = declare::install_ci_module(lua, chunk.clone()).map_err(internal)?;
+    limits::arm(lua, Instant::now() + limits.declare_timeout).map_err(internal)?;
+    let evaluated = chunk.load(lua, compiled).exec();
+    limits::disarm();
+    if let Err(e) = evaluated {
+        return Err(top_level_error(chunk, &e));
+    }
+    let taken = std::mem::take(&mut *declarations.borrow_mut());
+    Ok(taken)
+}
+
 /// An error raised while evaluating the top level, located at its line.
 fn top_level_error(chunk: &execute::ChunkInfo, error: &mlua::Error) -> Diagnostic {
     let failure = chunk.explain(error);
     let line = failure.line.unwrap_or(1);
-    Diagnostic::error(failure.message).at(Location::new(
-        &chunk.name,
-        line,
-        chunk.positions.call_column(line, ""),
-    ))
+    let message = if limits::is_deadline(error) {
+        format!("evaluating {} did not finish in time (an endless loop at its top level?)", chunk.name)
+    } else {
+        failure.message
+    };
+    Diagnostic::error(message).at(Location::new(&chunk.name, line, chunk.positions.call_column(line, "")))
 }

@@ -1,41 +1,57 @@
-//! Running a validated pipeline: jobs in order, each run-fn called with its
-//! runtime table (`sh`, `jobs`, `secret`), events reported as they happen,
-//! failures turning dependents into skips. Where events go and how progress
-//! is shown is the caller's (`Sink`); where push facts and secrets come from
-//! is the caller's too (`RunContext`), so local and server runs share this.
+//! Running a validated pipeline: each job on a thread of its own (`job`),
+//! as many at once as the run allows, in the order `schedule` decides;
+//! events reported as they happen, failures turning dependents into skips.
+//! Where events go and how progress is shown is the caller's (`Sink`);
+//! where push facts and secrets come from is the caller's too
+//! (`RunContext`), so local and server runs share this.
+//!
+//! The runner (the caller's thread) owns the sink: job threads send it
+//! their events over a channel, which keeps each job's events in order and
+//! `run_finished` last. A job whose Lua code is stuck in one long library
+//! call (where no deadline can reach it) is given up on at its deadline
+//! plus a grace period; its thread ends with the process.
 
+mod job;
 mod process;
 mod program;
+mod reaper;
 mod redact;
 mod sandbox;
+mod schedule;
 mod sh;
 
-use std::cell::RefCell;
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::ffi::OsString;
 use std::io;
 use std::path::PathBuf;
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use mlua::{Lua, Table, Value};
+pub use reaper::{become_subreaper, kill_running_commands, sweep_children, sweep_orphans};
+pub use sandbox::{find_bwrap, Bwrap, Limits, RunAs, Sandbox};
+pub use schedule::UnknownJob;
 
-pub use process::kill_running_command;
-pub use sandbox::{find_bwrap, Bwrap, Limits, Sandbox};
-
-use crate::clock::now_ms;
+use crate::clock::{format_duration_ms, now_ms};
 use crate::cri::{self, Stream};
 use crate::event::{Event, EventKind, JobOutcome, RunOutcome};
 use crate::id::JobId;
-use crate::lua::execute::set_deadline;
-use crate::pipeline::{Input, Pipeline, PUSH_SOURCE};
+use crate::pipeline::Pipeline;
 use crate::push::PushFacts;
 use crate::run_dir::{LogFile, RunDir};
+use job::{JobStart, Report};
 use redact::Redactor;
+use schedule::{Action, Schedule};
 
-/// Where a run's secrets come from.
-pub trait SecretSource {
+/// How long past its deadline a job's Lua may stay unresponsive (inside a
+/// single C call) before the runner gives up on it.
+const STUCK_GRACE: Duration = Duration::from_secs(5);
+
+/// Where a run's secrets come from. Jobs run on their own threads, so the
+/// source is shared between them.
+pub trait SecretSource: Send + Sync {
     /// The value of secret `name`; [`SecretError::Undeclared`] when the
-    /// operator did not declare it.
+    /// operator did not declare it (or not for this repository).
     fn secret(&self, name: &str) -> Result<String, SecretError>;
 }
 
@@ -56,7 +72,8 @@ pub trait Sink {
     fn note(&mut self, note: &Note);
 }
 
-/// Human-facing details of a run, beside the events.
+/// Human-facing details of a run, beside the events. Text in them is
+/// already redacted.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Note {
     /// A command exited non-zero (or never started); its log has the output.
@@ -65,24 +82,30 @@ pub enum Note {
     JobFailed { job: JobId, reason: String },
     /// A job was skipped because an input failed or was skipped.
     JobSkipped { job: JobId, because: JobId },
+    /// A run-fn called `print`.
+    Printed { job: JobId, text: String },
 }
 
 /// Everything a run needs besides the pipeline.
-pub struct RunContext<'a> {
+pub struct RunContext {
     /// The checkout, canonicalized.
     pub workspace: PathBuf,
     /// Where logs go (`jobs/<job-id>/sh-<n>.log`, `job.log`).
     pub run_dir: RunDir,
     /// Run only these jobs and their ancestors; empty means all.
     pub only: Vec<JobId>,
+    /// How many jobs may run at once (at least 1).
+    pub parallel: usize,
     /// How long one job (its Lua code and its commands) may take.
     pub job_timeout: Duration,
     /// The environment commands start from, without quire's own variables.
     pub base_env: Vec<(OsString, OsString)>,
     pub sandbox: Sandbox,
     pub limits: Limits,
+    /// Bytes of output each command's log keeps.
+    pub log_cap: u64,
     pub push: PushFacts,
-    pub secrets: &'a dyn SecretSource,
+    pub secrets: Arc<dyn SecretSource>,
 }
 
 /// Why a run could not reach an outcome.
@@ -92,12 +115,10 @@ pub enum RunError {
     Events(#[source] io::Error),
     #[error("cannot write logs under {}: {source}", path.display())]
     Logs { path: PathBuf, source: io::Error },
-    #[error("unknown job `{0}` given to --job")]
-    UnknownJob(String),
-    #[error("cannot prepare the workspace {} for the sandbox: {source}", path.display())]
-    Sandbox { path: PathBuf, source: io::Error },
-    #[error("internal Lua error: {0}")]
-    Lua(#[from] mlua::Error),
+    #[error(transparent)]
+    UnknownJob(#[from] schedule::UnknownJob),
+    #[error("cannot start a thread for job `{job}`: {source}")]
+    Thread { job: JobId, source: io::Error },
 }
 
 /// The variables commands never see: quire's own (`QUIRE__*`, which holds
@@ -106,112 +127,128 @@ pub fn is_private_variable(name: &str) -> bool {
     name.starts_with("QUIRE__") || name.starts_with("QUIRE_SECRET_")
 }
 
+/// The sink as the runner writes to it: events from several threads, in
+/// the order received, stamped so that `at_ms` never goes backwards.
+struct Stamped<'s> {
+    sink: &'s mut dyn Sink,
+    last_ms: i64,
+}
+
+impl Stamped<'_> {
+    fn event(&mut self, mut event: Event) -> Result<(), RunError> {
+        event.at_ms = event.at_ms.max(self.last_ms);
+        self.last_ms = event.at_ms;
+        self.sink.event(&event).map_err(RunError::Events)
+    }
+
+    fn emit(&mut self, kind: EventKind) -> Result<(), RunError> {
+        self.event(Event::new(now_ms(), kind))
+    }
+
+    fn note(&mut self, note: &Note) {
+        self.sink.note(note);
+    }
+}
+
+/// A job the runner is waiting for.
+struct Running {
+    /// When to give up on it if it has not reported its end.
+    give_up_at: Instant,
+}
+
 /// Runs the pipeline to its outcome. Always ends with a `run_finished`
 /// event unless the sink fails or logs cannot be written.
-pub fn execute(pipeline: &Pipeline, ctx: &RunContext, sink: &mut dyn Sink) -> Result<RunOutcome, RunError> {
-    let jobs = pipeline.jobs();
-    let selected = selection(pipeline, &ctx.only)?;
-    if let Sandbox::Bwrap(bwrap) = &ctx.sandbox {
-        bwrap
-            .prepare_workspace(&ctx.workspace)
-            .map_err(|source| RunError::Sandbox { path: ctx.workspace.clone(), source })?;
-    }
-    let redactor = Redactor::default();
-    let mut outputs: HashMap<JobId, serde_json::Value> = HashMap::new();
-    let mut not_complete: HashSet<JobId> = HashSet::new();
+pub fn execute(pipeline: Arc<Pipeline>, ctx: Arc<RunContext>, sink: &mut dyn Sink) -> Result<RunOutcome, RunError> {
+    let sink = &mut Stamped { sink, last_ms: 0 };
+    let mut schedule = Schedule::new(&pipeline, &ctx.only)?;
+    let redactor = Arc::new(Redactor::default());
+    let (reports, received) = mpsc::channel::<(usize, Report)>();
+    let mut outputs: HashMap<usize, serde_json::Value> = HashMap::new();
+    let mut running: HashMap<usize, Running> = HashMap::new();
     let mut outcome = RunOutcome::Success;
-
-    for index in pipeline.execution_order() {
-        if !selected[index] {
-            continue;
-        }
-        let job = &jobs[index];
-        let failed_input = job.inputs.iter().find_map(|input| match input {
-            Input::Job(id) if not_complete.contains(id) => Some(id.clone()),
-            _ => None,
-        });
-        if let Some(because) = failed_input {
-            emit(sink, EventKind::JobSkipped { job_id: job.id.clone() })?;
-            sink.note(&Note::JobSkipped { job: job.id.clone(), because });
-            not_complete.insert(job.id.clone());
-            outcome = RunOutcome::PipelineFailure;
-            continue;
-        }
-        emit(sink, EventKind::JobStarted { job_id: job.id.clone() })?;
-        let run = JobRun {
-            pipeline,
-            ctx,
-            index,
-            ancestors: ancestors(pipeline, index),
-            outputs: &outputs,
-            redactor: &redactor,
-            sink: RefCell::new(&mut *sink),
-            commands: RefCell::new(0),
-            fatal: RefCell::new(None),
-            deadline: Instant::now() + ctx.job_timeout,
-        };
-        let result = run.call();
-        if let Some(fatal) = run.fatal.into_inner() {
-            return Err(fatal);
-        }
-        let job_outcome = match result {
-            Ok(value) => {
-                outputs.insert(job.id.clone(), value);
-                JobOutcome::Complete
-            }
-            Err(reason) => {
-                let reason = redactor.redact(&reason);
-                append_job_log(&ctx.run_dir, &job.id, &reason)?;
-                sink.note(&Note::JobFailed { job: job.id.clone(), reason });
-                not_complete.insert(job.id.clone());
-                outcome = RunOutcome::PipelineFailure;
-                JobOutcome::Failed
-            }
-        };
-        emit(sink, EventKind::JobFinished { job_id: job.id.clone(), outcome: job_outcome })?;
-    }
-    emit(sink, EventKind::RunFinished { outcome })?;
-    Ok(outcome)
-}
-
-fn emit(sink: &mut dyn Sink, kind: EventKind) -> Result<(), RunError> {
-    sink.event(&Event::new(now_ms(), kind)).map_err(RunError::Events)
-}
-
-/// Which jobs run: all, or those named and their ancestors.
-fn selection(pipeline: &Pipeline, only: &[JobId]) -> Result<Vec<bool>, RunError> {
     let jobs = pipeline.jobs();
-    if only.is_empty() {
-        return Ok(vec![true; jobs.len()]);
-    }
-    let mut selected = vec![false; jobs.len()];
-    for id in only {
-        let index =
-            jobs.iter().position(|j| &j.id == id).ok_or_else(|| RunError::UnknownJob(id.to_string()))?;
-        selected[index] = true;
-        for ancestor in ancestors(pipeline, index) {
-            let i = jobs.iter().position(|j| j.id == ancestor).expect("ancestors are jobs");
-            selected[i] = true;
-        }
-    }
-    Ok(selected)
-}
 
-/// The jobs `index` depends on, transitively.
-fn ancestors(pipeline: &Pipeline, index: usize) -> HashSet<JobId> {
-    let jobs = pipeline.jobs();
-    let mut found = HashSet::new();
-    let mut stack = vec![index];
-    while let Some(at) = stack.pop() {
-        for input in &jobs[at].inputs {
-            if let Input::Job(id) = input {
-                if found.insert(id.clone()) {
-                    stack.push(jobs.iter().position(|j| &j.id == id).expect("validated input"));
+    loop {
+        for action in schedule.next(ctx.parallel.max(1).saturating_sub(running.len())) {
+            match action {
+                Action::Skip(index, because) => {
+                    let job = jobs[index].id.clone();
+                    sink.emit(EventKind::JobSkipped { job_id: job.clone() })?;
+                    sink.note(&Note::JobSkipped { job, because });
+                    outcome = RunOutcome::PipelineFailure;
+                }
+                Action::Start(index) => {
+                    let id = jobs[index].id.clone();
+                    sink.emit(EventKind::JobStarted { job_id: id.clone() })?;
+                    let deadline = Instant::now() + ctx.job_timeout;
+                    let ancestors = schedule
+                        .ancestors(index)
+                        .into_iter()
+                        .map(|i| (jobs[i].id.clone(), outputs.get(&i).cloned().unwrap_or_default()))
+                        .collect();
+                    let start = JobStart { index, id: id.clone(), deadline, ancestors };
+                    job::spawn(pipeline.clone(), ctx.clone(), redactor.clone(), start, reports.clone())
+                        .map_err(|source| RunError::Thread { job: id, source })?;
+                    running.insert(index, Running { give_up_at: deadline + STUCK_GRACE });
                 }
             }
         }
+        let Some(give_up_at) = running.values().map(|r| r.give_up_at).min() else { break };
+        let (index, report) = match received.recv_timeout(give_up_at.saturating_duration_since(Instant::now())) {
+            Ok(received) => received,
+            Err(RecvTimeoutError::Timeout) => {
+                let stuck: Vec<usize> =
+                    running.iter().filter(|(_, r)| r.give_up_at <= Instant::now()).map(|(&i, _)| i).collect();
+                for index in stuck {
+                    running.remove(&index);
+                    let reason = format!(
+                        "job `{}` did not finish in time (its timeout is {}) and its Lua code could not be \
+                         stopped: it is stuck inside a single library call (such as a pathological pattern \
+                         match); it was abandoned",
+                        jobs[index].id,
+                        format_duration_ms(ctx.job_timeout.as_millis() as i64)
+                    );
+                    fail_job(sink, &ctx, &jobs[index].id, &reason)?;
+                    schedule.finished(index, false);
+                    outcome = RunOutcome::PipelineFailure;
+                }
+                continue;
+            }
+            Err(RecvTimeoutError::Disconnected) => unreachable!("the runner holds a sender"),
+        };
+        if !running.contains_key(&index) {
+            // A job given up on reports after all: too late.
+            continue;
+        }
+        let id = &jobs[index].id;
+        match report {
+            Report::Event(event) => sink.event(event)?,
+            Report::Note(note) => sink.note(&note),
+            Report::Fatal(error) => return Err(error),
+            Report::Done(Ok(value)) => {
+                running.remove(&index);
+                outputs.insert(index, value);
+                schedule.finished(index, true);
+                sink.emit(EventKind::JobFinished { job_id: id.clone(), outcome: JobOutcome::Complete })?;
+            }
+            Report::Done(Err(reason)) => {
+                running.remove(&index);
+                fail_job(sink, &ctx, id, &redactor.redact(&reason))?;
+                schedule.finished(index, false);
+                outcome = RunOutcome::PipelineFailure;
+            }
+        }
     }
-    found
+    sink.emit(EventKind::RunFinished { outcome })?;
+    Ok(outcome)
+}
+
+/// Records a failed job: its reason in `job.log`, for the person watching,
+/// and its `job_finished`.
+fn fail_job(sink: &mut Stamped, ctx: &RunContext, job: &JobId, reason: &str) -> Result<(), RunError> {
+    append_job_log(&ctx.run_dir, job, reason)?;
+    sink.note(&Note::JobFailed { job: job.clone(), reason: reason.to_string() });
+    sink.emit(EventKind::JobFinished { job_id: job.clone(), outcome: JobOutcome::Failed })
 }
 
 /// A job-level message (why the job failed) goes to `job.log` beside the
@@ -222,198 +259,7 @@ fn append_job_log(run_dir: &RunDir, job: &JobId, message: &str) -> Result<(), Ru
         std::fs::create_dir_all(path.parent().expect("job.log has a parent"))?;
         let file = std::fs::OpenOptions::new().create(true).append(true).open(&path)?;
         let mut log = cri::Writer::new(file);
-        for line in message.lines() {
-            log.write_line(Stream::Stderr, line)?;
-        }
-        Ok(())
+        log.write_line(Stream::Stderr, message, &cri::NoMask)
     };
     write().map_err(|source| RunError::Logs { path: path.clone(), source })
-}
-
-/// One job while it runs: what its runtime table can reach.
-struct JobRun<'a, 's> {
-    pipeline: &'a Pipeline,
-    ctx: &'a RunContext<'a>,
-    index: usize,
-    ancestors: HashSet<JobId>,
-    outputs: &'a HashMap<JobId, serde_json::Value>,
-    redactor: &'a Redactor,
-    sink: RefCell<&'s mut dyn Sink>,
-    /// `sh` calls so far, numbering the logs.
-    commands: RefCell<u32>,
-    /// Set when writing events or logs failed; the run stops.
-    fatal: RefCell<Option<RunError>>,
-    deadline: Instant,
-}
-
-/// A job's result: its outputs, or why it failed.
-type JobResult = Result<serde_json::Value, String>;
-
-impl JobRun<'_, '_> {
-    fn job_id(&self) -> &JobId {
-        &self.pipeline.jobs()[self.index].id
-    }
-
-    /// Calls the run-fn with a runtime table that stops working when the
-    /// job ends (the functions belong to a scope).
-    fn call(&self) -> JobResult {
-        let lua = self.pipeline.lua();
-        let run_fn = self.pipeline.run_fn(self.index);
-        set_deadline(lua, self.deadline, format!("job `{}`", self.job_id()));
-        let result = lua.scope(|scope| {
-            let rt = lua.create_table()?;
-            rt.set(
-                "sh",
-                scope.create_function(|lua, (cmd, opts): (Value, Option<Table>)| self.sh(lua, cmd, opts))?,
-            )?;
-            rt.set("jobs", scope.create_function(|lua, name: Value| self.jobs(lua, name))?)?;
-            rt.set("secret", scope.create_function(|lua, name: Value| self.secret(lua, name))?)?;
-            run_fn.call::<Value>(rt).and_then(|value| outputs_of(lua, value))
-        });
-        lua.remove_hook();
-        result.map_err(|e| {
-            let chunk = self.pipeline.chunk();
-            let failure = chunk.explain(&e);
-            match failure.line {
-                Some(line) => format!("{}:{line}: {}", chunk.name, failure.message),
-                None => failure.message,
-            }
-        })
-    }
-
-    fn sh(&self, lua: &Lua, cmd: Value, opts: Option<Table>) -> mlua::Result<Table> {
-        let request = sh::ShRequest::from_lua(cmd, opts).map_err(mlua::Error::runtime)?;
-        let cwd =
-            sh::resolve_cwd(&self.ctx.workspace, request.cwd.as_deref()).map_err(mlua::Error::runtime)?;
-        let display = self.redactor.redact(&request.program.display());
-        let number = {
-            let mut n = self.commands.borrow_mut();
-            *n += 1;
-            *n
-        };
-        let dir = self.ctx.run_dir.job_dir(self.job_id());
-        let log_path = self.ctx.run_dir.log(self.job_id(), LogFile::Command(number));
-        let deadline = match request.timeout {
-            Some(t) => (Instant::now() + t).min(self.deadline),
-            None => self.deadline,
-        };
-        self.event(EventKind::ShStarted { job_id: self.job_id().clone(), cmd: display.clone() })?;
-        let execution = sh::Execution {
-            request: &request,
-            workspace: &self.ctx.workspace,
-            cwd,
-            sandbox: &self.ctx.sandbox,
-            limits: &self.ctx.limits,
-            base_env: &self.ctx.base_env,
-            deadline: Some(deadline),
-            log_path: &log_path,
-            redactor: self.redactor,
-        };
-        let outcome = std::fs::create_dir_all(&dir)
-            .and_then(|_| execution.run())
-            .map_err(|source| self.fail(RunError::Logs { path: log_path.clone(), source }))?;
-        self.event(EventKind::ShFinished { job_id: self.job_id().clone(), exit_code: outcome.exit_code })?;
-
-        let fails_job = outcome.timed_out || (request.check && outcome.exit_code != 0);
-        if fails_job {
-            self.sink.borrow_mut().note(&Note::CommandFailed {
-                job: self.job_id().clone(),
-                exit_code: outcome.exit_code,
-                log: log_path.clone(),
-            });
-        }
-        if outcome.timed_out {
-            return Err(mlua::Error::runtime(format!(
-                "command timed out (killed after {}): {display}",
-                execution.deadline_description()
-            )));
-        }
-        if request.check {
-            if let Some(message) = &outcome.spawn_error {
-                return Err(mlua::Error::runtime(message.clone()));
-            }
-            if outcome.exit_code != 0 {
-                return Err(mlua::Error::runtime(format!(
-                    "command failed with exit code {}: {display}",
-                    outcome.exit_code
-                )));
-            }
-        }
-        sh::result_table(lua, &outcome, &display, &log_path)
-    }
-
-    fn jobs(&self, lua: &Lua, name: Value) -> mlua::Result<Value> {
-        let name = name_argument("jobs", "a job name", name)?;
-        let value = if name == PUSH_SOURCE {
-            self.ctx.push.outputs()
-        } else {
-            let known = self.ancestors.iter().find(|id| id.as_str() == name).ok_or_else(|| {
-                mlua::Error::runtime(format!(
-                    "jobs: `{name}` is not an input of job `{}` (directly or through other jobs); \
-                     add it to the job's inputs to read its outputs",
-                    self.job_id()
-                ))
-            })?;
-            self.outputs.get(known).cloned().unwrap_or(serde_json::Value::Null)
-        };
-        to_lua(lua, &value)
-    }
-
-    fn secret(&self, lua: &Lua, name: Value) -> mlua::Result<Value> {
-        let name = name_argument("secret", "a secret name", name)?;
-        let value = self.ctx.secrets.secret(&name).map_err(|e| mlua::Error::runtime(e.to_string()))?;
-        self.redactor.add(&value);
-        Ok(Value::String(lua.create_string(&value)?))
-    }
-
-    fn event(&self, kind: EventKind) -> mlua::Result<()> {
-        let result = self.sink.borrow_mut().event(&Event::new(now_ms(), kind));
-        result.map_err(|e| self.fail(RunError::Events(e)))
-    }
-
-    /// Records a fatal error and returns a Lua error that unwinds the job.
-    fn fail(&self, error: RunError) -> mlua::Error {
-        let message = error.to_string();
-        self.fatal.borrow_mut().get_or_insert(error);
-        mlua::Error::runtime(message)
-    }
-}
-
-/// The one string argument of a runtime function, or an error saying what
-/// `function` expected.
-fn name_argument(function: &str, expected: &str, value: Value) -> mlua::Result<String> {
-    match value {
-        Value::String(s) => Ok(s.to_string_lossy()),
-        other => Err(mlua::Error::runtime(format!("{function}: expected {expected}, got {}", other.type_name()))),
-    }
-}
-
-/// A run-fn's return value as job outputs: a table of JSON-shaped values,
-/// or nil for none.
-fn outputs_of(lua: &Lua, value: Value) -> Result<serde_json::Value, mlua::Error> {
-    use mlua::LuaSerdeExt;
-    match value {
-        Value::Nil => Ok(serde_json::Value::Object(Default::default())),
-        Value::Table(_) => lua.from_value::<serde_json::Value>(value).map_err(|e| {
-            mlua::Error::runtime(format!(
-                "the job's outputs must be JSON-shaped (tables, strings, numbers, booleans): {e}"
-            ))
-        }),
-        other => Err(mlua::Error::runtime(format!(
-            "a run-fn must return a table of outputs or nil, got {}",
-            other.type_name()
-        ))),
-    }
-}
-
-fn to_lua(lua: &Lua, value: &serde_json::Value) -> mlua::Result<Value> {
-    use mlua::{LuaSerdeExt, SerializeOptions};
-    let options = SerializeOptions::new()
-        .serialize_none_to_null(false)
-        .serialize_unit_to_null(false)
-        .set_array_metatable(false);
-    match value {
-        serde_json::Value::Null => Ok(Value::Table(lua.create_table()?)),
-        other => lua.to_value_with(other, options),
-    }
 }

@@ -9,12 +9,12 @@ use std::io::{self, Read};
 use std::os::fd::AsFd;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::process::{Child, ChildStderr, ChildStdout, Command, Stdio};
-use std::sync::atomic::{AtomicI32, Ordering};
 use std::time::Instant;
 
 use rustix::event::{poll, PollFd, PollFlags, Timespec};
 use rustix::process::{kill_process_group, pidfd_open, Pid, PidfdFlags, Signal};
 
+use super::reaper;
 use crate::cri::Stream;
 
 /// How much of each stream is kept in memory for the caller.
@@ -23,20 +23,6 @@ pub const CAPTURE_LIMIT: usize = 1024 * 1024;
 /// At most this much is read after the command exited, from background
 /// processes still holding its pipes, before they are killed.
 const DRAIN_LIMIT: usize = 4 * 1024 * 1024;
-
-/// The process group of the command running now (0 when none), for
-/// [`kill_running_command`].
-static RUNNING_GROUP: AtomicI32 = AtomicI32::new(0);
-
-/// Kills the process group of the command running now, if any. Only does a
-/// `kill` system call, so it may be called from a signal handler: quire-ci
-/// calls it when it is told to stop, since commands run in process groups
-/// of their own and would not get the signal themselves.
-pub fn kill_running_command() {
-    if let Some(group) = Pid::from_raw(RUNNING_GROUP.load(Ordering::SeqCst)) {
-        let _ = kill_process_group(group, Signal::KILL);
-    }
-}
 
 /// Output kept in memory, up to [`CAPTURE_LIMIT`].
 #[derive(Debug, Default)]
@@ -58,6 +44,22 @@ impl Captured {
     }
 }
 
+/// A process ready to spawn, with what its stdin must carry (then closed);
+/// without, stdin is `/dev/null`.
+pub struct Spawn {
+    pub command: Command,
+    pub stdin: Option<Vec<u8>>,
+}
+
+/// What became of a command.
+#[derive(Debug)]
+pub enum Ended {
+    Finished(Finished),
+    /// It could not be started (not found, not executable, an argument
+    /// the kernel refuses): a failure of the command, not of quire-ci.
+    NotStarted(io::Error),
+}
+
 /// How a command ended.
 #[derive(Debug)]
 pub struct Finished {
@@ -74,26 +76,35 @@ pub struct Finished {
 /// arrival order. When the command exits, whatever else is left in its
 /// process group is killed, so a `sh` never leaves processes behind.
 pub fn run(
-    mut command: Command,
+    spawn: Spawn,
     deadline: Option<Instant>,
     mut on_output: impl FnMut(Stream, &[u8]) -> io::Result<()>,
-) -> io::Result<Finished> {
+) -> io::Result<Ended> {
     // No pre_exec hook here: without one the standard library spawns with
     // posix_spawn, which is what keeps a command's overhead near a shell's.
-    // quire-ci stops a running command itself when it is told to stop
-    // (`kill_running_command`), and bubblewrap ties sandboxed commands to it.
-    command.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).process_group(0);
-    let mut child = command.spawn()?;
+    // quire-ci stops running commands itself when it is told to stop
+    // (`reaper::kill_running_commands`), and bubblewrap ties sandboxed
+    // commands to it.
+    let Spawn { mut command, stdin } = spawn;
+    let input = if stdin.is_some() { Stdio::piped() } else { Stdio::null() };
+    command.stdin(input).stdout(Stdio::piped()).stderr(Stdio::piped()).process_group(0);
+    let (mut child, registered) = match reaper::spawn_registered(&mut command) {
+        Ok(spawned) => spawned,
+        Err(e) => return Ok(Ended::NotStarted(e)),
+    };
+    if let (Some(data), Some(mut pipe)) = (stdin, child.stdin.take()) {
+        // A reader that dies early shows up as the command's failure.
+        let _ = std::io::Write::write_all(&mut pipe, &data);
+    }
     let group = Pid::from_raw(child.id() as i32).expect("child pids are positive");
-    RUNNING_GROUP.store(group.as_raw_nonzero().get(), Ordering::SeqCst);
     let result = supervise(&mut child, deadline, &mut on_output);
-    RUNNING_GROUP.store(0, Ordering::SeqCst);
     // The group leader may be gone already; anything left in the group goes.
     let _ = kill_process_group(group, Signal::KILL);
     if result.is_err() {
         let _ = child.wait();
     }
-    result
+    drop(registered);
+    result.map(Ended::Finished)
 }
 
 fn supervise(
@@ -262,6 +273,10 @@ mod tests {
     use super::*;
     use std::time::Duration;
 
+    fn spawn(command: Command) -> Spawn {
+        Spawn { command, stdin: None }
+    }
+
     fn shell(script: &str) -> Command {
         let mut c = Command::new("/bin/sh");
         c.args(["-c", script]);
@@ -270,12 +285,19 @@ mod tests {
 
     fn run_collecting(script: &str, deadline: Option<Instant>) -> (Finished, Vec<(Stream, Vec<u8>)>) {
         let mut seen = Vec::new();
-        let finished = run(shell(script), deadline, |s, d| {
+        let ended = run(spawn(shell(script)), deadline, |s, d| {
             seen.push((s, d.to_vec()));
             Ok(())
         })
         .unwrap();
-        (finished, seen)
+        (finished(ended), seen)
+    }
+
+    fn finished(ended: Ended) -> Finished {
+        match ended {
+            Ended::Finished(f) => f,
+            Ended::NotStarted(e) => panic!("the command did not start: {e}"),
+        }
     }
 
     #[test]
@@ -318,11 +340,13 @@ mod tests {
     #[test]
     fn capture_is_bounded_but_the_callback_sees_everything() {
         let mut streamed = 0;
-        let f = run(shell("head -c 3000000 /dev/zero"), None, |_, d| {
-            streamed += d.len();
-            Ok(())
-        })
-        .unwrap();
+        let f = finished(
+            run(spawn(shell("head -c 3000000 /dev/zero")), None, |_, d| {
+                streamed += d.len();
+                Ok(())
+            })
+            .unwrap(),
+        );
         assert_eq!(streamed, 3_000_000);
         assert_eq!(f.stdout.total, 3_000_000);
         assert_eq!(f.stdout.bytes.len(), CAPTURE_LIMIT);
@@ -330,8 +354,10 @@ mod tests {
     }
 
     #[test]
-    fn spawn_failure_is_an_error() {
-        let err = run(Command::new("/nonexistent/quire-test"), None, |_, _| Ok(())).unwrap_err();
-        assert_eq!(err.kind(), io::ErrorKind::NotFound);
+    fn a_command_that_cannot_start_is_not_started_rather_than_an_error() {
+        match run(spawn(Command::new("/nonexistent/quire-test")), None, |_, _| Ok(())).unwrap() {
+            Ended::NotStarted(e) => assert_eq!(e.kind(), io::ErrorKind::NotFound),
+            Ended::Finished(f) => panic!("it ran: {f:?}"),
+        }
     }
 }

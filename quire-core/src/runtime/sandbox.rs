@@ -11,6 +11,13 @@
 //! sandbox up as root and the command runs as `nobody` (through `setpriv`),
 //! so that it holds no privileges and the process limit applies; otherwise
 //! bubblewrap uses a user namespace.
+//!
+//! Nothing a pipeline controls steers the sandbox's own set-up: bubblewrap
+//! and `setpriv` are fixed absolute paths, bubblewrap runs with a fixed
+//! environment, and its options (mounts, and the command's environment,
+//! `:env` included) reach it as arguments read from its stdin
+//! (`--args 0`), so no loader variable reaches it and no secret in `:env`
+//! shows in a process listing.
 
 use std::ffi::OsString;
 use std::os::unix::process::CommandExt;
@@ -19,6 +26,7 @@ use std::process::Command;
 
 use rustix::process::{Resource, Rlimit};
 
+use super::process::Spawn;
 use super::program::Program;
 
 /// The user sandboxed commands run as when quire-ci is root.
@@ -87,29 +95,72 @@ pub struct Bwrap {
     pub network: bool,
     /// Paths that must not be visible inside (e.g. the data root).
     pub hide: Vec<PathBuf>,
-    /// The user and group commands run as (outside the sandbox).
+    /// The user and group commands run as (outside the sandbox), when
+    /// quire-ci is root.
     pub run_as: Option<(u32, u32)>,
+    /// Size of the private `/tmp`, bytes.
+    pub tmp_size: u64,
 }
 
-/// Finds `bwrap` on PATH.
+/// Where `setpriv` is looked for: the system's own directories, never the
+/// `PATH` a pipeline gives its commands.
+const SYSTEM_DIRS: &[&str] = &["/usr/bin", "/bin", "/usr/local/bin"];
+
+/// The environment bubblewrap itself runs with.
+const SETUP_PATH: &str = "/usr/sbin:/usr/bin:/sbin:/bin";
+
+fn find_system_program(name: &str) -> Option<PathBuf> {
+    SYSTEM_DIRS.iter().map(|dir| Path::new(dir).join(name)).find(|p| p.is_file())
+}
+
+/// Finds `bwrap` on quire-ci's own `PATH`: the operator's, which a
+/// pipeline's `:env` never reaches.
 pub fn find_bwrap() -> Option<PathBuf> {
     let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path).map(|dir| dir.join("bwrap")).find(|p| p.is_file())
+    std::env::split_paths(&path).map(|dir| dir.join("bwrap")).find(|p| p.is_absolute() && p.is_file())
+}
+
+/// Who sandboxed commands run as when quire-ci is root.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunAs {
+    /// `nobody`, owning a workspace quire-ci made for the run (the
+    /// server's): the workspace is handed to `nobody` before the run.
+    Nobody,
+    /// The owner of the workspace (a local checkout), which is never
+    /// changed. If that is root, commands run as uid 0 without any
+    /// capability.
+    WorkspaceOwner,
 }
 
 impl Bwrap {
     /// A bubblewrap sandbox with the defaults: no network; commands run as
     /// `nobody` when quire-ci is root.
-    pub fn new(program: PathBuf, network: bool, hide: Vec<PathBuf>) -> Bwrap {
-        let run_as = rustix::process::getuid().is_root().then_some((UNPRIVILEGED_ID, UNPRIVILEGED_ID));
-        Bwrap { program, network, hide, run_as }
-    }
-
-    /// Gives the workspace to the user commands run as, so that they can
-    /// write it.
-    pub fn prepare_workspace(&self, workspace: &Path) -> std::io::Result<()> {
-        let Some((uid, gid)) = self.run_as else { return Ok(()) };
-        chown_tree(workspace, uid, gid)
+    pub fn new(
+        program: PathBuf,
+        network: bool,
+        hide: Vec<PathBuf>,
+        run_as: RunAs,
+        workspace: &Path,
+        tmp_size: u64,
+    ) -> std::io::Result<Bwrap> {
+        use std::os::unix::fs::MetadataExt;
+        let run_as = if rustix::process::getuid().is_root() {
+            Some(match run_as {
+                RunAs::Nobody => {
+                    chown_tree(workspace, UNPRIVILEGED_ID, UNPRIVILEGED_ID)?;
+                    (UNPRIVILEGED_ID, UNPRIVILEGED_ID)
+                }
+                RunAs::WorkspaceOwner => {
+                    let meta = std::fs::metadata(workspace)?;
+                    (meta.uid(), meta.gid())
+                }
+            })
+        } else {
+            None
+        };
+        // A hidden path given through a symlink is hidden where it really is.
+        let hide = hide.into_iter().map(|p| p.canonicalize().unwrap_or(p)).collect();
+        Ok(Bwrap { program, network, hide, run_as, tmp_size })
     }
 
     fn arguments(&self, workspace: &Path, cwd: &Path) -> Vec<OsString> {
@@ -118,8 +169,9 @@ impl Bwrap {
             args.extend(items.iter().map(|i| i.as_ref().to_os_string()));
         };
         push(&[&"--ro-bind", &"/", &"/", &"--dev", &"/dev", &"--proc", &"/proc"]);
-        // A private /tmp that any user may write, like the host's.
-        push(&[&"--perms", &"1777", &"--tmpfs", &"/tmp"]);
+        // A private /tmp that any user may write, like the host's, of a
+        // bounded size (it lives in memory).
+        push(&[&"--size", &self.tmp_size.to_string(), &"--perms", &"1777", &"--tmpfs", &"/tmp"]);
         if let Some(closed) = self.closed_ancestor(workspace) {
             // The unprivileged user could not reach the workspace through
             // this directory; an empty one in its place can be traversed
@@ -143,22 +195,37 @@ impl Bwrap {
             // Not root: bubblewrap needs a user namespace to do its work.
             push(&[&"--unshare-user"]);
         }
-        push(&[&"--die-with-parent", &"--new-session", &"--"]);
-        if let Some((uid, gid)) = self.run_as {
-            // bubblewrap runs as root to set the sandbox up; the command
-            // itself runs as the unprivileged user, without capabilities
-            // and unable to gain any.
-            push(&[
-                &"setpriv",
-                &format!("--reuid={uid}"),
-                &format!("--regid={gid}"),
-                &"--clear-groups",
-                &"--inh-caps=-all",
-                &"--no-new-privs",
-                &"--",
-            ]);
+        push(&[&"--die-with-parent", &"--new-session"]);
+        if self.run_as.is_some() {
+            // As root, bubblewrap would hand the command every capability;
+            // only what setpriv needs to drop the user is kept, and setpriv
+            // drops that too.
+            push(&[&"--cap-drop", &"ALL", &"--cap-add", &"CAP_SETUID", &"--cap-add", &"CAP_SETGID"]);
+            push(&[&"--cap-add", &"CAP_SETPCAP"]);
         }
         args
+    }
+
+    /// What runs inside the sandbox: the command, behind `setpriv` when
+    /// quire-ci is root, so that it runs as `run_as` without capabilities,
+    /// with an empty bounding set, and unable to gain any.
+    fn inner_argv(&self, argv: Vec<OsString>) -> std::io::Result<Vec<OsString>> {
+        let Some((uid, gid)) = self.run_as else { return Ok(argv) };
+        let setpriv = find_system_program("setpriv").ok_or_else(|| {
+            std::io::Error::new(std::io::ErrorKind::NotFound, "setpriv (util-linux) is not installed")
+        })?;
+        let mut inner: Vec<OsString> = vec![
+            setpriv.into(),
+            format!("--reuid={uid}").into(),
+            format!("--regid={gid}").into(),
+            "--clear-groups".into(),
+            "--inh-caps=-all".into(),
+            "--bounding-set=-all".into(),
+            "--no-new-privs".into(),
+            "--".into(),
+        ];
+        inner.extend(argv);
+        Ok(inner)
     }
 
     /// The highest ancestor of the workspace that the unprivileged user
@@ -215,9 +282,11 @@ impl Sandbox {
         }
     }
 
-    /// The command to spawn for `program`. `env` is the environment the
-    /// command would have without a sandbox (already without quire's own
-    /// variables); `extra_env` is the pipeline's `:env`.
+    /// The command to spawn for `program`, and what to write to its stdin
+    /// (bubblewrap's arguments). `env` is the environment the command
+    /// would have without a sandbox (already without quire's own
+    /// variables); `extra_env` is the pipeline's `:env`, which reaches only
+    /// the command.
     pub fn command(
         &self,
         program: &Program,
@@ -226,9 +295,9 @@ impl Sandbox {
         env: &[(OsString, OsString)],
         extra_env: &[(String, String)],
         limits: &Limits,
-    ) -> Command {
+    ) -> std::io::Result<Spawn> {
         let argv = program.argv();
-        let mut command = match self {
+        let (mut command, stdin) = match self {
             Sandbox::None => {
                 // A program given by path lets the standard library use
                 // posix_spawn (it falls back to fork when it must search a
@@ -242,17 +311,26 @@ impl Sandbox {
                     resolve_program(&argv[0], path.as_deref()).unwrap_or_else(|| argv[0].clone().into());
                 let mut c = Command::new(program);
                 c.args(&argv[1..]).env_clear().envs(env.iter().cloned()).current_dir(cwd);
-                c
+                c.envs(extra_env.iter().cloned());
+                (c, None)
             }
             Sandbox::Bwrap(bwrap) => {
+                let mut args = bwrap.arguments(workspace, cwd);
+                args.push("--clearenv".into());
+                let allowed = env.iter().filter(|(name, _)| ALLOWED_ENV.iter().any(|a| name == a));
+                let fixed = [("HOME", "/tmp"), ("TMPDIR", "/tmp")].map(|(k, v)| (OsString::from(k), OsString::from(v)));
+                let extra = extra_env.iter().map(|(k, v)| (OsString::from(k), OsString::from(v)));
+                for (name, value) in allowed.cloned().chain(fixed).chain(extra) {
+                    args.extend(["--setenv".into(), name, value]);
+                }
+                // bubblewrap takes the command itself only on its command
+                // line (where the command's own argv will show anyway).
                 let mut c = Command::new(&bwrap.program);
-                c.args(bwrap.arguments(workspace, cwd)).args(&argv).env_clear();
-                c.envs(env.iter().filter(|(name, _)| ALLOWED_ENV.iter().any(|a| name == a)).cloned());
-                c.env("HOME", "/tmp").env("TMPDIR", "/tmp").current_dir("/");
-                c
+                c.args(["--args", "0", "--"]).args(bwrap.inner_argv(argv)?);
+                c.env_clear().env("PATH", SETUP_PATH).current_dir("/");
+                (c, Some(nul_separated(&args)))
             }
         };
-        command.envs(extra_env.iter().cloned());
         let rlimits = limits.rlimits();
         if !rlimits.is_empty() {
             // SAFETY: setrlimit is a plain system call, safe after fork.
@@ -268,8 +346,18 @@ impl Sandbox {
                 });
             }
         }
-        command
+        Ok(Spawn { command, stdin })
     }
+}
+
+/// Arguments as bubblewrap's `--args` reads them.
+fn nul_separated(args: &[OsString]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for arg in args {
+        out.extend_from_slice(arg.as_encoded_bytes());
+        out.push(0);
+    }
+    out
 }
 
 #[cfg(test)]
@@ -286,6 +374,7 @@ mod tests {
             network: false,
             hide: vec![dir.path().to_path_buf()],
             run_as: None,
+            tmp_size: 1024,
         };
         let args: Vec<String> =
             bwrap.arguments(&ws, &ws).iter().map(|a| a.to_string_lossy().into_owned()).collect();
@@ -293,7 +382,38 @@ mod tests {
         let bind = args.iter().position(|a| a == "--bind").unwrap();
         assert!(hide < bind, "{args:?}");
         assert!(!args.contains(&"--share-net".to_string()));
-        assert_eq!(args.last().unwrap(), "--");
+        assert!(args.windows(2).any(|w| w == ["--size", "1024"]), "{args:?}");
+    }
+
+    #[test]
+    fn env_and_argv_reach_bubblewrap_on_stdin_and_never_its_environment() {
+        let dir = tempfile::tempdir().unwrap();
+        let bwrap = Bwrap {
+            program: "/usr/bin/bwrap".into(),
+            network: false,
+            hide: vec![],
+            run_as: Some((65534, 65534)),
+            tmp_size: 1024,
+        };
+        let env = [(OsString::from("PATH"), OsString::from("/usr/bin")), ("LD_PRELOAD".into(), "/x.so".into())];
+        let extra = [("LD_PRELOAD".to_string(), "/evil.so".to_string()), ("TOKEN".into(), "s3cret".into())];
+        let spawn = Sandbox::Bwrap(bwrap)
+            .command(&Program::Argv(vec!["id".into()]), dir.path(), dir.path(), &env, &extra, &Limits::default())
+            .unwrap();
+        let args: Vec<_> = spawn.command.get_args().map(|a| a.to_string_lossy().into_owned()).collect();
+        assert_eq!(args[..3], ["--args", "0", "--"], "options are not on the command line");
+        assert!(args[3].ends_with("/setpriv") && args[3].starts_with('/'), "setpriv by absolute path: {args:?}");
+        assert!(args.contains(&"--bounding-set=-all".to_string()));
+        assert_eq!(args.last().unwrap(), "id");
+        assert!(!args.iter().any(|a| a.contains("s3cret")));
+        let vars: Vec<_> = spawn.command.get_envs().filter(|(_, v)| v.is_some()).map(|(k, _)| k.to_owned()).collect();
+        assert_eq!(vars, ["PATH"], "bubblewrap's own environment is fixed");
+        let payload = String::from_utf8(spawn.stdin.unwrap()).unwrap();
+        let fields: Vec<&str> = payload.split('\0').collect();
+        assert!(fields.windows(3).any(|w| w == ["--setenv", "TOKEN", "s3cret"]));
+        assert!(fields.windows(3).any(|w| w == ["--setenv", "LD_PRELOAD", "/evil.so"]), "the command gets :env");
+        assert!(!fields.contains(&"/x.so"), "the host's loader variables are not passed on");
+        assert!(fields.windows(2).any(|w| w == ["--cap-drop", "ALL"]));
     }
 
     #[test]

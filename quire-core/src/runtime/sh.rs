@@ -6,12 +6,11 @@ use std::ffi::OsString;
 use std::fs::File;
 use std::io::{self, BufWriter};
 use std::path::{Component, Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use mlua::{Lua, Table, Value};
 
-use super::process::{self, Captured, Finished};
+use super::process::{self, Captured, Ended, Finished};
 use super::program::Program;
 use super::redact::Redactor;
 use super::sandbox::{Limits, Sandbox};
@@ -57,7 +56,35 @@ impl ShRequest {
                 request.set_option(&key, value)?;
             }
         }
+        request.check_strings()?;
         Ok(request)
+    }
+
+    /// Refuses what no process can be given: NUL bytes anywhere, and
+    /// environment names that are empty or contain `=`.
+    fn check_strings(&self) -> Result<(), String> {
+        let nul = |s: &str| s.contains('\0');
+        match &self.program {
+            Program::Shell(script) if nul(script) => return Err("sh: the command contains a NUL byte".into()),
+            Program::Argv(argv) => {
+                if let Some(i) = argv.iter().position(|a| nul(a)) {
+                    return Err(format!("sh: argv element {} contains a NUL byte", i + 1));
+                }
+            }
+            Program::Shell(_) => {}
+        }
+        for (name, value) in &self.env {
+            if name.is_empty() || name.contains('=') || nul(name) {
+                return Err(format!("sh: :env name {name:?} is not a valid variable name (no `=`, no NUL byte)"));
+            }
+            if nul(value) {
+                return Err(format!("sh: the :env value of {name} contains a NUL byte"));
+            }
+        }
+        if self.cwd.as_deref().is_some_and(nul) {
+            return Err("sh: :cwd contains a NUL byte".into());
+        }
+        Ok(())
     }
 
     fn set_option(&mut self, key: &str, value: Value) -> Result<(), String> {
@@ -167,6 +194,8 @@ pub struct Execution<'a> {
     pub base_env: &'a [(OsString, OsString)],
     pub deadline: Option<Instant>,
     pub log_path: &'a Path,
+    /// Bytes of output the log keeps.
+    pub log_cap: u64,
     pub redactor: &'a Redactor,
 }
 
@@ -184,17 +213,20 @@ impl Execution<'_> {
     /// Runs the command, writing its CRI log as output arrives.
     pub fn run(&self) -> io::Result<Outcome> {
         let file = File::create(self.log_path)?;
-        let mut log = cri::Writer::new(BufWriter::new(file));
-        let redact = |s: &str| self.redactor.redact(s);
-        let result =
-            process::run(self.command(), self.deadline, |stream, data| log.write(stream, data, &redact));
+        let mut log = cri::Writer::with_cap(BufWriter::new(file), self.log_cap);
+        let mask = self.redactor;
+        let result = match self.spawn() {
+            Ok(spawn) => process::run(spawn, self.deadline, |stream, data| log.write(stream, data, mask))?,
+            Err(e) => Ended::NotStarted(e),
+        };
         let outcome = match result {
-            Ok(Finished { exit_code, timed_out, stdout, stderr }) => {
+            Ended::Finished(Finished { exit_code, timed_out, stdout, stderr }) => {
                 Outcome { exit_code, timed_out, spawn_error: None, stdout, stderr }
             }
-            Err(e) if is_spawn_error(&e) => {
+            Ended::NotStarted(e) => {
                 let (exit_code, message) = spawn_failure(&self.request.program, &e);
-                log.write_line(Stream::Stderr, &format!("quire-ci: {message}"))?;
+                let message = self.redactor.redact(&message);
+                log.write_line(Stream::Stderr, &format!("quire-ci: {message}"), mask)?;
                 let mut stderr = Captured::default();
                 stderr.bytes = message.clone().into_bytes();
                 stderr.total = stderr.bytes.len();
@@ -206,19 +238,18 @@ impl Execution<'_> {
                     stderr,
                 }
             }
-            Err(e) => return Err(e),
         };
-        log.finish(&redact)?;
+        log.finish(mask)?;
         if outcome.timed_out {
             let limit = self.deadline_description();
-            log.write_line(Stream::Stderr, &format!("quire-ci: command killed after {limit}"))?;
+            log.write_line(Stream::Stderr, &format!("quire-ci: command killed after {limit}"), mask)?;
         } else if let Some(reason) = self.limits.explain_signal(outcome.exit_code - 128) {
-            log.write_line(Stream::Stderr, &format!("quire-ci: command killed: {reason}"))?;
+            log.write_line(Stream::Stderr, &format!("quire-ci: command killed: {reason}"), mask)?;
         }
         Ok(outcome)
     }
 
-    fn command(&self) -> Command {
+    fn spawn(&self) -> io::Result<process::Spawn> {
         self.sandbox.command(
             &self.request.program,
             self.workspace,
@@ -237,19 +268,13 @@ impl Execution<'_> {
     }
 }
 
-/// Errors from `spawn` itself (as opposed to waiting or reading).
-fn is_spawn_error(e: &io::Error) -> bool {
-    matches!(e.kind(), io::ErrorKind::NotFound | io::ErrorKind::PermissionDenied)
-        || e.raw_os_error() == Some(rustix::io::Errno::NOEXEC.raw_os_error())
-}
-
 /// The shell's conventions: 127 for not found, 126 for not executable.
 fn spawn_failure(program: &Program, e: &io::Error) -> (i32, String) {
     let name = program.name();
     if e.kind() == io::ErrorKind::NotFound {
         (127, format!("command not found: {name}"))
     } else {
-        (126, format!("command cannot be executed: {name}: {e}"))
+        (126, format!("command cannot be started: {name}: {e}"))
     }
 }
 
@@ -323,6 +348,10 @@ mod tests {
             ),
             ("return 'x', {check = 'yes'}", "sh: option :check must be a boolean, got string"),
             ("return 'x', {env = {A = 1}}", "sh: :env maps names to strings, got string = integer"),
+            ("return {'echo', 'a\\0b'}", "sh: argv element 2 contains a NUL byte"),
+            ("return 'echo a\\0b'", "sh: the command contains a NUL byte"),
+            ("return 'x', {env = {A = 'x\\0y'}}", "sh: the :env value of A contains a NUL byte"),
+            ("return 'x', {env = {['A=B'] = 'x'}}", "sh: :env name \"A=B\" is not a valid variable name"),
         ];
         for (code, expected) in cases {
             let err = request(code).unwrap_err();
