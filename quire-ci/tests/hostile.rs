@@ -1027,7 +1027,8 @@ impl Drop for Markers {
 
 /// A command that detaches a process into a session of its own (which
 /// leaves the command's process group), waits until it has written its pid
-/// to `$MARK_DIR/detached`, then runs `tail`.
+/// to `$MARK_DIR/detached`, then runs `tail` (shell text, escaped for a
+/// Fennel string).
 fn detaching_pipeline(tail: &str) -> String {
     format!(
         r#"(local ci (require :quire.ci))
@@ -1056,7 +1057,7 @@ fn a_detached_process_is_gone_when_quire_ci_finishes() {
 #[test]
 fn a_detached_process_is_gone_when_quire_ci_is_terminated_mid_run() {
     let markers = Markers::new();
-    let ws = workspace(&detaching_pipeline("echo $$ > \"$MARK_DIR/foreground\"; exec sleep 300"));
+    let ws = workspace(&detaching_pipeline(r#"echo $$ > \"$MARK_DIR/foreground\"; exec sleep 300"#));
     let logs = tempfile::tempdir().unwrap();
     let output = tempfile::tempdir().unwrap();
     let mut quire_ci = Stopped(

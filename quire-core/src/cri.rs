@@ -180,32 +180,36 @@ impl<W: Write> Writer<W> {
         Ok(())
     }
 
-    /// Writes command output, within the cap.
+    /// Writes command output while the file stays within the cap.
     fn emit_output(&mut self, stream: Stream, tag: Tag, text: &str) -> io::Result<()> {
         if self.truncated {
             return Ok(());
         }
-        if let Some(cap) = self.cap {
-            if self.written + text.len() as u64 > cap {
-                self.truncated = true;
-                let note = format!(
-                    "quire-ci: log truncated: it reached its limit of {} MiB; the rest of this command's output was discarded",
-                    cap / (1024 * 1024)
-                );
-                return self.emit(Stream::Stderr, Tag::Full, &note);
-            }
+        let line = format_line(stream, tag, text);
+        if self.cap.is_some_and(|cap| self.written + line.len() as u64 > cap) {
+            self.truncated = true;
+            let note = format!(
+                "quire-ci: log truncated: it reached its limit of {} MiB; the rest of this command's output was discarded",
+                self.cap.unwrap_or_default() / (1024 * 1024)
+            );
+            return self.emit(Stream::Stderr, Tag::Full, &note);
         }
-        self.written += text.len() as u64;
-        self.emit(stream, tag, text)
+        self.written += line.len() as u64;
+        self.out.write_all(line.as_bytes())
     }
 
     fn emit(&mut self, stream: Stream, tag: Tag, text: &str) -> io::Result<()> {
-        let tag = match tag {
-            Tag::Full => 'F',
-            Tag::Partial => 'P',
-        };
-        writeln!(self.out, "{} {} {} {}", timestamp_now(), stream.as_str(), tag, text)
+        self.out.write_all(format_line(stream, tag, text).as_bytes())
     }
+}
+
+/// One line of a CRI log file, newline included.
+fn format_line(stream: Stream, tag: Tag, text: &str) -> String {
+    let tag = match tag {
+        Tag::Full => 'F',
+        Tag::Partial => 'P',
+    };
+    format!("{} {} {} {}\n", timestamp_now(), stream.as_str(), tag, text)
 }
 
 /// The largest index at most `at` that does not fall inside a UTF-8
@@ -349,7 +353,8 @@ mod tests {
 
     #[test]
     fn a_capped_log_says_it_was_truncated_and_keeps_nothing_after() {
-        let mut writer = Writer::with_cap(Vec::new(), 100);
+        let line_bytes = format_line(Stream::Stdout, Tag::Full, "0123456789").len() as u64;
+        let mut writer = Writer::with_cap(Vec::new(), 10 * line_bytes);
         for _ in 0..50 {
             writer.write(Stream::Stdout, b"0123456789\n", &NoMask).unwrap();
         }

@@ -10,6 +10,16 @@ local fennel, source, filename, allowed_globals, search_path, macro_path = ...
 fennel.path = search_path
 fennel["macro-path"] = macro_path
 
+-- io.open is the Rust side's confined reader; a file that is there but
+-- out of bounds stops the compilation with a plain message.
+local confined_open = quire_open
+quire_open = nil
+io.open = function(path, mode)
+  local handle, message, refused = confined_open(path, mode)
+  if refused then error(message, 0) end
+  return handle, message
+end
+
 -- Every call form compiled: {fennel line, 1-based column, head}.
 local calls = {}
 local positions = {

@@ -145,6 +145,10 @@ pub fn compile(source: &SourceFile, options: &CompileOptions) -> Result<Compiled
         macro_path,
     ));
     limits::disarm();
+    let result = match result {
+        Ok(_) if Instant::now() >= options.deadline => Err(mlua::Error::runtime(limits::DEADLINE_MESSAGE)),
+        other => other,
+    };
     let (ok, lua_or_err, lines, calls) = result.map_err(|e| {
         if limits::is_deadline(&e) {
             Diagnostic::error(format!(
@@ -210,11 +214,15 @@ fn compile_vm(options: &CompileOptions) -> mlua::Result<Lua> {
         "open",
         lua.create_function(move |lua, (path, mode): (String, Option<String>)| {
             if mode.as_deref().is_some_and(|m| !m.starts_with('r')) {
-                return Ok((mlua::Value::Nil, Some(format!("{path}: files are read-only while compiling"))));
+                return Ok((mlua::Value::Nil, Some(format!("{path}: files are read-only while compiling")), true));
             }
+            // The third value asks compile.lua to stop the compilation
+            // (the file is there but out of bounds); without it a search
+            // goes on to the next place.
             match read_confined(root.as_deref(), &path) {
-                Ok(text) => Ok((mlua::Value::Table(file_handle(lua, text)?), None)),
-                Err(message) => Ok((mlua::Value::Nil, Some(message))),
+                Ok(text) => Ok((mlua::Value::Table(file_handle(lua, text)?), None, false)),
+                Err(Unreadable::Missing(message)) => Ok((mlua::Value::Nil, Some(message), false)),
+                Err(Unreadable::Refused(message)) => Ok((mlua::Value::Nil, Some(message), true)),
             }
         })?,
     )?;
@@ -227,27 +235,37 @@ fn compile_vm(options: &CompileOptions) -> mlua::Result<Lua> {
         })?,
     )?;
     io.set("stderr", stderr)?;
+    globals.set("quire_open", io.get::<mlua::Function>("open")?)?;
     globals.set("io", io)?;
     Ok(lua)
 }
 
+/// Why a compilation could not read a file. Messages never contain the
+/// file's content.
+enum Unreadable {
+    Missing(String),
+    Refused(String),
+}
+
 /// A file's text, if it lies inside `root` once every symlink is resolved.
-/// The message never contains the file's content.
-fn read_confined(root: Option<&Path>, path: &str) -> Result<String, String> {
+fn read_confined(root: Option<&Path>, path: &str) -> Result<String, Unreadable> {
     let Some(root) = root else {
-        return Err(format!("cannot read {path}: this file may not read other files"));
+        return Err(Unreadable::Refused(format!("cannot read {path}: this file may not read other files")));
     };
     let joined = root.join(path);
-    let Ok(resolved) = joined.canonicalize() else { return Err(format!("{path}: no such file")) };
+    let shown = joined.strip_prefix(root).map_or_else(|_| path.to_string(), |p| p.display().to_string());
+    let Ok(resolved) = joined.canonicalize() else {
+        return Err(Unreadable::Missing(format!("{shown}: no such file")));
+    };
     if !resolved.starts_with(root) {
-        return Err(format!("cannot read {path}: it is outside the workspace"));
+        return Err(Unreadable::Refused(format!("refused {shown}: outside the workspace")));
     }
-    let file = std::fs::File::open(&resolved).map_err(|e| format!("cannot read {path}: {e}"))?;
+    let refused = |e: std::io::Error| Unreadable::Refused(format!("cannot read {path}: {e}"));
+    let file = std::fs::File::open(&resolved).map_err(refused)?;
     let mut text = String::new();
-    std::io::Read::read_to_string(&mut std::io::Read::take(file, MAX_MODULE_BYTES + 1), &mut text)
-        .map_err(|e| format!("cannot read {path}: {e}"))?;
+    std::io::Read::read_to_string(&mut std::io::Read::take(file, MAX_MODULE_BYTES + 1), &mut text).map_err(refused)?;
     if text.len() as u64 > MAX_MODULE_BYTES {
-        return Err(format!("cannot read {path}: it is larger than {MAX_MODULE_BYTES} bytes"));
+        return Err(Unreadable::Refused(format!("cannot read {path}: it is larger than {MAX_MODULE_BYTES} bytes")));
     }
     Ok(text)
 }

@@ -146,9 +146,10 @@ pub fn new_execute_vm(memory_limit: usize) -> mlua::Result<Lua> {
 }
 
 /// The names the execute VM defines as globals, for Fennel's compile-time
-/// global check. `require` is added by [`install_ci_module`].
+/// global check. `require` and `package` are added by the pipeline's
+/// `quire.ci` module (`pipeline::declare`).
 pub fn global_names(lua: &Lua) -> mlua::Result<Vec<String>> {
-    let mut names = vec!["require".to_string()];
+    let mut names = vec!["require".to_string(), "package".to_string()];
     for pair in lua.globals().pairs::<String, Value>() {
         names.push(pair?.0);
     }

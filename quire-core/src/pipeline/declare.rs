@@ -48,13 +48,36 @@ pub fn install_ci_module(lua: &Lua, chunk: ChunkInfo) -> mlua::Result<Rc<RefCell
     let module = lua.create_table()?;
     module.set("job", job)?;
     let module = lua.create_registry_value(module)?;
+    // Fennel compiles `(include :mod)` into `package.preload.mod` plus a
+    // `require`: modules of the pipeline's own, already compiled in. No
+    // loader reaches the file system.
+    let package = lua.create_table()?;
+    package.set("preload", lua.create_table()?)?;
+    package.set("loaded", lua.create_table()?)?;
+    lua.globals().set("package", package)?;
     let require = lua.create_function(move |lua, name: String| {
         if name == CI_MODULE {
-            lua.registry_value::<Table>(&module)
-        } else {
-            Err(mlua::Error::runtime(format!(
-                "module '{name}' is not available: pipelines can only require :{CI_MODULE}"
-            )))
+            return lua.registry_value::<Value>(&module);
+        }
+        let package: Table = lua.globals().get("package")?;
+        let loaded: Table = package.get("loaded")?;
+        if let Value::Table(done) = loaded.get::<Value>(name.as_str())? {
+            return Ok(Value::Table(done));
+        }
+        let preload: Table = package.get("preload")?;
+        match preload.get::<Value>(name.as_str())? {
+            Value::Function(load) => {
+                let value = match load.call::<Value>(name.as_str())? {
+                    Value::Nil => Value::Boolean(true),
+                    value => value,
+                };
+                loaded.set(name.as_str(), value.clone())?;
+                Ok(value)
+            }
+            _ => Err(mlua::Error::runtime(format!(
+                "module '{name}' is not available: pipelines can only require :{CI_MODULE} \
+                 and modules they include from .quire/"
+            ))),
         }
     })?;
     lua.globals().set("require", require)?;

@@ -223,9 +223,15 @@ fn evaluate(
 ) -> Result<declare::Declarations, Diagnostic> {
     let internal = |e: mlua::Error| Diagnostic::error(format!("internal error preparing the pipeline VM: {e}"));
     let declarations = declare::install_ci_module(lua, chunk.clone()).map_err(internal)?;
-    limits::arm(lua, Instant::now() + limits.declare_timeout).map_err(internal)?;
-    let evaluated = chunk.load(lua, compiled).exec();
+    let deadline = Instant::now() + limits.declare_timeout;
+    limits::arm(lua, deadline).map_err(internal)?;
+    let mut evaluated = chunk.load(lua, compiled).exec();
     limits::disarm();
+    // A top level that swallowed the deadline (in a coroutine) and went on
+    // still took too long.
+    if evaluated.is_ok() && Instant::now() >= deadline {
+        evaluated = Err(mlua::Error::runtime(limits::DEADLINE_MESSAGE));
+    }
     if let Err(e) = evaluated {
         return Err(top_level_error(chunk, &e));
     }

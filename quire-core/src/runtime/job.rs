@@ -113,6 +113,11 @@ impl JobRun<'_> {
             limits::arm(lua, self.start.deadline)?;
             let returned = run_fn.call::<Value>(rt).and_then(|value| outputs_of(lua, value));
             limits::disarm();
+            // A run-fn that swallowed the deadline (resuming a coroutine
+            // that hit it, say) and returned late still took too long.
+            if returned.is_ok() && Instant::now() >= self.start.deadline {
+                return Err(mlua::Error::runtime(limits::DEADLINE_MESSAGE));
+            }
             returned
         });
         result.map_err(|e| self.explain(instance, &e))

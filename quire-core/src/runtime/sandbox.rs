@@ -208,12 +208,15 @@ impl Bwrap {
 
     /// What runs inside the sandbox: the command, behind `setpriv` when
     /// quire-ci is root, so that it runs as `run_as` without capabilities,
-    /// with an empty bounding set, and unable to gain any.
-    fn inner_argv(&self, argv: Vec<OsString>) -> std::io::Result<Vec<OsString>> {
+    /// with an empty bounding set, and unable to gain any. Variables that
+    /// steer the dynamic loader must not reach `setpriv` (it runs as root
+    /// until it has dropped the user), so they are set after it, by `env`.
+    fn inner_argv(&self, argv: Vec<OsString>, loader_env: &[&(String, String)]) -> std::io::Result<Vec<OsString>> {
         let Some((uid, gid)) = self.run_as else { return Ok(argv) };
-        let setpriv = find_system_program("setpriv").ok_or_else(|| {
-            std::io::Error::new(std::io::ErrorKind::NotFound, "setpriv (util-linux) is not installed")
-        })?;
+        let missing = |name: &str| {
+            std::io::Error::new(std::io::ErrorKind::NotFound, format!("{name} is not installed in /usr/bin or /bin"))
+        };
+        let setpriv = find_system_program("setpriv").ok_or_else(|| missing("setpriv (util-linux)"))?;
         let mut inner: Vec<OsString> = vec![
             setpriv.into(),
             format!("--reuid={uid}").into(),
@@ -224,6 +227,10 @@ impl Bwrap {
             "--no-new-privs".into(),
             "--".into(),
         ];
+        if !loader_env.is_empty() {
+            inner.push(find_system_program("env").ok_or_else(|| missing("env (coreutils)"))?.into());
+            inner.extend(loader_env.iter().map(|(name, value)| OsString::from(format!("{name}={value}"))));
+        }
         inner.extend(argv);
         Ok(inner)
     }
@@ -319,14 +326,16 @@ impl Sandbox {
                 args.push("--clearenv".into());
                 let allowed = env.iter().filter(|(name, _)| ALLOWED_ENV.iter().any(|a| name == a));
                 let fixed = [("HOME", "/tmp"), ("TMPDIR", "/tmp")].map(|(k, v)| (OsString::from(k), OsString::from(v)));
-                let extra = extra_env.iter().map(|(k, v)| (OsString::from(k), OsString::from(v)));
+                let (loader, plain): (Vec<_>, Vec<_>) =
+                    extra_env.iter().partition(|(name, _)| bwrap.run_as.is_some() && steers_the_loader(name));
+                let extra = plain.into_iter().map(|(k, v)| (OsString::from(k), OsString::from(v)));
                 for (name, value) in allowed.cloned().chain(fixed).chain(extra) {
                     args.extend(["--setenv".into(), name, value]);
                 }
                 // bubblewrap takes the command itself only on its command
                 // line (where the command's own argv will show anyway).
                 let mut c = Command::new(&bwrap.program);
-                c.args(["--args", "0", "--"]).args(bwrap.inner_argv(argv)?);
+                c.args(["--args", "0", "--"]).args(bwrap.inner_argv(argv, &loader)?);
                 c.env_clear().env("PATH", SETUP_PATH).current_dir("/");
                 (c, Some(nul_separated(&args)))
             }
@@ -348,6 +357,27 @@ impl Sandbox {
         }
         Ok(Spawn { command, stdin })
     }
+}
+
+/// Whether the C library lets variable `name` steer how a program is
+/// loaded or what files it reads: the ones it ignores for privileged
+/// programs (glibc's "unsecure" list).
+fn steers_the_loader(name: &str) -> bool {
+    const UNSECURE: &[&str] = &[
+        "GCONV_PATH",
+        "GETCONF_DIR",
+        "HOSTALIASES",
+        "LOCALDOMAIN",
+        "LOCPATH",
+        "MALLOC_TRACE",
+        "NIS_PATH",
+        "NLSPATH",
+        "RESOLV_HOST_CONF",
+        "RES_OPTIONS",
+        "TMPDIR",
+        "TZDIR",
+    ];
+    name.starts_with("LD_") || name.starts_with("GLIBC_TUNABLES") || UNSECURE.contains(&name)
 }
 
 /// Arguments as bubblewrap's `--args` reads them.
@@ -411,7 +441,8 @@ mod tests {
         let payload = String::from_utf8(spawn.stdin.unwrap()).unwrap();
         let fields: Vec<&str> = payload.split('\0').collect();
         assert!(fields.windows(3).any(|w| w == ["--setenv", "TOKEN", "s3cret"]));
-        assert!(fields.windows(3).any(|w| w == ["--setenv", "LD_PRELOAD", "/evil.so"]), "the command gets :env");
+        assert!(!fields.iter().any(|f| f.contains("evil.so")), "loader variables do not reach setpriv");
+        assert!(args.contains(&"LD_PRELOAD=/evil.so".to_string()), "the command gets them through env: {args:?}");
         assert!(!fields.contains(&"/x.so"), "the host's loader variables are not passed on");
         assert!(fields.windows(2).any(|w| w == ["--cap-drop", "ALL"]));
     }
