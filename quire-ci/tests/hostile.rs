@@ -54,10 +54,7 @@ impl Ended {
 fn run_bounded(mut command: Command, deadline: Duration) -> Ended {
     let dir = tempfile::tempdir().unwrap();
     let (out, err) = (dir.path().join("stdout"), dir.path().join("stderr"));
-    command
-        .stdin(Stdio::null())
-        .stdout(File::create(&out).unwrap())
-        .stderr(File::create(&err).unwrap());
+    command.stdin(Stdio::null()).stdout(File::create(&out).unwrap()).stderr(File::create(&err).unwrap());
     let mut child = command.spawn().expect("quire-ci starts");
     let started = Instant::now();
     let status = loop {
@@ -772,7 +769,9 @@ fn a_ci_fnl_symlinked_outside_the_workspace_is_refused_without_its_content() {
     write(
         outside.path(),
         "ci.fnl",
-        &format!("(local ci (require :quire.ci))\n(local x {STOLEN})\n(ci.job :a [:quire/push] (fn [] nil))\n"),
+        &format!(
+            "(local ci (require :quire.ci))\n(local x {STOLEN})\n(ci.job :a [:quire/push] (fn [] nil))\n"
+        ),
     );
     let ws = tempfile::tempdir().unwrap();
     std::fs::create_dir(ws.path().join(".quire")).unwrap();
@@ -827,7 +826,11 @@ fn a_secret_printed_by_lua_print_never_leaves_quire_ci() {
     );
     let run = run(ws.path(), &[], &[("QUIRE_SECRET_TOKEN", SECRET)]);
     run.assert_finished("success");
-    assert!(run.everything().contains("the token is"), "print's output went somewhere:\n{}", run.everything());
+    assert!(
+        run.everything().contains("the token is"),
+        "print's output went somewhere:\n{}",
+        run.everything()
+    );
     run.assert_nowhere(SECRET);
 }
 
@@ -857,7 +860,8 @@ fn a_secret_in_error_messages_never_leaves_quire_ci() {
 /// an error.
 #[test]
 fn every_line_of_a_multi_line_secret_is_masked() {
-    let lines = ["first-line-of-the-secret-71c4", "second-line-of-the-secret-9d2e", "third-line-of-the-secret-e5a0"];
+    let lines =
+        ["first-line-of-the-secret-71c4", "second-line-of-the-secret-9d2e", "third-line-of-the-secret-e5a0"];
     let secret = lines.join("\n");
     let ws = workspace(
         r#"(local ci (require :quire.ci))
@@ -1006,7 +1010,8 @@ impl Markers {
         let deadline = Instant::now() + Duration::from_secs(10);
         for pid in pids {
             while Path::new(&format!("/proc/{pid}")).exists() {
-                let zombie = std::fs::read_to_string(format!("/proc/{pid}/stat")).map_or(true, |s| s.contains(") Z "));
+                let zombie =
+                    std::fs::read_to_string(format!("/proc/{pid}/stat")).map_or(true, |s| s.contains(") Z "));
                 if zombie {
                     break;
                 }

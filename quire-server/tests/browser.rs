@@ -206,3 +206,59 @@ fn finished_runs_and_the_repositories_page_render_in_a_browser() {
     assert_ne!(stderr_color, stdout_color, "stderr lines are told apart");
     browser.screenshot("failing-run.png");
 }
+
+#[test]
+fn two_active_jobs_show_at_once_on_the_run_page() {
+    let root = Root::new();
+    root.write_config("{:ci {:sandbox :none :max-parallel-jobs 2}}");
+    // Both jobs wait for this directory's `open` file, so neither can finish
+    // before the test has seen them running side by side.
+    let gate = tempfile::tempdir().unwrap();
+    let server = root.serve_with(&[("GATE", gate.path().to_str().unwrap())]);
+    let browser = Browser::start();
+    root.push_pipeline(
+        "parallel.git",
+        r#"(local ci (require :quire.ci))
+(ci.job :left [:quire/push]
+  (fn [{: sh}]
+    (sh "echo left-running; while [ ! -e \"$GATE/open\" ]; do sleep 0.1; done")))
+(ci.job :right [:quire/push]
+  (fn [{: sh}]
+    (sh "echo right-running; while [ ! -e \"$GATE/open\" ]; do sleep 0.1; done")))
+"#,
+        "main",
+    );
+    let id = root.wait_run_count("parallel.git", 1).remove(0);
+    for job in ["left", "right"] {
+        let line = format!("{job}-running");
+        root.wait_for(&format!("job {job} to print its first line"), 30, || {
+            let log = root.path().join(format!("runs/parallel.git/{id}/jobs/{job}/sh-1.log"));
+            std::fs::read_to_string(log).ok().filter(|t| t.contains(&line)).map(|_| ())
+        });
+    }
+
+    browser.open(&format!("{}/runs/{id}", server.url));
+    // The page may be rebuilt from the event stream after it loads; wait
+    // until it shows both jobs' badges and first lines.
+    let badges = "return ['left', 'right'].map(function (id) { \
+                  var s = document.querySelector('div.job#job-' + id + ' .jobstate'); \
+                  return s ? s.textContent.trim() : null; });";
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let text = browser.text();
+        let states = browser.script(badges);
+        if states == json!(["active", "active"]) && text.contains("left-running") && text.contains("right-running") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "both jobs were never shown active: {states}\n{text}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let state: String =
+        root.db().query_row("SELECT state FROM runs WHERE id = ?1", [&id], |r| r.get(0)).unwrap();
+    assert_eq!(state, "active", "both jobs are shown while the run is still going");
+    browser.screenshot("run-two-active-jobs.png");
+
+    std::fs::write(gate.path().join("open"), "").unwrap();
+    let (state, failure_kind) = root.wait_finished(&id);
+    assert_eq!(state, "complete", "failure kind {failure_kind:?}\nserver log:\n{}", root.server_log());
+}

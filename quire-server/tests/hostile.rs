@@ -223,7 +223,11 @@ fn a_scoped_secret_is_undeclared_for_other_repositories() {
     assert_eq!(root.wait_finished(&other), failed_pipeline(), "{}", root.server_log());
 
     assert_eq!(job_state(&root, &app, "shared").as_deref(), Some("complete"));
-    assert_eq!(job_state(&root, &app, "scoped").as_deref(), Some("complete"), "the repository it is for reads it");
+    assert_eq!(
+        job_state(&root, &app, "scoped").as_deref(),
+        Some("complete"),
+        "the repository it is for reads it"
+    );
     assert_eq!(job_state(&root, &other, "shared").as_deref(), Some("complete"));
     assert_eq!(job_state(&root, &other, "scoped").as_deref(), Some("failed"), "another repository cannot");
 

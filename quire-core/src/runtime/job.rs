@@ -14,7 +14,8 @@ use std::time::Instant;
 use mlua::{Lua, Table, Value};
 
 use super::redact::Redactor;
-use super::{sh, Note, RunContext, RunError};
+use super::context::{Note, RunContext, RunError};
+use super::sh;
 use crate::clock::{format_duration_ms, now_ms};
 use crate::event::{Event, EventKind};
 use crate::id::JobId;

@@ -11,6 +11,7 @@
 //! call (where no deadline can reach it) is given up on at its deadline
 //! plus a grace period; its thread ends with the process.
 
+mod context;
 mod job;
 mod process;
 mod program;
@@ -21,13 +22,12 @@ mod schedule;
 mod sh;
 
 use std::collections::HashMap;
-use std::ffi::OsString;
 use std::io;
-use std::path::PathBuf;
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+pub use context::{Note, RunContext, RunError, SecretError, SecretSource};
 pub use reaper::{become_subreaper, kill_running_commands, sweep_children, sweep_orphans};
 pub use sandbox::{find_bwrap, Bwrap, Limits, RunAs, Sandbox};
 pub use schedule::UnknownJob;
@@ -37,7 +37,6 @@ use crate::cri::{self, Stream};
 use crate::event::{Event, EventKind, JobOutcome, RunOutcome};
 use crate::id::JobId;
 use crate::pipeline::Pipeline;
-use crate::push::PushFacts;
 use crate::run_dir::{LogFile, RunDir};
 use job::{JobStart, Report};
 use redact::Redactor;
@@ -47,22 +46,6 @@ use schedule::{Action, Schedule};
 /// single C call) before the runner gives up on it.
 const STUCK_GRACE: Duration = Duration::from_secs(5);
 
-/// Where a run's secrets come from. Jobs run on their own threads, so the
-/// source is shared between them.
-pub trait SecretSource: Send + Sync {
-    /// The value of secret `name`; [`SecretError::Undeclared`] when the
-    /// operator did not declare it (or not for this repository).
-    fn secret(&self, name: &str) -> Result<String, SecretError>;
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum SecretError {
-    #[error("secret `{name}` is not declared{hint}")]
-    Undeclared { name: String, hint: String },
-    #[error("secret `{name}` could not be fetched: {reason}")]
-    Unavailable { name: String, reason: String },
-}
-
 /// Receives what a run produces.
 pub trait Sink {
     /// Records one event of the stream. An error ends the run: a run whose
@@ -70,55 +53,6 @@ pub trait Sink {
     fn event(&mut self, event: &Event) -> io::Result<()>;
     /// Tells a watching person something the events do not carry.
     fn note(&mut self, note: &Note);
-}
-
-/// Human-facing details of a run, beside the events. Text in them is
-/// already redacted.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Note {
-    /// A command exited non-zero (or never started); its log has the output.
-    CommandFailed { job: JobId, exit_code: i32, log: PathBuf },
-    /// A job failed, with the reason (and its `.fnl` line).
-    JobFailed { job: JobId, reason: String },
-    /// A job was skipped because an input failed or was skipped.
-    JobSkipped { job: JobId, because: JobId },
-    /// A run-fn called `print`.
-    Printed { job: JobId, text: String },
-}
-
-/// Everything a run needs besides the pipeline.
-pub struct RunContext {
-    /// The checkout, canonicalized.
-    pub workspace: PathBuf,
-    /// Where logs go (`jobs/<job-id>/sh-<n>.log`, `job.log`).
-    pub run_dir: RunDir,
-    /// Run only these jobs and their ancestors; empty means all.
-    pub only: Vec<JobId>,
-    /// How many jobs may run at once (at least 1).
-    pub parallel: usize,
-    /// How long one job (its Lua code and its commands) may take.
-    pub job_timeout: Duration,
-    /// The environment commands start from, without quire's own variables.
-    pub base_env: Vec<(OsString, OsString)>,
-    pub sandbox: Sandbox,
-    pub limits: Limits,
-    /// Bytes of output each command's log keeps.
-    pub log_cap: u64,
-    pub push: PushFacts,
-    pub secrets: Arc<dyn SecretSource>,
-}
-
-/// Why a run could not reach an outcome.
-#[derive(Debug, thiserror::Error)]
-pub enum RunError {
-    #[error("cannot write the event stream: {0}")]
-    Events(#[source] io::Error),
-    #[error("cannot write logs under {}: {source}", path.display())]
-    Logs { path: PathBuf, source: io::Error },
-    #[error(transparent)]
-    UnknownJob(#[from] schedule::UnknownJob),
-    #[error("cannot start a thread for job `{job}`: {source}")]
-    Thread { job: JobId, source: io::Error },
 }
 
 /// The variables commands never see: quire's own (`QUIRE__*`, which holds
