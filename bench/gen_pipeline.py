@@ -3,6 +3,9 @@
 
   gen_pipeline.py jobs WORKSPACE N   N jobs with a mix of dependencies
   gen_pipeline.py sh WORKSPACE N     one job running (sh ["true"]) N times
+  gen_pipeline.py parallel WORKSPACE N
+                                     N independent jobs running (sh ["sleep" "1"])
+                                     and a job `join` depending on all of them
 """
 import pathlib
 import sys
@@ -34,9 +37,24 @@ def sh_pipeline(n):
     ])
 
 
+def parallel_pipeline(n):
+    lines = ["(local ci (require :quire.ci))", ""]
+    for i in range(n):
+        lines.append(f"(ci.job :sleep-{i} [:quire/push]")
+        lines.append("  (fn [{: sh}]")
+        lines.append('    (sh ["sleep" "1"])))')
+        lines.append("")
+    inputs = " ".join(f":sleep-{i}" for i in range(n))
+    lines.append(f"(ci.job :join [{inputs}]")
+    lines.append("  (fn [{: sh}]")
+    lines.append('    (sh ["true"])))')
+    lines.append("")
+    return "\n".join(lines)
+
+
 def main():
     kind, workspace, n = sys.argv[1], pathlib.Path(sys.argv[2]), int(sys.argv[3])
-    text = {"jobs": jobs_pipeline, "sh": sh_pipeline}[kind](n)
+    text = {"jobs": jobs_pipeline, "sh": sh_pipeline, "parallel": parallel_pipeline}[kind](n)
     (workspace / ".quire").mkdir(parents=True, exist_ok=True)
     (workspace / ".quire" / "ci.fnl").write_text(text)
 

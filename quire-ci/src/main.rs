@@ -45,6 +45,10 @@ enum Command {
     /// (failing jobs and invalid pipelines included; the last event is then
     /// run_finished), 1 when quire-ci itself failed, 2 for bad arguments.
     Run(Box<RunCommand>),
+    /// Inside a job's bubblewrap sandbox: start the job's commands as told
+    /// over stdin. Not for people.
+    #[command(name = "sandbox-helper", hide = true)]
+    SandboxHelper,
 }
 
 #[derive(Debug, clap::Args)]
@@ -217,8 +221,7 @@ fn stop_commands_on_signals() {
     };
     let spawned = std::thread::Builder::new().name("signals".into()).spawn(move || {
         if let Some(signal) = signals.forever().next() {
-            quire_core::runtime::kill_running_commands();
-            quire_core::runtime::sweep_orphans();
+            quire_core::runtime::stop_everything();
             std::process::exit(128 + signal);
         }
     });
@@ -233,10 +236,22 @@ fn parse_job_id(s: &str) -> Result<JobId, String> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Command::SandboxHelper = cli.command {
+        // Inside the sandbox: no telemetry, no signal handling of its own
+        // (it dies with the sandbox).
+        return match quire_core::runtime::serve_sandbox_helper() {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("quire-ci sandbox-helper: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let _sentry = sentry_from_env();
     stop_commands_on_signals();
     match cli.command {
         Command::Validate { workspace, format, lua } => validate::run(&workspace, format, lua.limits()),
         Command::Run(command) => ExitCode::from(run::run(command.into_args())),
+        Command::SandboxHelper => unreachable!("served above"),
     }
 }

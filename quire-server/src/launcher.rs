@@ -351,6 +351,11 @@ impl Launcher {
             tracing::error!(run = %id, error = %e, "waiting for quire-ci failed");
         }
 
+        // Nobody needs the checkout any more; it goes before the run is
+        // recorded, so a finished run never has one.
+        if let Err(e) = tokio::fs::remove_dir_all(&workspace).await {
+            tracing::warn!(run = %id, error = %e, "cannot remove the workspace");
+        }
         let events = run_dir.events();
         let recorded = self
             .db(move |conn| {
@@ -380,9 +385,6 @@ impl Launcher {
                     tracing::error!(run = %id, error = %e, "cannot mark the run failed");
                 }
             }
-        }
-        if let Err(e) = tokio::fs::remove_dir_all(&workspace).await {
-            tracing::warn!(run = %id, error = %e, "cannot remove the workspace");
         }
         self.inner.running.lock().expect("running lock").remove(&id);
         self.inner.wake.notify_one();

@@ -212,7 +212,9 @@ fn two_active_jobs_show_at_once_on_the_run_page() {
     let root = Root::new();
     root.write_config("{:ci {:sandbox :none :max-parallel-jobs 2}}");
     // Both jobs wait for this directory's `open` file, so neither can finish
-    // before the test has seen them running side by side.
+    // before the test has seen them running side by side. They also stop
+    // waiting once the directory is gone, so a failing test leaves no
+    // commands behind.
     let gate = tempfile::tempdir().unwrap();
     let server = root.serve_with(&[("GATE", gate.path().to_str().unwrap())]);
     let browser = Browser::start();
@@ -221,10 +223,10 @@ fn two_active_jobs_show_at_once_on_the_run_page() {
         r#"(local ci (require :quire.ci))
 (ci.job :left [:quire/push]
   (fn [{: sh}]
-    (sh "echo left-running; while [ ! -e \"$GATE/open\" ]; do sleep 0.1; done")))
+    (sh "echo left-running; while [ -d \"$GATE\" ] && [ ! -e \"$GATE/open\" ]; do sleep 0.1; done")))
 (ci.job :right [:quire/push]
   (fn [{: sh}]
-    (sh "echo right-running; while [ ! -e \"$GATE/open\" ]; do sleep 0.1; done")))
+    (sh "echo right-running; while [ -d \"$GATE\" ] && [ ! -e \"$GATE/open\" ]; do sleep 0.1; done")))
 "#,
         "main",
     );

@@ -15,6 +15,7 @@ use mlua::{Lua, Table, Value};
 
 use super::redact::Redactor;
 use super::context::{Note, RunContext, RunError};
+use super::jail::Jail;
 use super::sh;
 use crate::clock::{format_duration_ms, now_ms};
 use crate::event::{Event, EventKind};
@@ -61,6 +62,7 @@ pub fn spawn(
             reports: reports.clone(),
             commands: Cell::new(0),
             fatal: RefCell::new(None),
+            jail: RefCell::new(None),
         };
         let result = run.run();
         let last = match run.fatal.into_inner() {
@@ -84,6 +86,8 @@ struct JobRun<'a> {
     commands: Cell<u32>,
     /// Set when writing events or logs failed; the run stops.
     fatal: RefCell<Option<RunError>>,
+    /// The job's sandbox, once its first command under bubblewrap ran.
+    jail: RefCell<Option<Jail>>,
 }
 
 impl JobRun<'_> {
@@ -177,6 +181,7 @@ impl JobRun<'_> {
             workspace: &self.ctx.workspace,
             cwd,
             sandbox: &self.ctx.sandbox,
+            jail: &self.jail,
             limits: &self.ctx.limits,
             base_env: &self.ctx.base_env,
             deadline: Some(deadline),

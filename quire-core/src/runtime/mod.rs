@@ -12,6 +12,7 @@
 //! plus a grace period; its thread ends with the process.
 
 mod context;
+mod jail;
 mod job;
 mod process;
 mod program;
@@ -28,8 +29,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 pub use context::{Note, RunContext, RunError, SecretError, SecretSource};
-pub use reaper::{become_subreaper, kill_running_commands, sweep_children, sweep_orphans};
-pub use sandbox::{find_bwrap, Bwrap, Limits, RunAs, Sandbox};
+pub use reaper::{become_subreaper, stop_everything, sweep_children, sweep_orphans};
+pub use sandbox::{find_bwrap, Bwrap, Limits, RunAs, Sandbox, HELPER_COMMAND};
+
+/// `quire-ci sandbox-helper`: serves the commands of one job's sandbox
+/// from inside it. See `jail`.
+pub fn serve_sandbox_helper() -> std::io::Result<()> {
+    jail::helper::serve()
+}
 pub use schedule::UnknownJob;
 
 use crate::clock::{format_duration_ms, now_ms};
@@ -70,6 +77,11 @@ struct Stamped<'s> {
 
 impl Stamped<'_> {
     fn event(&mut self, mut event: Event) -> Result<(), RunError> {
+        if reaper::stopping() {
+            // Told to stop: jobs cut off now are left unfinished in the
+            // stream (the server records them as aborted).
+            return Ok(());
+        }
         event.at_ms = event.at_ms.max(self.last_ms);
         self.last_ms = event.at_ms;
         self.sink.event(&event).map_err(RunError::Events)

@@ -5,15 +5,18 @@
 //! little else. What the command is and where the output goes is `sh`'s
 //! concern.
 
+use std::fs::File;
 use std::io::{self, Read};
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
-use std::process::{Child, ChildStderr, ChildStdout, Command, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::Instant;
 
 use rustix::event::{poll, PollFd, PollFlags, Timespec};
+use rustix::pipe::{pipe_with, PipeFlags};
 use rustix::process::{kill_process_group, pidfd_open, Pid, PidfdFlags, Signal};
 
+use super::jail::protocol::{self, FromHelper, Launch, ToHelper};
 use super::reaper;
 use crate::cri::Stream;
 
@@ -44,6 +47,9 @@ impl Captured {
     }
 }
 
+/// The error kind of a job sandbox that went away under a command.
+pub const SANDBOX_GONE: io::ErrorKind = io::ErrorKind::ConnectionAborted;
+
 /// A process ready to spawn, with what its stdin must carry (then closed);
 /// without, stdin is `/dev/null`.
 pub struct Spawn {
@@ -71,10 +77,11 @@ pub struct Finished {
     pub stderr: Captured,
 }
 
-/// Runs `command` with its stdin closed, in a new process group, until it
-/// exits or `deadline` passes. `on_output` sees every chunk of output in
-/// arrival order. When the command exits, whatever else is left in its
-/// process group is killed, so a `sh` never leaves processes behind.
+/// Runs `command` with its stdin closed (or fed `spawn.stdin`), in a new
+/// process group, until it exits or `deadline` passes. `on_output` sees
+/// every chunk of output in arrival order. When the command exits,
+/// whatever else is left in its process group is killed, so a `sh` never
+/// leaves processes behind.
 pub fn run(
     spawn: Spawn,
     deadline: Option<Instant>,
@@ -83,8 +90,7 @@ pub fn run(
     // No pre_exec hook here: without one the standard library spawns with
     // posix_spawn, which is what keeps a command's overhead near a shell's.
     // quire-ci stops running commands itself when it is told to stop
-    // (`reaper::kill_running_commands`), and bubblewrap ties sandboxed
-    // commands to it.
+    // (`reaper::kill_running_commands`).
     let Spawn { mut command, stdin } = spawn;
     let input = if stdin.is_some() { Stdio::piped() } else { Stdio::null() };
     command.stdin(input).stdout(Stdio::piped()).stderr(Stdio::piped()).process_group(0);
@@ -97,7 +103,13 @@ pub fn run(
         let _ = std::io::Write::write_all(&mut pipe, &data);
     }
     let group = Pid::from_raw(child.id() as i32).expect("child pids are positive");
-    let result = supervise(&mut child, deadline, &mut on_output);
+    let pipes = Pipes {
+        stdout: child.stdout.take().map(|p| File::from(OwnedFd::from(p))),
+        stderr: child.stderr.take().map(|p| File::from(OwnedFd::from(p))),
+    };
+    let result = pidfd_open(group, PidfdFlags::empty())
+        .map_err(io::Error::from)
+        .and_then(|pidfd| supervise(&mut Local { child: &mut child, pidfd, group }, pipes, deadline, &mut on_output));
     // The group leader may be gone already; anything left in the group goes.
     let _ = kill_process_group(group, Signal::KILL);
     if result.is_err() {
@@ -107,14 +119,115 @@ pub fn run(
     result.map(Ended::Finished)
 }
 
+/// Runs a command through the helper inside a job's sandbox: the helper
+/// starts it with the write ends of two pipes whose read ends stay here,
+/// reports its end, and kills its process group when asked or when it has
+/// exited. Same contract as [`run`].
+pub fn run_in(
+    helper: BorrowedFd<'_>,
+    launch: Launch,
+    deadline: Option<Instant>,
+    mut on_output: impl FnMut(Stream, &[u8]) -> io::Result<()>,
+) -> io::Result<Ended> {
+    let (out_read, out_write) = pipe_with(PipeFlags::CLOEXEC)?;
+    let (err_read, err_write) = pipe_with(PipeFlags::CLOEXEC)?;
+    protocol::send(helper, &ToHelper::Launch(launch), &[out_write.as_fd(), err_write.as_fd()])?;
+    // Only the command holds the write ends now, so its exit is their end.
+    drop((out_write, err_write));
+    match protocol::receive::<FromHelper>(helper)? {
+        Some((FromHelper::Started, _)) => {}
+        Some((FromHelper::NotStarted { message, not_found }, _)) => {
+            let kind = if not_found { io::ErrorKind::NotFound } else { io::ErrorKind::PermissionDenied };
+            return Ok(Ended::NotStarted(io::Error::new(kind, message)));
+        }
+        Some((FromHelper::Exited { .. }, _)) | None => {
+            return Err(io::Error::new(SANDBOX_GONE, "its helper went away"));
+        }
+    }
+    let pipes = Pipes { stdout: Some(File::from(out_read)), stderr: Some(File::from(err_read)) };
+    supervise(&mut Jailed { helper }, pipes, deadline, &mut on_output).map(Ended::Finished)
+}
+
+/// Where a command's end is learned, and how it is stopped.
+trait Watched {
+    /// Readable when the command may have ended.
+    fn exit_fd(&self) -> BorrowedFd<'_>;
+    /// Called when [`Watched::exit_fd`] is readable: the exit code (or 128 +
+    /// the signal), if the command has ended.
+    fn ended(&mut self) -> io::Result<Option<i32>>;
+    /// Kills the command's process group.
+    fn kill(&mut self) -> io::Result<()>;
+    /// After a kill: waits for the end.
+    fn wait(&mut self) -> io::Result<i32>;
+}
+
+/// A child of quire-ci's own.
+struct Local<'a> {
+    child: &'a mut Child,
+    pidfd: OwnedFd,
+    group: Pid,
+}
+
+impl Watched for Local<'_> {
+    fn exit_fd(&self) -> BorrowedFd<'_> {
+        self.pidfd.as_fd()
+    }
+
+    fn ended(&mut self) -> io::Result<Option<i32>> {
+        Ok(self.child.try_wait()?.map(exit_code))
+    }
+
+    fn kill(&mut self) -> io::Result<()> {
+        let _ = kill_process_group(self.group, Signal::KILL);
+        Ok(())
+    }
+
+    fn wait(&mut self) -> io::Result<i32> {
+        Ok(exit_code(self.child.wait()?))
+    }
+}
+
+/// A command the helper in a job's sandbox started.
+struct Jailed<'a> {
+    helper: BorrowedFd<'a>,
+}
+
+impl Watched for Jailed<'_> {
+    fn exit_fd(&self) -> BorrowedFd<'_> {
+        self.helper
+    }
+
+    fn ended(&mut self) -> io::Result<Option<i32>> {
+        match protocol::receive::<FromHelper>(self.helper)? {
+            Some((FromHelper::Exited { code }, _)) => Ok(Some(code)),
+            Some(_) => Ok(None),
+            None => Err(io::Error::new(SANDBOX_GONE, "its helper went away")),
+        }
+    }
+
+    fn kill(&mut self) -> io::Result<()> {
+        protocol::send(self.helper, &ToHelper::Kill, &[])
+    }
+
+    fn wait(&mut self) -> io::Result<i32> {
+        loop {
+            if let Some(code) = self.ended()? {
+                return Ok(code);
+            }
+        }
+    }
+}
+
+fn exit_code(status: std::process::ExitStatus) -> i32 {
+    status.code().unwrap_or_else(|| 128 + status.signal().unwrap_or(0))
+}
+
 fn supervise(
-    child: &mut Child,
+    watched: &mut dyn Watched,
+    mut pipes: Pipes,
     deadline: Option<Instant>,
     on_output: &mut impl FnMut(Stream, &[u8]) -> io::Result<()>,
 ) -> io::Result<Finished> {
-    let pid = Pid::from_raw(child.id() as i32).expect("child pids are positive");
-    let exited = pidfd_open(pid, PidfdFlags::empty())?;
-    let mut pipes = Pipes { stdout: child.stdout.take(), stderr: child.stderr.take() };
     let mut captured = [Captured::default(), Captured::default()];
     let mut record = |stream: Stream, data: &[u8]| -> io::Result<()> {
         captured[stream as usize].push(data);
@@ -123,7 +236,7 @@ fn supervise(
     let mut buf = vec![0u8; 64 * 1024];
     let mut timed_out = false;
 
-    loop {
+    let exit_code = loop {
         let timeout = match deadline {
             Some(d) => match d.checked_duration_since(Instant::now()) {
                 Some(left) => {
@@ -131,35 +244,35 @@ fn supervise(
                 }
                 None => {
                     timed_out = true;
-                    let _ = kill_process_group(pid, Signal::KILL);
-                    break;
+                    watched.kill()?;
+                    break watched.wait()?;
                 }
             },
             None => None,
         };
-        let (out_ready, err_ready, child_exited) = wait_for_activity(&pipes, &exited, timeout.as_ref())?;
+        let (out_ready, err_ready, exit_ready) = wait_for_activity(&pipes, watched.exit_fd(), timeout.as_ref())?;
         if out_ready {
             pipes.read_from(Stream::Stdout, &mut buf, &mut record)?;
         }
         if err_ready {
             pipes.read_from(Stream::Stderr, &mut buf, &mut record)?;
         }
-        if child_exited {
-            break;
+        if exit_ready {
+            if let Some(code) = watched.ended()? {
+                break code;
+            }
         }
-    }
+    };
 
-    let status = child.wait()?;
     pipes.drain(&mut buf, &mut record)?;
-    let exit_code = status.code().unwrap_or_else(|| 128 + status.signal().unwrap_or(0));
     let [stdout, stderr] = captured;
     Ok(Finished { exit_code, timed_out, stdout, stderr })
 }
 
 /// The child's output pipes; `None` once a pipe reached end of file.
 struct Pipes {
-    stdout: Option<ChildStdout>,
-    stderr: Option<ChildStderr>,
+    stdout: Option<File>,
+    stderr: Option<File>,
 }
 
 impl Pipes {
@@ -242,12 +355,12 @@ fn readable_now(fd: std::os::fd::BorrowedFd<'_>) -> io::Result<bool> {
 /// timeout passed. Returns which of the three fired.
 fn wait_for_activity(
     pipes: &Pipes,
-    exited: &impl AsFd,
+    exited: BorrowedFd<'_>,
     timeout: Option<&Timespec>,
 ) -> io::Result<(bool, bool, bool)> {
     let ready = PollFlags::IN | PollFlags::HUP | PollFlags::ERR;
     let mut fds = Vec::with_capacity(3);
-    fds.push(PollFd::new(exited, PollFlags::IN));
+    fds.push(PollFd::new(&exited, PollFlags::IN));
     if let Some(out) = &pipes.stdout {
         fds.push(PollFd::new(out, PollFlags::IN));
     }

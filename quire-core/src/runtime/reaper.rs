@@ -15,7 +15,7 @@
 
 use std::io;
 use std::process::{Child, Command};
-use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::sync::Mutex;
 
 use rustix::process::{kill_process, kill_process_group, waitpid, Pid, Signal, WaitOptions};
@@ -30,6 +30,15 @@ static GROUPS: [AtomicI32; SLOTS] = [const { AtomicI32::new(0) }; SLOTS];
 /// command that has just been spawned (and not yet registered) for an
 /// orphan.
 static SPAWNING: Mutex<()> = Mutex::new(());
+
+/// Set once quire-ci has been told to stop: what its jobs report from
+/// then on (a command "failing" because it was killed) is not the run's.
+static STOPPING: AtomicBool = AtomicBool::new(false);
+
+/// Whether quire-ci is stopping (see [`stop_everything`]).
+pub fn stopping() -> bool {
+    STOPPING.load(Ordering::SeqCst)
+}
 
 /// Makes this process the reaper of its orphaned descendants.
 pub fn become_subreaper() -> io::Result<()> {
@@ -70,9 +79,35 @@ pub fn kill_running_commands() {
     }
 }
 
+/// Stops the run's processes when quire-ci is told to stop: kills every
+/// running command's group, waits (a little) for their leaders to die, so
+/// that what they had detached is re-parented here, then sweeps.
+pub fn stop_everything() {
+    STOPPING.store(true, Ordering::SeqCst);
+    kill_running_commands();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+    while std::time::Instant::now() < deadline && GROUPS.iter().any(|g| is_running(g.load(Ordering::SeqCst))) {
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        kill_running_commands();
+    }
+    sweep_orphans();
+}
+
+/// Whether `pid` names a process that has not exited (a zombie has).
+fn is_running(pid: i32) -> bool {
+    if pid == 0 {
+        return false;
+    }
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // The state follows the command name, which is in parentheses.
+        Ok(stat) => stat.rsplit_once(')').is_some_and(|(_, rest)| !rest.trim_start().starts_with('Z')),
+        Err(_) => false,
+    }
+}
+
 /// Kills and reaps every child of this process that is not a running
 /// command, until none is left (killing one re-parents its children here).
-/// Returns how many processes it killed.
+/// Returns how many running processes it killed.
 pub fn sweep_orphans() -> usize {
     let _spawning = SPAWNING.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
     sweep_children(|pid| GROUPS.iter().any(|g| g.load(Ordering::SeqCst) == pid.as_raw_nonzero().get()))
@@ -90,10 +125,13 @@ pub fn sweep_children(keep: impl Fn(Pid) -> bool) -> usize {
             break;
         }
         for pid in orphans {
-            let _ = kill_process_group(pid, Signal::KILL);
-            let _ = kill_process(pid, Signal::KILL);
+            // An orphan that has already exited only needs reaping.
+            if is_running(pid.as_raw_nonzero().get()) {
+                let _ = kill_process_group(pid, Signal::KILL);
+                let _ = kill_process(pid, Signal::KILL);
+                killed += 1;
+            }
             let _ = waitpid(Some(pid), WaitOptions::empty());
-            killed += 1;
         }
     }
     killed

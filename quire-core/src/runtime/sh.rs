@@ -2,6 +2,7 @@
 //! strictly), how the command is run (environment, working directory,
 //! deadline), and what comes back (events, a CRI log, the result table).
 
+use std::cell::RefCell;
 use std::ffi::OsString;
 use std::fs::File;
 use std::io::{self, BufWriter};
@@ -10,10 +11,12 @@ use std::time::{Duration, Instant};
 
 use mlua::{Lua, Table, Value};
 
+use super::jail::protocol::Launch;
+use super::jail::Jail;
 use super::process::{self, Captured, Ended, Finished};
 use super::program::Program;
 use super::redact::Redactor;
-use super::sandbox::{Limits, Sandbox};
+use super::sandbox::{self, Bwrap, Limits, Sandbox};
 use crate::clock::format_duration_ms;
 use crate::cri::{self, Stream};
 
@@ -188,6 +191,8 @@ pub struct Execution<'a> {
     pub workspace: &'a Path,
     pub cwd: PathBuf,
     pub sandbox: &'a Sandbox,
+    /// The job's sandbox, started by its first command under bubblewrap.
+    pub jail: &'a RefCell<Option<Jail>>,
     pub limits: &'a Limits,
     /// The environment commands start from (already scrubbed of quire's
     /// own variables); the request's `:env` is laid over it.
@@ -215,9 +220,19 @@ impl Execution<'_> {
         let file = File::create(self.log_path)?;
         let mut log = cri::Writer::with_cap(BufWriter::new(file), self.log_cap);
         let mask = self.redactor;
-        let result = match self.spawn() {
-            Ok(spawn) => process::run(spawn, self.deadline, |stream, data| log.write(stream, data, mask))?,
-            Err(e) => Ended::NotStarted(e),
+        let output = |stream, data: &[u8]| log.write(stream, data, mask);
+        let result = match self.sandbox {
+            Sandbox::None => {
+                let spawn = sandbox::direct_command(
+                    &self.request.program,
+                    &self.cwd,
+                    self.base_env,
+                    &self.request.env,
+                    self.limits,
+                );
+                process::run(spawn, self.deadline, output)?
+            }
+            Sandbox::Bwrap(bwrap) => self.run_jailed(bwrap, output)?,
         };
         let outcome = match result {
             Ended::Finished(Finished { exit_code, timed_out, stdout, stderr }) => {
@@ -249,15 +264,36 @@ impl Execution<'_> {
         Ok(outcome)
     }
 
-    fn spawn(&self) -> io::Result<process::Spawn> {
-        self.sandbox.command(
-            &self.request.program,
-            self.workspace,
-            &self.cwd,
-            self.base_env,
-            &self.request.env,
-            self.limits,
-        )
+    /// Runs the command in the job's sandbox, starting it first if need
+    /// be. A sandbox that fails is dropped (the next command starts a new
+    /// one) and the command counts as not started.
+    fn run_jailed(
+        &self,
+        bwrap: &Bwrap,
+        output: impl FnMut(Stream, &[u8]) -> io::Result<()>,
+    ) -> io::Result<Ended> {
+        let mut jail = self.jail.borrow_mut();
+        if !jail.as_mut().is_some_and(Jail::is_alive) {
+            *jail = None;
+            match Jail::start(bwrap, self.workspace) {
+                Ok(started) => *jail = Some(started),
+                Err(e) => return Ok(Ended::NotStarted(sandbox_failed(e))),
+            }
+        }
+        let helper = jail.as_ref().expect("started above").helper();
+        let launch = Launch {
+            argv: self.request.program.argv().iter().map(|a| a.to_string_lossy().into_owned()).collect(),
+            env: sandbox::sandboxed_env(self.base_env, &self.request.env),
+            cwd: self.cwd.clone(),
+            limits: self.limits.clone(),
+        };
+        match process::run_in(helper, launch, self.deadline, output) {
+            Err(e) if e.kind() == process::SANDBOX_GONE => {
+                *jail = None;
+                Ok(Ended::NotStarted(sandbox_failed(e)))
+            }
+            other => other,
+        }
     }
 
     pub fn deadline_description(&self) -> String {
@@ -266,6 +302,10 @@ impl Execution<'_> {
             None => "the job's timeout".to_string(),
         }
     }
+}
+
+fn sandbox_failed(e: io::Error) -> io::Error {
+    io::Error::new(io::ErrorKind::PermissionDenied, format!("the job's sandbox failed: {e}"))
 }
 
 /// The shell's conventions: 127 for not found, 126 for not executable.
