@@ -5,6 +5,7 @@
 mod local;
 mod progress;
 mod run;
+mod screen;
 mod server;
 mod validate;
 

@@ -1,6 +1,7 @@
 //! The run's two audiences: the event stream (JSONL, for machines) and the
-//! progress a person follows (jobs, commands, durations, the tail of what
-//! failed). Both are fed from the runtime through one `Sink`.
+//! progress a person follows (jobs, commands and `print`s prefixed with
+//! their job, durations, the tail of what failed). Both are fed from the
+//! runtime through one `Sink`; how progress is drawn is `screen`'s.
 
 use std::collections::HashMap;
 use std::io::{self, Write};
@@ -12,12 +13,14 @@ use quire_core::event::{Event, EventKind, JobOutcome, RunOutcome};
 use quire_core::id::JobId;
 use quire_core::runtime::{Note, Sink};
 
+use crate::screen::Screen;
+
 /// How many lines of a failed command's log are shown.
 const TAIL_LINES: usize = 12;
 
 pub struct Reporter {
     events: Box<dyn Write>,
-    progress: Box<dyn Write>,
+    progress: Screen,
     started_at: HashMap<JobId, i64>,
     run_started_ms: i64,
     tally: Tally,
@@ -31,7 +34,7 @@ struct Tally {
 }
 
 impl Reporter {
-    pub fn new(events: Box<dyn Write>, progress: Box<dyn Write>) -> Self {
+    pub fn new(events: Box<dyn Write>, progress: Screen) -> Self {
         Reporter {
             events,
             progress,
@@ -44,8 +47,7 @@ impl Reporter {
     /// A line for the person watching. Progress is best effort: a closed
     /// terminal must not fail the run.
     pub fn say(&mut self, line: &str) {
-        let _ = writeln!(self.progress, "{line}");
-        let _ = self.progress.flush();
+        self.progress.line(line);
     }
 
     fn show(&mut self, event: &Event) {
@@ -53,10 +55,12 @@ impl Reporter {
             EventKind::JobStarted { job_id } => {
                 self.started_at.insert(job_id.clone(), event.at_ms);
                 self.say(&format!("▶ {job_id}"));
+                self.progress.job_started(job_id);
             }
             EventKind::ShStarted { job_id, cmd } => self.say(&format!("  [{job_id}] $ {cmd}")),
             EventKind::ShFinished { .. } => {}
             EventKind::JobFinished { job_id, outcome } => {
+                self.progress.job_ended(job_id);
                 let took = self.started_at.get(job_id).map_or(0, |start| event.at_ms - start);
                 match outcome {
                     JobOutcome::Complete => {

@@ -19,6 +19,7 @@ use quire_core::runtime::{self, Bwrap, Limits, RunAs, RunContext, RunError, Sand
 
 use crate::local::{self, EnvSecrets};
 use crate::progress::Reporter;
+use crate::screen::Screen;
 use crate::server::Server;
 
 /// Exit statuses of `quire-ci run`.
@@ -139,7 +140,7 @@ fn run_inner(args: RunArgs) -> Result<(), Fatal> {
         }
     };
     let (out_dir, announce_out_dir) = prepare_out_dir(args.out_dir.as_deref())?;
-    let mut reporter = Reporter::new(open_events(&args.events)?, progress_writer(&args.events));
+    let mut reporter = Reporter::new(open_events(&args.events)?, progress_screen(&args.events));
     reporter.say(&describe_start(&push, &workspace));
     reporter.say(&format!("quire-ci: {}", sandbox.describe()));
 
@@ -242,9 +243,10 @@ fn open_events(target: &EventsTarget) -> Result<Box<dyn Write>, Fatal> {
 }
 
 /// Progress goes to stdout, unless stdout carries the events.
-fn progress_writer(events: &EventsTarget) -> Box<dyn Write> {
+fn progress_screen(events: &EventsTarget) -> Screen {
+    use std::io::IsTerminal;
     match events {
-        EventsTarget::Stdout => Box::new(io::stderr()),
-        _ => Box::new(io::stdout()),
+        EventsTarget::Stdout => Screen::new(Box::new(io::stderr()), io::stderr().is_terminal()),
+        _ => Screen::new(Box::new(io::stdout()), io::stdout().is_terminal()),
     }
 }

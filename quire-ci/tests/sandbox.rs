@@ -249,3 +249,31 @@ fn a_missing_bwrap_is_a_clear_failure_not_an_unsandboxed_run() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("bubblewrap (bwrap) is not installed"));
     assert!(!ws.path().join("ran").exists());
 }
+
+/// One sandbox per job: a job's commands share it (and its `/tmp`), jobs
+/// running at once have their own, and a background process dies with the
+/// `sh` that started it.
+#[test]
+fn each_job_has_its_own_sandbox_and_background_processes_die_with_their_sh() {
+    let ws = tempfile::tempdir().unwrap();
+    let run = sandboxed_run(
+        ws.path(),
+        r#"(local ci (require :quire.ci))
+(each [_ id (ipairs [:left :right])]
+  (ci.job id [:quire/push]
+    (fn [{: sh}]
+      (sh (.. "echo " id " > /tmp/mine; sleep 0.5; cat /tmp/mine; ls /tmp"))
+      (sh "sleep 300 & echo started-in-background")
+      (sh "cat /tmp/mine; for p in /proc/[0-9]*; do if [ \"$(cat $p/comm 2>/dev/null)\" = sleep ]; then echo a-sleep-survived; exit 1; fi; done"))))
+"#,
+        &["--jobs", "2"],
+        &[],
+    );
+    assert_eq!(run.outcome(), "success", "{}\n{}", String::from_utf8_lossy(&run.out.stderr), run.log("left", 3));
+    for (job, other) in [("left", "right"), ("right", "left")] {
+        assert!(run.log(job, 1).contains(&format!("stdout F {job}")), "{}", run.log(job, 1));
+        assert!(!run.log(job, 1).contains(&format!("stdout F {other}")), "jobs do not share /tmp");
+        assert!(run.log(job, 3).contains(&format!("stdout F {job}")), "a job's commands share its /tmp");
+        assert!(!run.log(job, 3).contains("a-sleep-survived"));
+    }
+}

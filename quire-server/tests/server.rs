@@ -673,3 +673,26 @@ fn operational_errors_reach_sentry_and_pipeline_failures_do_not() {
         sentry.bodies().into_iter().any(|b| b.contains("cannot write the events file")).then_some(())
     });
 }
+
+/// Cancelling a run with several jobs in flight leaves none of their
+/// processes behind.
+#[test]
+fn cancelling_a_run_with_two_jobs_in_flight_leaves_no_process_behind() {
+    let root = Root::new();
+    root.write_config("{:ci {:sandbox :none :max-parallel-jobs 2}}");
+    let markers = tempfile::tempdir().unwrap();
+    let _server = root.serve_with(&[("MARKER_DIR", markers.path().to_str().unwrap())]);
+    let pipeline = r#"(local ci (require :quire.ci))
+(each [_ id (ipairs [:one :two])]
+  (ci.job id [:quire/push]
+    (fn [{: sh}] (sh "echo $$ > \"$MARKER_DIR/pid-$(date +%s%N)\"; exec sleep 30"))))
+"#;
+    root.push_pipeline("app.git", pipeline, "main");
+    let id = only_run(&root, "app.git");
+    root.wait_for("both jobs' commands", 20, || {
+        (std::fs::read_dir(markers.path()).ok()?.count() == 2).then_some(())
+    });
+    root.quire_ok(&["ci", "cancel", &id]);
+    assert_eq!(root.wait_finished(&id), ("failed".to_string(), Some("canceled".to_string())));
+    assert_all_marked_processes_gone(markers.path());
+}
