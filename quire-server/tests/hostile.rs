@@ -20,7 +20,6 @@ mod common;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
 
 use common::Root;
 
@@ -39,14 +38,6 @@ fn job_state(root: &Root, run: &str, job: &str) -> Option<String> {
         .ok()
 }
 
-/// Exit codes of a job's commands, in order.
-fn exits(root: &Root, run: &str, job: &str) -> Vec<i64> {
-    let conn = root.db();
-    let mut stmt = conn
-        .prepare("SELECT exit_code FROM sh_events WHERE run_id = ?1 AND job_id = ?2 ORDER BY seq")
-        .unwrap();
-    stmt.query_map([run, job], |r| r.get(0)).unwrap().map(Result::unwrap).collect()
-}
 
 /// `needle` is in no file of the run's directory (`quire-ci.log`,
 /// `events.jsonl`, every log).
@@ -113,7 +104,7 @@ fn fake_helpers_and_unmounting_cannot_unhide_the_data_root() {
     work.push("main");
     let run = root.wait_run_count("app.git", 1).remove(0);
     assert_eq!(root.wait_finished(&run), ("complete".to_string(), None), "{}", root.server_log());
-    let codes = exits(&root, &run, "unhide");
+    let codes = root.exits(&run, "unhide");
     assert_eq!(codes.len(), 4, "{codes:?}");
     assert_ne!(codes[1], 0, "the data root was read: {}", log(&root, "app.git", &run, "unhide", "sh-2.log"));
     assert_ne!(codes[2], 0, "the data root was read: {}", log(&root, "app.git", &run, "unhide", "sh-3.log"));
@@ -178,7 +169,7 @@ fn secrets_never_reach_the_run_directory_through_print_errors_or_line_splits() {
 "#,
     );
     assert_eq!(finished, failed_pipeline(), "{}", root.server_log());
-    assert_eq!(exits(&root, &run, "leak"), [0, 0]);
+    assert_eq!(root.exits(&run, "leak"), [0, 0]);
     let quire_ci_log = std::fs::read_to_string(run_dir(&root, "app.git", &run).join("quire-ci.log")).unwrap();
     assert!(quire_ci_log.contains("printed"), "print reached quire-ci.log: {quire_ci_log}");
     for needle in [
@@ -265,13 +256,7 @@ impl Markers {
     }
 
     fn pids(&self) -> Vec<i32> {
-        std::fs::read_dir(self.path())
-            .map(|entries| {
-                entries
-                    .filter_map(|e| std::fs::read_to_string(e.ok()?.path()).ok()?.trim().parse().ok())
-                    .collect()
-            })
-            .unwrap_or_default()
+        common::pids_in(self.path())
     }
 
     fn has(&self, name: &str) -> bool {
@@ -280,20 +265,7 @@ impl Markers {
 
     /// Every marked process is gone (zombies count as gone), within 10 s.
     fn assert_all_gone(&self) {
-        let pids = self.pids();
-        assert!(!pids.is_empty(), "the pipeline wrote its pids");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        for pid in pids {
-            while Path::new(&format!("/proc/{pid}")).exists() {
-                let zombie =
-                    std::fs::read_to_string(format!("/proc/{pid}/stat")).map_or(true, |s| s.contains(") Z "));
-                if zombie {
-                    break;
-                }
-                assert!(Instant::now() < deadline, "process {pid} is still running after its run ended");
-                std::thread::sleep(Duration::from_millis(50));
-            }
-        }
+        common::assert_processes_gone(&self.pids());
     }
 }
 
@@ -375,7 +347,7 @@ fn a_data_root_reached_through_a_symlink_still_runs_sandboxed_commands() {
         ),
     );
     assert_eq!(finished, ("complete".to_string(), None), "{}", root.server_log());
-    let codes = exits(&root, &run, "build");
+    let codes = root.exits(&run, "build");
     assert_eq!(codes.len(), 3, "{codes:?}");
     assert_eq!(codes[0], 0, "{}", log(&root, "app.git", &run, "build", "sh-1.log"));
     assert!(log(&root, "app.git", &run, "build", "sh-1.log").contains("stdout F built"));
@@ -425,7 +397,7 @@ fn the_configured_tmp_cap_fails_a_command_filling_tmp() {
     );
     assert_eq!(finished, failed_pipeline(), "{}", root.server_log());
     assert_eq!(job_state(&root, &run, "fill").as_deref(), Some("failed"));
-    let codes = exits(&root, &run, "fill");
+    let codes = root.exits(&run, "fill");
     assert_eq!(codes.len(), 1, "{codes:?}");
     assert_ne!(codes[0], 0, "{}", log(&root, "app.git", &run, "fill", "sh-1.log"));
     assert_eq!(job_state(&root, &run, "after").as_deref(), Some("complete"));

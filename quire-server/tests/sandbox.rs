@@ -10,13 +10,6 @@ use std::os::unix::fs::PermissionsExt;
 
 use common::Root;
 
-fn exits(root: &Root, run: &str, job: &str) -> Vec<i64> {
-    let conn = root.db();
-    let mut stmt = conn
-        .prepare("SELECT exit_code FROM sh_events WHERE run_id = ?1 AND job_id = ?2 ORDER BY seq")
-        .unwrap();
-    stmt.query_map([run, job], |r| r.get(0)).unwrap().map(Result::unwrap).collect()
-}
 
 fn log(root: &Root, run: &str, job: &str, n: u32) -> String {
     std::fs::read_to_string(root.path().join(format!("runs/app.git/{run}/jobs/{job}/sh-{n}.log")))
@@ -94,7 +87,7 @@ fn a_hostile_pipeline_reaches_nothing_it_does_not_own() {
         root.server_log()
     );
 
-    let probe = exits(&root, &run, "probe");
+    let probe = root.exits(&run, "probe");
     assert_eq!(probe.len(), 11, "{probe:?}");
     for (i, code) in probe[..10].iter().enumerate() {
         assert_ne!(

@@ -227,23 +227,7 @@ fn a_run_exceeding_the_timeout_is_killed() {
 
 /// Every process that wrote a pid marker is gone.
 fn assert_all_marked_processes_gone(dir: &Path) {
-    let pids: Vec<i32> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| std::fs::read_to_string(e.unwrap().path()).unwrap().trim().parse().unwrap())
-        .collect();
-    assert!(!pids.is_empty(), "the pipeline wrote its pid");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    for pid in pids {
-        while Path::new(&format!("/proc/{pid}")).exists() {
-            let zombie =
-                std::fs::read_to_string(format!("/proc/{pid}/stat")).map_or(true, |s| s.contains(") Z "));
-            if zombie {
-                break;
-            }
-            assert!(Instant::now() < deadline, "process {pid} is still running");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
+    common::assert_processes_gone(&common::pids_in(dir));
 }
 
 #[test]

@@ -9,7 +9,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::sandbox::{Limits, Sandbox};
+use super::limits::Limits;
+use super::sandbox::Sandbox;
 use super::schedule::UnknownJob;
 use crate::id::JobId;
 use crate::push::PushFacts;

@@ -14,6 +14,7 @@
 mod context;
 mod jail;
 mod job;
+mod limits;
 mod process;
 mod program;
 mod reaper;
@@ -30,7 +31,8 @@ use std::time::{Duration, Instant};
 
 pub use context::{Note, RunContext, RunError, SecretError, SecretSource};
 pub use reaper::{become_subreaper, stop_everything, sweep_children, sweep_orphans};
-pub use sandbox::{find_bwrap, Bwrap, Limits, RunAs, Sandbox, HELPER_COMMAND};
+pub use limits::Limits;
+pub use sandbox::{find_bwrap, Bwrap, RunAs, Sandbox, HELPER_COMMAND};
 
 /// `quire-ci sandbox-helper`: serves the commands of one job's sandbox
 /// from inside it. See `jail`.

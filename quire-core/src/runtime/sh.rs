@@ -16,7 +16,8 @@ use super::jail::Jail;
 use super::process::{self, Captured, Ended, Finished};
 use super::program::Program;
 use super::redact::Redactor;
-use super::sandbox::{self, Bwrap, Limits, Sandbox};
+use super::limits::Limits;
+use super::sandbox::{self, Bwrap, Sandbox};
 use crate::clock::format_duration_ms;
 use crate::cri::{self, Stream};
 

@@ -16,7 +16,7 @@ use rustix::net::{
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use crate::runtime::sandbox::Limits;
+use crate::runtime::limits::Limits;
 
 /// The largest message: a Unix socket's default send buffer is about
 /// 208 KiB, and a packet must fit in it whole.
