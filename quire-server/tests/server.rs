@@ -658,25 +658,49 @@ fn operational_errors_reach_sentry_and_pipeline_failures_do_not() {
     });
 }
 
+/// Two jobs in flight, each with a command that would run for 30 s.
+const TWO_SLOW_JOBS: &str = r#"(local ci (require :quire.ci))
+(each [_ id (ipairs [:one :two])]
+  (ci.job id [:quire/push]
+    (fn [{: sh}] (sh "echo $$ > \"$MARKER_DIR/pid-$(date +%s%N)\"; exec sleep 30"))))
+"#;
+
+/// Starts a server with `config`, pushes [`TWO_SLOW_JOBS`] and waits until
+/// both commands run; returns the run id and the markers' directory.
+fn two_jobs_in_flight(root: &Root, config: &str) -> (common::Server, String, tempfile::TempDir) {
+    root.write_config(config);
+    let markers = tempfile::tempdir().unwrap();
+    let server = root.serve_with(&[("MARKER_DIR", markers.path().to_str().unwrap())]);
+    root.push_pipeline("app.git", TWO_SLOW_JOBS, "main");
+    let id = only_run(root, "app.git");
+    root.wait_for("both jobs' commands", 20, || {
+        (std::fs::read_dir(markers.path()).ok()?.count() == 2).then_some(())
+    });
+    (server, id, markers)
+}
+
 /// Cancelling a run with several jobs in flight leaves none of their
 /// processes behind.
 #[test]
 fn cancelling_a_run_with_two_jobs_in_flight_leaves_no_process_behind() {
     let root = Root::new();
-    root.write_config("{:ci {:sandbox :none :max-parallel-jobs 2}}");
-    let markers = tempfile::tempdir().unwrap();
-    let _server = root.serve_with(&[("MARKER_DIR", markers.path().to_str().unwrap())]);
-    let pipeline = r#"(local ci (require :quire.ci))
-(each [_ id (ipairs [:one :two])]
-  (ci.job id [:quire/push]
-    (fn [{: sh}] (sh "echo $$ > \"$MARKER_DIR/pid-$(date +%s%N)\"; exec sleep 30"))))
-"#;
-    root.push_pipeline("app.git", pipeline, "main");
-    let id = only_run(&root, "app.git");
-    root.wait_for("both jobs' commands", 20, || {
-        (std::fs::read_dir(markers.path()).ok()?.count() == 2).then_some(())
-    });
+    let (_server, id, markers) = two_jobs_in_flight(&root, "{:ci {:sandbox :none :max-parallel-jobs 2}}");
     root.quire_ok(&["ci", "cancel", &id]);
     assert_eq!(root.wait_finished(&id), ("failed".to_string(), Some("canceled".to_string())));
     assert_all_marked_processes_gone(markers.path());
+}
+
+/// A run timing out with several jobs in flight leaves none of their
+/// processes behind, and both jobs are recorded as cut off.
+#[test]
+fn a_run_timing_out_with_two_jobs_in_flight_leaves_no_process_behind() {
+    let root = Root::new();
+    let config = "{:ci {:sandbox :none :max-parallel-jobs 2 :timeout-secs 2}}";
+    let (_server, id, markers) = two_jobs_in_flight(&root, config);
+    assert_eq!(root.wait_finished(&id), ("failed".to_string(), Some("timeout".to_string())));
+    assert_all_marked_processes_gone(markers.path());
+    assert_eq!(
+        rows(&root, "SELECT job_id, state FROM jobs WHERE run_id = ?1 ORDER BY job_id", &id),
+        ["one|aborted", "two|aborted"]
+    );
 }
