@@ -48,7 +48,7 @@ enum Command {
     Run(Box<RunCommand>),
     /// Inside a job's bubblewrap sandbox: start the job's commands as told
     /// over stdin. Not for people.
-    #[command(name = "sandbox-helper", hide = true)]
+    #[command(name = quire_core::runtime::HELPER_COMMAND, hide = true)]
     SandboxHelper,
 }
 
@@ -103,6 +103,10 @@ struct RunCommand {
     /// With --sandbox bwrap: the size of the private /tmp, in MiB.
     #[arg(long, value_name = "MIB", default_value_t = 512)]
     max_tmp_mb: u64,
+    /// Kill a command when the workspace's file system has less than this
+    /// free, in MiB (default: no floor).
+    #[arg(long, value_name = "MIB")]
+    min_free_disk_mb: Option<u64>,
 }
 
 /// What holds pipeline Lua in check.
@@ -151,6 +155,7 @@ impl RunCommand {
             limits: self.limits.limits(),
             lua: self.lua.limits(),
             log_cap: self.max_log_mb.max(1) * 1024 * 1024,
+            disk_floor: self.min_free_disk_mb.map(|mb| mb * 1024 * 1024),
         }
     }
 }

@@ -19,7 +19,7 @@ use crate::screen::Screen;
 const TAIL_LINES: usize = 12;
 
 pub struct Reporter {
-    events: Box<dyn Write>,
+    events: Box<dyn Write + Send>,
     progress: Screen,
     started_at: HashMap<JobId, i64>,
     run_started_ms: i64,
@@ -34,7 +34,7 @@ struct Tally {
 }
 
 impl Reporter {
-    pub fn new(events: Box<dyn Write>, progress: Screen) -> Self {
+    pub fn new(events: Box<dyn Write + Send>, progress: Screen) -> Self {
         Reporter {
             events,
             progress,

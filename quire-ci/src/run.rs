@@ -6,7 +6,7 @@
 use std::fs::File;
 use std::io::{self, BufWriter, Write};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use quire_core::clock::now_ms;
@@ -75,6 +75,8 @@ pub struct RunArgs {
     pub lua: LuaLimits,
     /// Bytes of output each command's log keeps.
     pub log_cap: u64,
+    /// Free bytes the workspace's file system must keep.
+    pub disk_floor: Option<u64>,
 }
 
 /// A failure of quire-ci itself, with the exit status it maps to.
@@ -170,15 +172,19 @@ fn run_inner(args: RunArgs) -> Result<(), Fatal> {
         sandbox,
         limits: args.limits,
         log_cap: args.log_cap,
+        disk_floor: args.disk_floor,
     };
     let pipeline = Arc::new(pipeline);
-    let result = runtime::execute(pipeline.clone(), Arc::new(ctx), &mut reporter);
+    // Job threads write to the reporter too (one at a time).
+    let reporter = Arc::new(Mutex::new(reporter));
+    let result = runtime::execute(pipeline.clone(), Arc::new(ctx), reporter.clone());
+    let say = |line: &str| reporter.lock().unwrap_or_else(|p| p.into_inner()).say(line);
     let swept = runtime::sweep_orphans();
     if swept > 0 {
-        reporter.say(&format!("quire-ci: stopped {swept} process(es) the run had left running in the background"));
+        say(&format!("quire-ci: stopped {swept} process(es) the run had left running in the background"));
     }
     if announce_out_dir {
-        reporter.say(&format!("logs are in {}", out_dir.display()));
+        say(&format!("logs are in {}", out_dir.display()));
     }
     match result {
         Ok(_) => Ok(()),
@@ -229,7 +235,7 @@ fn prepare_out_dir(out_dir: Option<&Path>) -> Result<(PathBuf, bool), Fatal> {
     }
 }
 
-fn open_events(target: &EventsTarget) -> Result<Box<dyn Write>, Fatal> {
+fn open_events(target: &EventsTarget) -> Result<Box<dyn Write + Send>, Fatal> {
     Ok(match target {
         EventsTarget::Null => Box::new(io::sink()),
         EventsTarget::Stdout => Box::new(io::stdout()),

@@ -1207,3 +1207,35 @@ fn filling_the_sandboxes_tmp_past_max_tmp_mb_fails_the_command() {
     run.assert_job("lenient", "complete");
     run.assert_job("after", "complete");
 }
+
+/// Free bytes on the file system holding `path`, as `stat -f` reports them.
+fn free_bytes(path: &Path) -> u64 {
+    let out = Command::new("stat").args(["-f", "-c", "%a %S"]).arg(path).output().unwrap();
+    let text = String::from_utf8(out.stdout).unwrap();
+    let mut parts = text.split_whitespace().map(|n| n.parse::<u64>().unwrap());
+    parts.next().unwrap() * parts.next().unwrap()
+}
+
+/// Class 8: a command that writes the workspace's file system down past
+/// `--min-free-disk-mb` is killed, its job fails, and the run finishes; the
+/// file it was writing stops growing well before the disk is full. (While
+/// the disk stays below the floor every later command is killed too.)
+#[test]
+fn filling_the_disk_past_the_free_space_floor_kills_the_command() {
+    let ws = workspace(
+        r#"(local ci (require :quire.ci))
+(ci.job :fill [:quire/push]
+  (fn [{: sh}] (sh "for i in $(seq 1 1000); do head -c 1048576 /dev/zero >> fill.bin; sleep 0.01; done")))
+"#,
+    );
+    // The floor sits 64 MiB below what is free now; the command writes up
+    // to 1 GiB at about 100 MiB/s, so it crosses the floor within a second.
+    let floor_mb = (free_bytes(ws.path()) / (1024 * 1024)).saturating_sub(64);
+    let run = run(ws.path(), &["--jobs", "1", "--min-free-disk-mb", &floor_mb.to_string()], &[]);
+    run.assert_finished("pipeline_failure");
+    run.assert_job("fill", "failed");
+    let written = std::fs::metadata(ws.path().join("fill.bin")).unwrap().len();
+    assert!(written < 512 * 1024 * 1024, "the command was stopped early: {written} bytes written");
+    let log = run.log("fill", "sh-1.log");
+    assert!(log.contains("quire-ci: command killed: the workspace's file system has less than"), "{log}");
+}

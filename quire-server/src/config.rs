@@ -84,6 +84,8 @@ pub struct Limits {
     pub max_tmp_mb: u64,
     /// Memory of each Lua VM.
     pub lua_memory_mb: u64,
+    /// Free space a command must leave on the workspace's file system.
+    pub min_free_disk_mb: u64,
 }
 
 impl Default for Limits {
@@ -96,6 +98,7 @@ impl Default for Limits {
             max_log_mb: 64,
             max_tmp_mb: 512,
             lua_memory_mb: 512,
+            min_free_disk_mb: 1024,
         }
     }
 }
@@ -269,6 +272,7 @@ impl Reader<'_> {
                 "max-log-mb" => ci.limits.max_log_mb = self.positive(value, key)?,
                 "max-tmp-mb" => ci.limits.max_tmp_mb = self.positive(value, key)?,
                 "lua-memory-mb" => ci.limits.lua_memory_mb = self.positive(value, key)?,
+                "min-free-disk-mb" => ci.limits.min_free_disk_mb = self.positive(value, key)?,
                 "max-parallel-jobs" => ci.max_parallel_jobs = self.positive(value, key)?.min(256),
                 _ => {
                     return Err(self.unknown(
@@ -286,6 +290,7 @@ impl Reader<'_> {
                             "max-log-mb",
                             "max-tmp-mb",
                             "lua-memory-mb",
+                            "min-free-disk-mb",
                             "max-parallel-jobs",
                         ],
                     ))

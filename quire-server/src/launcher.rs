@@ -247,6 +247,8 @@ impl Launcher {
             .arg(limits.max_tmp_mb.to_string())
             .arg("--lua-memory-mb")
             .arg(limits.lua_memory_mb.to_string())
+            .arg("--min-free-disk-mb")
+            .arg(limits.min_free_disk_mb.to_string())
             .arg("--max-processes")
             .arg(limits.max_processes.to_string())
             .arg("--max-file-size-mb")

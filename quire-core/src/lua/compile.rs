@@ -135,7 +135,9 @@ pub fn compile(source: &SourceFile, options: &CompileOptions) -> Result<Compiled
         let dir = files.modules.display();
         format!("{dir}/?.fnl;{dir}/?/init-macros.fnl;{dir}/?/init.fnl")
     });
-    limits::arm(&lua, options.deadline).map_err(|e| internal(source, "arming the deadline", &e))?;
+    limits::set(options.deadline);
+    let watchdog =
+        limits::Watchdog::start(&lua, options.deadline).map_err(|e| internal(source, "arming the deadline", &e))?;
     let result = driver.call::<(bool, String, Option<Vec<u32>>, Option<Vec<Table>>)>((
         fennel,
         source.text.as_str(),
@@ -144,6 +146,7 @@ pub fn compile(source: &SourceFile, options: &CompileOptions) -> Result<Compiled
         search_path,
         macro_path,
     ));
+    drop(watchdog);
     limits::disarm();
     let result = match result {
         Ok(_) if Instant::now() >= options.deadline => Err(mlua::Error::runtime(limits::DEADLINE_MESSAGE)),
@@ -188,7 +191,8 @@ fn compile_vm(options: &CompileOptions) -> mlua::Result<Lua> {
     // pipeline code runs there only as macros, in Fennel's macro sandbox,
     // and the host is out of its reach (below) even if a macro escapes.
     let lua = unsafe { Lua::unsafe_new_with(StdLib::ALL_SAFE | StdLib::DEBUG, LuaOptions::default()) };
-    limits::install(&lua, options.memory_limit)?;
+    // The deadline is a `Watchdog` per compilation (see `limits`).
+    lua.set_memory_limit(options.memory_limit)?;
     let globals = lua.globals();
     for name in ["dofile", "loadfile"] {
         globals.raw_remove(name)?;

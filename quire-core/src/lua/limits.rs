@@ -1,7 +1,8 @@
 //! What keeps Lua code from running away, in both VMs: a memory limit on
 //! the VM's allocator, and a deadline checked by an instruction-count hook.
 //!
-//! The hook is installed once, when a VM is made, on its main thread.
+//! In the execute VM the hook is installed once, when the VM is made, on
+//! its main thread.
 //! Lua copies a thread's hook to every coroutine created from it, so a
 //! coroutine (even one made at top level and resumed in a run-fn) is under
 //! the same deadline; the deadline itself lives in a thread-local, so each
@@ -10,9 +11,17 @@
 //! swallow it: the error is raised again at the first instruction after
 //! the `pcall`. A VM that is stuck inside one long C call (a huge pattern
 //! match) never reaches the hook; the runtime's watchdog handles that.
+//!
+//! A count hook slows every instruction (Lua traps each one while a hook
+//! is set). The compile VM runs Fennel's whole compiler, and its macros
+//! cannot make coroutines (Fennel's macro sandbox has no `coroutine`), so
+//! it gets a [`Watchdog`] instead: a thread that installs the hook only
+//! once the deadline has passed, which costs nothing before.
 
 use std::cell::Cell;
 use std::ffi::c_char;
+use std::sync::mpsc;
+use std::thread::JoinHandle;
 use std::time::Instant;
 
 use mlua::{ffi, Lua};
@@ -31,6 +40,55 @@ thread_local! {
 pub fn install(lua: &Lua, memory_bytes: usize) -> mlua::Result<()> {
     lua.set_memory_limit(memory_bytes)?;
     reset_hook(lua)
+}
+
+/// Installs the deadline hook on `lua`'s main thread from another thread,
+/// once `deadline` has passed, unless dropped before. The VM must outlive
+/// the watchdog; the thread running the VM must have [`arm`]ed (or
+/// [`set`]) the same deadline.
+pub struct Watchdog {
+    stop: Option<mpsc::Sender<()>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Watchdog {
+    pub fn start(lua: &Lua, deadline: Instant) -> mlua::Result<Watchdog> {
+        let mut state: usize = 0;
+        // SAFETY: only reads the main state's address.
+        unsafe { lua.exec_raw::<()>((), |s| state = s as usize)? };
+        let (stop, stopped) = mpsc::channel::<()>();
+        let thread = std::thread::Builder::new()
+            .name("lua deadline".into())
+            .spawn(move || {
+                if stopped.recv_timeout(deadline.saturating_duration_since(Instant::now()))
+                    == Err(mpsc::RecvTimeoutError::Timeout)
+                {
+                    // SAFETY: the VM outlives the watchdog, whose drop waits
+                    // for this thread; lua_sethook may be called while the
+                    // VM runs ("asynchronously", in Lua's words).
+                    unsafe {
+                        ffi::lua_sethook(state as *mut ffi::lua_State, Some(deadline_hook), ffi::LUA_MASKCOUNT, 1)
+                    };
+                }
+            })
+            .map_err(mlua::Error::external)?;
+        Ok(Watchdog { stop: Some(stop), thread: Some(thread) })
+    }
+}
+
+impl Drop for Watchdog {
+    fn drop(&mut self) {
+        drop(self.stop.take());
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// Sets the thread's deadline without touching any VM's hook (for a VM
+/// under a [`Watchdog`]).
+pub fn set(deadline: Instant) {
+    DEADLINE.with(|d| d.set(Some(deadline)));
 }
 
 /// Sets the deadline of Lua code running on this thread from now on.
@@ -126,6 +184,19 @@ mod tests {
         arm(&lua, Instant::now() + Duration::from_secs(60)).unwrap();
         lua.load("local x = 0 for i = 1, 1e6 do x = x + i end").exec().unwrap();
         disarm();
+    }
+
+    #[test]
+    fn a_watchdog_stops_a_loop_only_once_the_deadline_has_passed() {
+        let lua = Lua::new();
+        let deadline = Instant::now() + Duration::from_millis(100);
+        set(deadline);
+        let watchdog = Watchdog::start(&lua, deadline).unwrap();
+        let err = lua.load("while true do end").exec().unwrap_err();
+        drop(watchdog);
+        disarm();
+        assert!(is_deadline(&err), "{err}");
+        assert!(Instant::now() >= deadline);
     }
 
     #[test]

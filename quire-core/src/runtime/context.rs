@@ -1,6 +1,7 @@
-//! What a run is given and what it tells besides events: the context
-//! (workspace, run directory, limits, sandbox, push facts, where secrets
-//! come from), the notes for the person watching, and why a run can fail.
+//! What a run is given and what it tells: the context (workspace, run
+//! directory, limits, sandbox, push facts, where secrets come from), the
+//! sink its events and notes go to, the notes for the person watching, and
+//! why a run can fail.
 //! Shared by the runner and the job threads, so it depends on neither.
 
 use std::ffi::OsString;
@@ -12,6 +13,7 @@ use std::time::Duration;
 use super::limits::Limits;
 use super::sandbox::Sandbox;
 use super::schedule::UnknownJob;
+use crate::event::Event;
 use crate::id::JobId;
 use crate::push::PushFacts;
 use crate::run_dir::RunDir;
@@ -64,6 +66,9 @@ pub struct RunContext {
     pub limits: Limits,
     /// Bytes of output each command's log keeps.
     pub log_cap: u64,
+    /// A command is killed when the workspace's file system has less free
+    /// than this, in bytes.
+    pub disk_floor: Option<u64>,
     pub push: PushFacts,
     pub secrets: Arc<dyn SecretSource>,
 }
@@ -81,3 +86,13 @@ pub enum RunError {
     Thread { job: JobId, source: io::Error },
 }
 
+
+/// Receives what a run produces. Job threads write to it (one at a time),
+/// so it must be `Send`.
+pub trait Sink: Send {
+    /// Records one event of the stream. An error ends the run: a run whose
+    /// events cannot be recorded is lost anyway.
+    fn event(&mut self, event: &Event) -> io::Result<()>;
+    /// Tells a watching person something the events do not carry.
+    fn note(&mut self, note: &Note);
+}

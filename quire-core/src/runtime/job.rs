@@ -13,23 +13,23 @@ use std::time::Instant;
 
 use mlua::{Lua, Table, Value};
 
+use super::recorder::Recorder;
 use super::redact::Redactor;
 use super::context::{Note, RunContext, RunError};
 use super::jail::Jail;
 use super::sh;
-use crate::clock::{format_duration_ms, now_ms};
-use crate::event::{Event, EventKind};
+use crate::clock::format_duration_ms;
+use crate::event::EventKind;
 use crate::id::JobId;
 use crate::lua::limits;
 use crate::pipeline::{Instance, Pipeline, PUSH_SOURCE};
 use crate::run_dir::LogFile;
 
-/// What a job thread tells the runner, in the order it happens.
+/// How a job thread ended, for the runner. Its events and notes went to
+/// the recorder as they happened.
 #[derive(Debug)]
 pub enum Report {
-    Event(Event),
-    Note(Note),
-    /// The job's outputs, or why it failed. Always the last report.
+    /// The job's outputs, or why it failed.
     Done(Result<serde_json::Value, String>),
     /// Events or logs could not be written: the run cannot go on.
     Fatal(RunError),
@@ -49,6 +49,7 @@ pub fn spawn(
     pipeline: Arc<Pipeline>,
     ctx: Arc<RunContext>,
     redactor: Arc<Redactor>,
+    recorder: Arc<Recorder>,
     start: JobStart,
     reports: Sender<(usize, Report)>,
 ) -> std::io::Result<()> {
@@ -58,8 +59,8 @@ pub fn spawn(
             pipeline: &pipeline,
             ctx: &ctx,
             redactor: &redactor,
+            recorder: &recorder,
             start,
-            reports: reports.clone(),
             commands: Cell::new(0),
             fatal: RefCell::new(None),
             jail: RefCell::new(None),
@@ -80,8 +81,8 @@ struct JobRun<'a> {
     pipeline: &'a Pipeline,
     ctx: &'a RunContext,
     redactor: &'a Redactor,
+    recorder: &'a Recorder,
     start: JobStart,
-    reports: Sender<(usize, Report)>,
     /// `sh` calls so far, numbering the logs.
     commands: Cell<u32>,
     /// Set when writing events or logs failed; the run stops.
@@ -158,7 +159,7 @@ impl JobRun<'_> {
     fn print(&self, args: &[Value]) -> mlua::Result<()> {
         let line: Vec<String> = args.iter().map(|v| v.to_string().unwrap_or_else(|_| "?".into())).collect();
         let text = self.redactor.redact(&line.join("\t"));
-        self.report(Report::Note(Note::Printed { job: self.job_id().clone(), text }));
+        self.recorder.job_note(self.start.index, &Note::Printed { job: self.job_id().clone(), text });
         Ok(())
     }
 
@@ -187,6 +188,7 @@ impl JobRun<'_> {
             deadline: Some(deadline),
             log_path: &log_path,
             log_cap: self.ctx.log_cap,
+            disk_floor: self.ctx.disk_floor,
             redactor: self.redactor,
         };
         let outcome = std::fs::create_dir_all(&dir)
@@ -194,19 +196,22 @@ impl JobRun<'_> {
             .map_err(|source| self.fail(RunError::Logs { path: log_path.clone(), source }))?;
         self.event(EventKind::ShFinished { job_id: self.job_id().clone(), exit_code: outcome.exit_code })?;
 
-        let fails_job = outcome.timed_out || (request.check && outcome.exit_code != 0);
+        let fails_job =
+            outcome.timed_out || outcome.stopped.is_some() || (request.check && outcome.exit_code != 0);
         if fails_job {
-            self.report(Report::Note(Note::CommandFailed {
-                job: self.job_id().clone(),
-                exit_code: outcome.exit_code,
-                log: log_path.clone(),
-            }));
+            self.recorder.job_note(
+                self.start.index,
+                &Note::CommandFailed { job: self.job_id().clone(), exit_code: outcome.exit_code, log: log_path.clone() },
+            );
         }
         if outcome.timed_out {
             return Err(mlua::Error::runtime(format!(
                 "command timed out (killed after {}): {display}",
                 execution.deadline_description()
             )));
+        }
+        if let Some(reason) = &outcome.stopped {
+            return Err(mlua::Error::runtime(format!("command killed ({reason}): {display}")));
         }
         if request.check {
             if let Some(message) = &outcome.spawn_error {
@@ -246,13 +251,7 @@ impl JobRun<'_> {
     }
 
     fn event(&self, kind: EventKind) -> mlua::Result<()> {
-        self.report(Report::Event(Event::new(now_ms(), kind)));
-        Ok(())
-    }
-
-    fn report(&self, report: Report) {
-        // The runner may have given up on this job; then nobody listens.
-        let _ = self.reports.send((self.start.index, report));
+        self.recorder.job_event(self.start.index, kind).map_err(|e| self.fail(e))
     }
 
     /// Records a fatal error and returns a Lua error that unwinds the job.

@@ -5,9 +5,10 @@
 //! where push facts and secrets come from is the caller's too
 //! (`RunContext`), so local and server runs share this.
 //!
-//! The runner (the caller's thread) owns the sink: job threads send it
-//! their events over a channel, which keeps each job's events in order and
-//! `run_finished` last. A job whose Lua code is stuck in one long library
+//! Events and notes go through one `Recorder`: job threads write their own
+//! (each job's stay in order), the runner writes the jobs' starts, ends
+//! and skips and, last, `run_finished`; job threads tell the runner only
+//! how they ended, over a channel. A job whose Lua code is stuck in one long library
 //! call (where no deadline can reach it) is given up on at its deadline
 //! plus a grace period; its thread ends with the process.
 
@@ -18,6 +19,7 @@ mod limits;
 mod process;
 mod program;
 mod reaper;
+mod recorder;
 mod redact;
 mod sandbox;
 mod schedule;
@@ -26,28 +28,23 @@ mod sh;
 use std::collections::HashMap;
 use std::io;
 use std::sync::mpsc::{self, RecvTimeoutError};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-pub use context::{Note, RunContext, RunError, SecretError, SecretSource};
-pub use reaper::{become_subreaper, stop_everything, sweep_children, sweep_orphans};
+pub use context::{Note, RunContext, RunError, SecretError, SecretSource, Sink};
 pub use limits::Limits;
+pub use reaper::{become_subreaper, stop_everything, sweep_children, sweep_orphans};
 pub use sandbox::{find_bwrap, Bwrap, RunAs, Sandbox, HELPER_COMMAND};
-
-/// `quire-ci sandbox-helper`: serves the commands of one job's sandbox
-/// from inside it. See `jail`.
-pub fn serve_sandbox_helper() -> std::io::Result<()> {
-    jail::helper::serve()
-}
 pub use schedule::UnknownJob;
 
-use crate::clock::{format_duration_ms, now_ms};
+use crate::clock::format_duration_ms;
 use crate::cri::{self, Stream};
 use crate::event::{Event, EventKind, JobOutcome, RunOutcome};
 use crate::id::JobId;
 use crate::pipeline::Pipeline;
 use crate::run_dir::{LogFile, RunDir};
 use job::{JobStart, Report};
+use recorder::Recorder;
 use redact::Redactor;
 use schedule::{Action, Schedule};
 
@@ -55,47 +52,17 @@ use schedule::{Action, Schedule};
 /// single C call) before the runner gives up on it.
 const STUCK_GRACE: Duration = Duration::from_secs(5);
 
-/// Receives what a run produces.
-pub trait Sink {
-    /// Records one event of the stream. An error ends the run: a run whose
-    /// events cannot be recorded is lost anyway.
-    fn event(&mut self, event: &Event) -> io::Result<()>;
-    /// Tells a watching person something the events do not carry.
-    fn note(&mut self, note: &Note);
+
+/// `quire-ci sandbox-helper`: serves the commands of one job's sandbox
+/// from inside it. See `jail`.
+pub fn serve_sandbox_helper() -> io::Result<()> {
+    jail::helper::serve()
 }
 
 /// The variables commands never see: quire's own (`QUIRE__*`, which holds
 /// the run token and server URL) and local secrets (`QUIRE_SECRET_*`).
 pub fn is_private_variable(name: &str) -> bool {
     name.starts_with("QUIRE__") || name.starts_with("QUIRE_SECRET_")
-}
-
-/// The sink as the runner writes to it: events from several threads, in
-/// the order received, stamped so that `at_ms` never goes backwards.
-struct Stamped<'s> {
-    sink: &'s mut dyn Sink,
-    last_ms: i64,
-}
-
-impl Stamped<'_> {
-    fn event(&mut self, mut event: Event) -> Result<(), RunError> {
-        if reaper::stopping() {
-            // Told to stop: jobs cut off now are left unfinished in the
-            // stream (the server records them as aborted).
-            return Ok(());
-        }
-        event.at_ms = event.at_ms.max(self.last_ms);
-        self.last_ms = event.at_ms;
-        self.sink.event(&event).map_err(RunError::Events)
-    }
-
-    fn emit(&mut self, kind: EventKind) -> Result<(), RunError> {
-        self.event(Event::new(now_ms(), kind))
-    }
-
-    fn note(&mut self, note: &Note) {
-        self.sink.note(note);
-    }
 }
 
 /// A job the runner is waiting for.
@@ -106,8 +73,12 @@ struct Running {
 
 /// Runs the pipeline to its outcome. Always ends with a `run_finished`
 /// event unless the sink fails or logs cannot be written.
-pub fn execute(pipeline: Arc<Pipeline>, ctx: Arc<RunContext>, sink: &mut dyn Sink) -> Result<RunOutcome, RunError> {
-    let sink = &mut Stamped { sink, last_ms: 0 };
+pub fn execute(
+    pipeline: Arc<Pipeline>,
+    ctx: Arc<RunContext>,
+    sink: Arc<Mutex<dyn Sink>>,
+) -> Result<RunOutcome, RunError> {
+    let sink = Arc::new(Recorder::new(sink, pipeline.jobs().len()));
     let mut schedule = Schedule::new(&pipeline, &ctx.only)?;
     let redactor = Arc::new(Redactor::default());
     let (reports, received) = mpsc::channel::<(usize, Report)>();
@@ -135,7 +106,7 @@ pub fn execute(pipeline: Arc<Pipeline>, ctx: Arc<RunContext>, sink: &mut dyn Sin
                         .map(|i| (jobs[i].id.clone(), outputs.get(&i).cloned().unwrap_or_default()))
                         .collect();
                     let start = JobStart { index, id: id.clone(), deadline, ancestors };
-                    job::spawn(pipeline.clone(), ctx.clone(), redactor.clone(), start, reports.clone())
+                    job::spawn(pipeline.clone(), ctx.clone(), redactor.clone(), sink.clone(), start, reports.clone())
                         .map_err(|source| RunError::Thread { job: id, source })?;
                     running.insert(index, Running { give_up_at: deadline + STUCK_GRACE });
                 }
@@ -156,7 +127,7 @@ pub fn execute(pipeline: Arc<Pipeline>, ctx: Arc<RunContext>, sink: &mut dyn Sin
                         jobs[index].id,
                         format_duration_ms(ctx.job_timeout.as_millis() as i64)
                     );
-                    fail_job(sink, &ctx, &jobs[index].id, &reason)?;
+                    fail_job(&sink, &ctx, index, &jobs[index].id, &reason)?;
                     schedule.finished(index, false);
                     outcome = RunOutcome::PipelineFailure;
                 }
@@ -170,18 +141,16 @@ pub fn execute(pipeline: Arc<Pipeline>, ctx: Arc<RunContext>, sink: &mut dyn Sin
         }
         let id = &jobs[index].id;
         match report {
-            Report::Event(event) => sink.event(event)?,
-            Report::Note(note) => sink.note(&note),
             Report::Fatal(error) => return Err(error),
             Report::Done(Ok(value)) => {
                 running.remove(&index);
                 outputs.insert(index, value);
                 schedule.finished(index, true);
-                sink.emit(EventKind::JobFinished { job_id: id.clone(), outcome: JobOutcome::Complete })?;
+                sink.close_job(index, EventKind::JobFinished { job_id: id.clone(), outcome: JobOutcome::Complete })?;
             }
             Report::Done(Err(reason)) => {
                 running.remove(&index);
-                fail_job(sink, &ctx, id, &redactor.redact(&reason))?;
+                fail_job(&sink, &ctx, index, id, &redactor.redact(&reason))?;
                 schedule.finished(index, false);
                 outcome = RunOutcome::PipelineFailure;
             }
@@ -193,10 +162,10 @@ pub fn execute(pipeline: Arc<Pipeline>, ctx: Arc<RunContext>, sink: &mut dyn Sin
 
 /// Records a failed job: its reason in `job.log`, for the person watching,
 /// and its `job_finished`.
-fn fail_job(sink: &mut Stamped, ctx: &RunContext, job: &JobId, reason: &str) -> Result<(), RunError> {
+fn fail_job(sink: &Recorder, ctx: &RunContext, index: usize, job: &JobId, reason: &str) -> Result<(), RunError> {
     append_job_log(&ctx.run_dir, job, reason)?;
-    sink.note(&Note::JobFailed { job: job.clone(), reason: reason.to_string() });
-    sink.emit(EventKind::JobFinished { job_id: job.clone(), outcome: JobOutcome::Failed })
+    sink.job_note(index, &Note::JobFailed { job: job.clone(), reason: reason.to_string() });
+    sink.close_job(index, EventKind::JobFinished { job_id: job.clone(), outcome: JobOutcome::Failed })
 }
 
 /// A job-level message (why the job failed) goes to `job.log` beside the

@@ -10,7 +10,7 @@ use std::io::{self, Read};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::process::{Child, Command, Stdio};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use rustix::event::{poll, PollFd, PollFlags, Timespec};
 use rustix::pipe::{pipe_with, PipeFlags};
@@ -73,6 +73,8 @@ pub struct Finished {
     pub exit_code: i32,
     /// The deadline passed and the process group was killed.
     pub timed_out: bool,
+    /// Why the guard had it killed, if it did.
+    pub stopped: Option<String>,
     pub stdout: Captured,
     pub stderr: Captured,
 }
@@ -85,6 +87,7 @@ pub struct Finished {
 pub fn run(
     spawn: Spawn,
     deadline: Option<Instant>,
+    guard: &dyn Fn() -> Option<String>,
     mut on_output: impl FnMut(Stream, &[u8]) -> io::Result<()>,
 ) -> io::Result<Ended> {
     // No pre_exec hook here: without one the standard library spawns with
@@ -109,7 +112,9 @@ pub fn run(
     };
     let result = pidfd_open(group, PidfdFlags::empty())
         .map_err(io::Error::from)
-        .and_then(|pidfd| supervise(&mut Local { child: &mut child, pidfd, group }, pipes, deadline, &mut on_output));
+        .and_then(|pidfd| {
+            supervise(&mut Local { child: &mut child, pidfd, group }, pipes, deadline, guard, &mut on_output)
+        });
     // The group leader may be gone already; anything left in the group goes.
     let _ = kill_process_group(group, Signal::KILL);
     if result.is_err() {
@@ -127,6 +132,7 @@ pub fn run_in(
     helper: BorrowedFd<'_>,
     launch: Launch,
     deadline: Option<Instant>,
+    guard: &dyn Fn() -> Option<String>,
     mut on_output: impl FnMut(Stream, &[u8]) -> io::Result<()>,
 ) -> io::Result<Ended> {
     let (out_read, out_write) = pipe_with(PipeFlags::CLOEXEC)?;
@@ -145,7 +151,7 @@ pub fn run_in(
         }
     }
     let pipes = Pipes { stdout: Some(File::from(out_read)), stderr: Some(File::from(err_read)) };
-    supervise(&mut Jailed { helper }, pipes, deadline, &mut on_output).map(Ended::Finished)
+    supervise(&mut Jailed { helper }, pipes, deadline, guard, &mut on_output).map(Ended::Finished)
 }
 
 /// Where a command's end is learned, and how it is stopped.
@@ -222,10 +228,16 @@ fn exit_code(status: std::process::ExitStatus) -> i32 {
     status.code().unwrap_or_else(|| 128 + status.signal().unwrap_or(0))
 }
 
+/// How often the guard is asked while a command is quiet.
+const GUARD_EVERY: Duration = Duration::from_millis(500);
+
+/// Reads the command's output until it ends, killing it at `deadline` or
+/// when `guard` gives a reason to.
 fn supervise(
     watched: &mut dyn Watched,
     mut pipes: Pipes,
     deadline: Option<Instant>,
+    guard: &dyn Fn() -> Option<String>,
     on_output: &mut impl FnMut(Stream, &[u8]) -> io::Result<()>,
 ) -> io::Result<Finished> {
     let mut captured = [Captured::default(), Captured::default()];
@@ -235,21 +247,24 @@ fn supervise(
     };
     let mut buf = vec![0u8; 64 * 1024];
     let mut timed_out = false;
+    let mut stopped = None;
 
     let exit_code = loop {
-        let timeout = match deadline {
-            Some(d) => match d.checked_duration_since(Instant::now()) {
-                Some(left) => {
-                    Some(Timespec { tv_sec: left.as_secs() as _, tv_nsec: left.subsec_nanos() as _ })
-                }
-                None => {
-                    timed_out = true;
-                    watched.kill()?;
-                    break watched.wait()?;
-                }
-            },
-            None => None,
+        if let Some(reason) = guard() {
+            stopped = Some(reason);
+            watched.kill()?;
+            break watched.wait()?;
+        }
+        let left = match deadline.map(|d| d.checked_duration_since(Instant::now())) {
+            Some(None) => {
+                timed_out = true;
+                watched.kill()?;
+                break watched.wait()?;
+            }
+            Some(Some(left)) => left.min(GUARD_EVERY),
+            None => GUARD_EVERY,
         };
+        let timeout = Some(Timespec { tv_sec: left.as_secs() as _, tv_nsec: left.subsec_nanos() as _ });
         let (out_ready, err_ready, exit_ready) = wait_for_activity(&pipes, watched.exit_fd(), timeout.as_ref())?;
         if out_ready {
             pipes.read_from(Stream::Stdout, &mut buf, &mut record)?;
@@ -266,7 +281,7 @@ fn supervise(
 
     pipes.drain(&mut buf, &mut record)?;
     let [stdout, stderr] = captured;
-    Ok(Finished { exit_code, timed_out, stdout, stderr })
+    Ok(Finished { exit_code, timed_out, stopped, stdout, stderr })
 }
 
 /// The child's output pipes; `None` once a pipe reached end of file.
@@ -384,7 +399,6 @@ fn wait_for_activity(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
 
     fn spawn(command: Command) -> Spawn {
         Spawn { command, stdin: None }
@@ -398,7 +412,7 @@ mod tests {
 
     fn run_collecting(script: &str, deadline: Option<Instant>) -> (Finished, Vec<(Stream, Vec<u8>)>) {
         let mut seen = Vec::new();
-        let ended = run(spawn(shell(script)), deadline, |s, d| {
+        let ended = run(spawn(shell(script)), deadline, &|| None, |s, d| {
             seen.push((s, d.to_vec()));
             Ok(())
         })
@@ -442,6 +456,20 @@ mod tests {
     }
 
     #[test]
+    fn the_guard_stops_a_command_and_says_why() {
+        let started = Instant::now();
+        let asked = std::cell::Cell::new(0);
+        let guard = || {
+            asked.set(asked.get() + 1);
+            (started.elapsed() > Duration::from_millis(300)).then(|| "the disk is full".to_string())
+        };
+        let f = finished(run(spawn(shell("sleep 30")), None, &guard, |_, _| Ok(())).unwrap());
+        assert_eq!(f.stopped.as_deref(), Some("the disk is full"));
+        assert_eq!(f.exit_code, 128 + 9);
+        assert!(asked.get() >= 2 && started.elapsed() < Duration::from_secs(5));
+    }
+
+    #[test]
     fn background_processes_do_not_hold_up_the_command() {
         let started = Instant::now();
         let (f, _) = run_collecting("sleep 30 & echo started", None);
@@ -454,7 +482,7 @@ mod tests {
     fn capture_is_bounded_but_the_callback_sees_everything() {
         let mut streamed = 0;
         let f = finished(
-            run(spawn(shell("head -c 3000000 /dev/zero")), None, |_, d| {
+            run(spawn(shell("head -c 3000000 /dev/zero")), None, &|| None, |_, d| {
                 streamed += d.len();
                 Ok(())
             })
@@ -468,7 +496,7 @@ mod tests {
 
     #[test]
     fn a_command_that_cannot_start_is_not_started_rather_than_an_error() {
-        match run(spawn(Command::new("/nonexistent/quire-test")), None, |_, _| Ok(())).unwrap() {
+        match run(spawn(Command::new("/nonexistent/quire-test")), None, &|| None, |_, _| Ok(())).unwrap() {
             Ended::NotStarted(e) => assert_eq!(e.kind(), io::ErrorKind::NotFound),
             Ended::Finished(f) => panic!("it ran: {f:?}"),
         }

@@ -202,6 +202,9 @@ pub struct Execution<'a> {
     pub log_path: &'a Path,
     /// Bytes of output the log keeps.
     pub log_cap: u64,
+    /// A command is killed when the workspace's file system has less
+    /// free than this, in bytes.
+    pub disk_floor: Option<u64>,
     pub redactor: &'a Redactor,
 }
 
@@ -209,6 +212,8 @@ pub struct Execution<'a> {
 pub struct Outcome {
     pub exit_code: i32,
     pub timed_out: bool,
+    /// Why quire-ci killed it, besides the deadline.
+    pub stopped: Option<String>,
     /// Set when the command could not be started at all.
     pub spawn_error: Option<String>,
     pub stdout: Captured,
@@ -231,13 +236,13 @@ impl Execution<'_> {
                     &self.request.env,
                     self.limits,
                 );
-                process::run(spawn, self.deadline, output)?
+                process::run(spawn, self.deadline, &|| self.disk_guard(), output)?
             }
             Sandbox::Bwrap(bwrap) => self.run_jailed(bwrap, output)?,
         };
         let outcome = match result {
-            Ended::Finished(Finished { exit_code, timed_out, stdout, stderr }) => {
-                Outcome { exit_code, timed_out, spawn_error: None, stdout, stderr }
+            Ended::Finished(Finished { exit_code, timed_out, stopped, stdout, stderr }) => {
+                Outcome { exit_code, timed_out, stopped, spawn_error: None, stdout, stderr }
             }
             Ended::NotStarted(e) => {
                 let (exit_code, message) = spawn_failure(&self.request.program, &e);
@@ -249,6 +254,7 @@ impl Execution<'_> {
                 Outcome {
                     exit_code,
                     timed_out: false,
+                    stopped: None,
                     spawn_error: Some(message),
                     stdout: Captured::default(),
                     stderr,
@@ -259,6 +265,8 @@ impl Execution<'_> {
         if outcome.timed_out {
             let limit = self.deadline_description();
             log.write_line(Stream::Stderr, &format!("quire-ci: command killed after {limit}"), mask)?;
+        } else if let Some(reason) = &outcome.stopped {
+            log.write_line(Stream::Stderr, &format!("quire-ci: command killed: {reason}"), mask)?;
         } else if let Some(reason) = self.limits.explain_signal(outcome.exit_code - 128) {
             log.write_line(Stream::Stderr, &format!("quire-ci: command killed: {reason}"), mask)?;
         }
@@ -288,13 +296,27 @@ impl Execution<'_> {
             cwd: self.cwd.clone(),
             limits: self.limits.clone(),
         };
-        match process::run_in(helper, launch, self.deadline, output) {
+        match process::run_in(helper, launch, self.deadline, &|| self.disk_guard(), output) {
             Err(e) if e.kind() == process::SANDBOX_GONE => {
                 *jail = None;
                 Ok(Ended::NotStarted(sandbox_failed(e)))
             }
             other => other,
         }
+    }
+
+    /// Why the command must stop now, if the workspace's file system is
+    /// nearly full.
+    fn disk_guard(&self) -> Option<String> {
+        let floor = self.disk_floor?;
+        let stats = rustix::fs::statvfs(self.workspace).ok()?;
+        let free = stats.f_bavail.saturating_mul(stats.f_frsize);
+        (free < floor).then(|| {
+            format!(
+                "the workspace's file system has less than {} MiB free (the run's floor); the command filled it",
+                floor / (1024 * 1024)
+            )
+        })
     }
 
     pub fn deadline_description(&self) -> String {
