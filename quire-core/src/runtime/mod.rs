@@ -39,7 +39,7 @@ pub use schedule::UnknownJob;
 
 use crate::clock::format_duration_ms;
 use crate::cri::{self, Stream};
-use crate::event::{Event, EventKind, JobOutcome, RunOutcome};
+use crate::event::{EventKind, JobOutcome, RunOutcome};
 use crate::id::JobId;
 use crate::pipeline::Pipeline;
 use crate::run_dir::{LogFile, RunDir};
