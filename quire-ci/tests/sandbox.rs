@@ -277,3 +277,26 @@ fn each_job_has_its_own_sandbox_and_background_processes_die_with_their_sh() {
         assert!(!run.log(job, 3).contains("a-sleep-survived"));
     }
 }
+
+/// A checkout owned by an unprivileged user, deep under `/tmp`: commands
+/// run as that user and must reach their workspace by its path through
+/// the directories bubblewrap makes inside the private `/tmp`.
+#[test]
+fn commands_of_an_unprivileged_owner_reach_a_workspace_deep_under_tmp() {
+    let outer = tempfile::tempdir_in("/tmp").unwrap();
+    let ws = outer.path().join("a/b/checkout");
+    std::fs::create_dir_all(ws.join(".quire")).unwrap();
+    for dir in [outer.path().to_path_buf(), outer.path().join("a"), outer.path().join("a/b")] {
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let chown = Command::new("chown").args(["-R", "65534:65534"]).arg(&ws).status().unwrap();
+    assert!(chown.success());
+    let run = sandboxed_run(
+        &ws,
+        "(local ci (require :quire.ci))\n(ci.job :a [:quire/push] (fn [{: sh}] (sh \"id -u; cd \\\"$PWD\\\" && pwd\")))\n",
+        &[],
+        &[],
+    );
+    assert_eq!(run.outcome(), "success", "{}", run.log("a", 1));
+    assert!(run.log("a", 1).contains("stdout F 65534"), "{}", run.log("a", 1));
+}

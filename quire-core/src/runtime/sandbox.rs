@@ -138,7 +138,9 @@ impl Bwrap {
         // The helper that starts the job's commands, at a path every user
         // can reach whatever the directories above quire-ci's binary allow.
         push(&[&"--ro-bind", &helper, &HELPER_PATH]);
-        let mut covers: Vec<&Path> = Vec::new();
+        // The private /tmp is a cover too: a workspace under /tmp is bound
+        // into it.
+        let mut covers: Vec<&Path> = vec![Path::new("/tmp")];
         let closed = self.closed_ancestor(workspace);
         if let Some(closed) = &closed {
             // The unprivileged user could not reach the workspace through
