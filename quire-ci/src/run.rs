@@ -145,6 +145,12 @@ fn run_inner(args: RunArgs) -> Result<(), Fatal> {
     let mut reporter = Reporter::new(open_events(&args.events)?, progress_screen(&args.events));
     reporter.say(&describe_start(&push, &workspace));
     reporter.say(&format!("quire-ci: {}", sandbox.describe()));
+    if matches!(&sandbox, Sandbox::Bwrap(b) if b.run_as.is_some_and(|(uid, _)| uid == 0)) {
+        reporter.say(
+            "quire-ci: warning: the checkout belongs to root, so its commands run as root (without any \
+             capability); the process limit does not bind root. Run quire-ci as the checkout's owner instead.",
+        );
+    }
 
     // Paths in messages are relative to the workspace: the same in a local
     // run and on the server, whose workspaces are temporary directories.

@@ -188,6 +188,10 @@ fn hidden_paths_the_host_and_the_network_are_out_of_reach() {
 #[test]
 fn a_fork_bomb_a_runaway_write_and_an_endless_command_are_stopped() {
     let ws = tempfile::tempdir().unwrap();
+    // Commands run as the checkout's owner; the process limit binds only
+    // an unprivileged one (never root), so the checkout is nobody's here.
+    let chown = Command::new("chown").args(["-R", "65534:65534"]).arg(ws.path()).status().unwrap();
+    assert!(chown.success());
     let started = Instant::now();
     let run = sandboxed_run(
         ws.path(),

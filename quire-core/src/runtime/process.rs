@@ -137,21 +137,19 @@ pub fn run_in(
 ) -> io::Result<Ended> {
     let (out_read, out_write) = pipe_with(PipeFlags::CLOEXEC)?;
     let (err_read, err_write) = pipe_with(PipeFlags::CLOEXEC)?;
-    protocol::send(helper, &ToHelper::Launch(launch), &[out_write.as_fd(), err_write.as_fd()])?;
+    protocol::send(helper, &ToHelper::Launch(launch), &[out_write.as_fd(), err_write.as_fd()])
+        .map_err(|e| io::Error::new(SANDBOX_GONE, e))?;
     // Only the command holds the write ends now, so its exit is their end.
+    // No "started" comes back: the next word from the helper says how the
+    // command ended, or that it never started.
     drop((out_write, err_write));
-    match protocol::receive::<FromHelper>(helper)? {
-        Some((FromHelper::Started, _)) => {}
-        Some((FromHelper::NotStarted { message, not_found }, _)) => {
-            let kind = if not_found { io::ErrorKind::NotFound } else { io::ErrorKind::PermissionDenied };
-            return Ok(Ended::NotStarted(io::Error::new(kind, message)));
-        }
-        Some((FromHelper::Exited { .. }, _)) | None => {
-            return Err(io::Error::new(SANDBOX_GONE, "its helper went away"));
-        }
-    }
     let pipes = Pipes { stdout: Some(File::from(out_read)), stderr: Some(File::from(err_read)) };
-    supervise(&mut Jailed { helper }, pipes, deadline, guard, &mut on_output).map(Ended::Finished)
+    let mut jailed = Jailed { helper, not_started: None };
+    let finished = supervise(&mut jailed, pipes, deadline, guard, &mut on_output)?;
+    Ok(match jailed.not_started {
+        Some(e) => Ended::NotStarted(e),
+        None => Ended::Finished(finished),
+    })
 }
 
 /// Where a command's end is learned, and how it is stopped.
@@ -193,9 +191,11 @@ impl Watched for Local<'_> {
     }
 }
 
-/// A command the helper in a job's sandbox started.
+/// A command the helper in a job's sandbox started (or failed to).
 struct Jailed<'a> {
     helper: BorrowedFd<'a>,
+    /// Set when the helper could not start the command.
+    not_started: Option<io::Error>,
 }
 
 impl Watched for Jailed<'_> {
@@ -204,15 +204,19 @@ impl Watched for Jailed<'_> {
     }
 
     fn ended(&mut self) -> io::Result<Option<i32>> {
-        match protocol::receive::<FromHelper>(self.helper)? {
+        match protocol::receive::<FromHelper>(self.helper).map_err(|e| io::Error::new(SANDBOX_GONE, e))? {
             Some((FromHelper::Exited { code }, _)) => Ok(Some(code)),
-            Some(_) => Ok(None),
+            Some((FromHelper::NotStarted { message, not_found }, _)) => {
+                let kind = if not_found { io::ErrorKind::NotFound } else { io::ErrorKind::PermissionDenied };
+                self.not_started = Some(io::Error::new(kind, message));
+                Ok(Some(if not_found { 127 } else { 126 }))
+            }
             None => Err(io::Error::new(SANDBOX_GONE, "its helper went away")),
         }
     }
 
     fn kill(&mut self) -> io::Result<()> {
-        protocol::send(self.helper, &ToHelper::Kill, &[])
+        protocol::send(self.helper, &ToHelper::Kill, &[]).map_err(|e| io::Error::new(SANDBOX_GONE, e))
     }
 
     fn wait(&mut self) -> io::Result<i32> {

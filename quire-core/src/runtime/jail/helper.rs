@@ -30,7 +30,6 @@ pub fn serve() -> io::Result<()> {
             .map_err(|_| io::Error::other("a command must come with its stdout and stderr"))?;
         match start(&launch, stdout, stderr) {
             Ok(child) => {
-                protocol::send(socket.as_fd(), &FromHelper::Started, &[])?;
                 let code = watch(child, &socket)?;
                 protocol::send(socket.as_fd(), &FromHelper::Exited { code }, &[])?;
             }

@@ -1,8 +1,9 @@
 //! What quire-ci and the helper inside a job's sandbox say to each other,
 //! over a `SOCK_SEQPACKET` socket pair (one message per packet): a command
 //! to launch, with the write ends of its output pipes passed along
-//! (`SCM_RIGHTS`); a request to kill it; and what became of it. Nothing
-//! here runs a process.
+//! (`SCM_RIGHTS`); a request to kill it; and what became of it (one answer
+//! per command, so a command costs one round trip). Nothing here runs a
+//! process.
 
 use std::io::{self, IoSlice, IoSliceMut};
 use std::mem::MaybeUninit;
@@ -42,7 +43,6 @@ pub enum ToHelper {
 
 #[derive(Debug, Serialize, Deserialize)]
 pub enum FromHelper {
-    Started,
     /// It could not be started (`not_found`: no such program).
     NotStarted { message: String, not_found: bool },
     /// It ended: its exit code, or 128 + the signal that killed it.
