@@ -139,10 +139,9 @@ impl RunCommand {
             sha: self.sha,
             ref_name: self.ref_name,
             jobs: self.jobs,
-            parallel: self.parallel.map_or_else(
-                || std::thread::available_parallelism().map_or(1, |n| n.get()),
-                usize::from,
-            ),
+            parallel: self
+                .parallel
+                .map_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()), usize::from),
             job_timeout: Duration::from_secs(self.job_timeout),
             sandbox: match self.sandbox {
                 SandboxKind::None => run::SandboxChoice::None,

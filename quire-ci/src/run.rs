@@ -125,7 +125,10 @@ fn run_inner(args: RunArgs) -> Result<(), Fatal> {
             // changed.
             let run_as = if server.is_some() { RunAs::Nobody } else { RunAs::WorkspaceOwner };
             let bwrap = Bwrap::new(program, network, hide, run_as, &workspace, tmp_size).map_err(|e| {
-                Fatal::failed(format!("cannot prepare the workspace {} for the sandbox: {e}", workspace.display()))
+                Fatal::failed(format!(
+                    "cannot prepare the workspace {} for the sandbox: {e}",
+                    workspace.display()
+                ))
             })?;
             Sandbox::Bwrap(bwrap)
         }
@@ -154,8 +157,9 @@ fn run_inner(args: RunArgs) -> Result<(), Fatal> {
 
     // Paths in messages are relative to the workspace: the same in a local
     // run and on the server, whose workspaces are temporary directories.
-    let loaded = pipeline::read_source(&workspace)
-        .and_then(|source| Pipeline::from_source(source.with_display_name(PIPELINE_PATH), Some(&workspace), args.lua));
+    let loaded = pipeline::read_source(&workspace).and_then(|source| {
+        Pipeline::from_source(source.with_display_name(PIPELINE_PATH), Some(&workspace), args.lua)
+    });
     let pipeline = match loaded {
         Ok(pipeline) => pipeline,
         Err(error) => return finish_unloadable(&mut reporter, &error),

@@ -547,7 +547,9 @@ fn jobs_of(events: &[String], kind: &str) -> Vec<String> {
     events
         .iter()
         .filter(|e| e.contains(&format!("\"type\":\"{kind}\"")))
-        .map(|e| serde_json::from_str::<serde_json::Value>(e).unwrap()["job_id"].as_str().unwrap().to_string())
+        .map(|e| {
+            serde_json::from_str::<serde_json::Value>(e).unwrap()["job_id"].as_str().unwrap().to_string()
+        })
         .collect()
 }
 

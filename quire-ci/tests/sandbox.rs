@@ -273,7 +273,13 @@ fn each_job_has_its_own_sandbox_and_background_processes_die_with_their_sh() {
         &["--jobs", "2"],
         &[],
     );
-    assert_eq!(run.outcome(), "success", "{}\n{}", String::from_utf8_lossy(&run.out.stderr), run.log("left", 3));
+    assert_eq!(
+        run.outcome(),
+        "success",
+        "{}\n{}",
+        String::from_utf8_lossy(&run.out.stderr),
+        run.log("left", 3)
+    );
     for (job, other) in [("left", "right"), ("right", "left")] {
         assert!(run.log(job, 1).contains(&format!("stdout F {job}")), "{}", run.log(job, 1));
         assert!(!run.log(job, 1).contains(&format!("stdout F {other}")), "jobs do not share /tmp");

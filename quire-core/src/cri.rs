@@ -169,7 +169,9 @@ impl<W: Write> Writer<W> {
         while self.pending[stream as usize].len() >= MAX_LINE + hold {
             let pending = &self.pending[stream as usize];
             let mut cut = MAX_LINE.min(pending.len() - hold);
-            if let Some(&(_, end)) = mask.spans(pending).iter().find(|&&(start, end)| start < cut && cut < end) {
+            if let Some(&(_, end)) =
+                mask.spans(pending).iter().find(|&&(start, end)| start < cut && cut < end)
+            {
                 cut = end;
             }
             let cut = floor_char_boundary(pending, cut).max(1);
@@ -309,7 +311,11 @@ mod tests {
         }
         fn spans(&self, raw: &[u8]) -> Vec<(usize, usize)> {
             let needle = self.0.as_bytes();
-            raw.windows(needle.len()).enumerate().filter(|(_, w)| *w == needle).map(|(i, _)| (i, i + needle.len())).collect()
+            raw.windows(needle.len())
+                .enumerate()
+                .filter(|(_, w)| *w == needle)
+                .map(|(i, _)| (i, i + needle.len()))
+                .collect()
         }
         fn longest(&self) -> usize {
             self.0.len()
@@ -365,7 +371,11 @@ mod tests {
         let lines: Vec<Line> = text.lines().map(|l| Line::parse(l).unwrap()).collect();
         assert_eq!(lines.iter().filter(|l| l.content == "0123456789").count(), 10);
         assert!(lines[10].content.contains("log truncated"), "{text}");
-        assert_eq!(lines.last().unwrap().content, "quire-ci: command killed", "quire-ci's own lines still go in");
+        assert_eq!(
+            lines.last().unwrap().content,
+            "quire-ci: command killed",
+            "quire-ci's own lines still go in"
+        );
     }
 
     #[test]

@@ -184,7 +184,8 @@ mod tests {
         for ok in ["build", "a", "A-9_z", "0", &"x".repeat(JobId::MAX_LEN)] {
             assert!(JobId::new(ok).is_ok(), "{ok}");
         }
-        for bad in ["", "a/b", "quire/push", "a b", "é", "a.b", "../x", "a\0b", &"x".repeat(JobId::MAX_LEN + 1)]
+        for bad in
+            ["", "a/b", "quire/push", "a b", "é", "a.b", "../x", "a\0b", &"x".repeat(JobId::MAX_LEN + 1)]
         {
             assert!(JobId::new(bad).is_err(), "{bad}");
         }

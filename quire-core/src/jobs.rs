@@ -109,9 +109,14 @@ impl CommandSummary {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Applied {
     /// The job's n-th command started: its log is `sh-<n>.log`.
-    CommandStarted { job: JobId, seq: u32 },
+    CommandStarted {
+        job: JobId,
+        seq: u32,
+    },
     /// The job started: its `job.log` may appear.
-    JobStarted { job: JobId },
+    JobStarted {
+        job: JobId,
+    },
     Other,
 }
 
@@ -276,10 +281,16 @@ mod tests {
         assert_eq!(folded.orphans(), 0);
         let jobs = folded.finish(100);
         assert_eq!(jobs.len(), 2);
-        assert_eq!((jobs[0].state, jobs[0].exit_code, jobs[0].duration_ms()), (JobState::Failed, Some(2), Some(5)));
+        assert_eq!(
+            (jobs[0].state, jobs[0].exit_code, jobs[0].duration_ms()),
+            (JobState::Failed, Some(2), Some(5))
+        );
         let seqs: Vec<_> = jobs[0].commands.iter().map(|c| (c.seq, c.cmd.as_str(), c.exit_code)).collect();
         assert_eq!(seqs, [(1, "one", Some(0)), (2, "two", Some(2))]);
-        assert_eq!((jobs[1].state, jobs[1].started_at_ms, jobs[1].finished_at_ms), (JobState::Skipped, None, Some(7)));
+        assert_eq!(
+            (jobs[1].state, jobs[1].started_at_ms, jobs[1].finished_at_ms),
+            (JobState::Skipped, None, Some(7))
+        );
     }
 
     #[test]
@@ -306,13 +317,19 @@ mod tests {
         assert_eq!(folded.orphans(), 1);
         let jobs = folded.finish(9);
         assert_eq!((jobs[0].state, jobs[0].started_at_ms), (JobState::Aborted, Some(9)));
-        assert_eq!((jobs[1].state, jobs[1].started_at_ms, jobs[1].finished_at_ms), (JobState::Aborted, Some(6), Some(6)));
+        assert_eq!(
+            (jobs[1].state, jobs[1].started_at_ms, jobs[1].finished_at_ms),
+            (JobState::Aborted, Some(6), Some(6))
+        );
     }
 
     #[test]
     fn unknown_events_do_not_hide_run_finished_but_later_known_ones_do() {
         let finished = ev(1, EventKind::RunFinished { outcome: RunOutcome::Success });
-        assert_eq!(fold(&[finished.clone(), ev(2, EventKind::Unknown)]).run_finished(), Some(RunOutcome::Success));
+        assert_eq!(
+            fold(&[finished.clone(), ev(2, EventKind::Unknown)]).run_finished(),
+            Some(RunOutcome::Success)
+        );
         let after = ev(2, EventKind::JobStarted { job_id: job("a") });
         assert_eq!(fold(&[finished, after]).run_finished(), None);
     }
@@ -320,7 +337,10 @@ mod tests {
     #[test]
     fn applying_tells_which_log_appeared() {
         let mut folded = Fold::new();
-        assert_eq!(folded.apply(&ev(1, EventKind::JobStarted { job_id: job("a") })), Applied::JobStarted { job: job("a") });
+        assert_eq!(
+            folded.apply(&ev(1, EventKind::JobStarted { job_id: job("a") })),
+            Applied::JobStarted { job: job("a") }
+        );
         let started = ev(2, EventKind::ShStarted { job_id: job("a"), cmd: "x".into() });
         assert_eq!(folded.apply(&started), Applied::CommandStarted { job: job("a"), seq: 1 });
         assert_eq!(folded.apply(&started), Applied::CommandStarted { job: job("a"), seq: 2 });

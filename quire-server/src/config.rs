@@ -262,7 +262,8 @@ impl Reader<'_> {
                     })?;
                     for repo in repos {
                         let name = self.string(repo, key)?;
-                        ci.network.push(name.parse::<RepoName>().map_err(|e| self.error(key, e.to_string()))?);
+                        ci.network
+                            .push(name.parse::<RepoName>().map_err(|e| self.error(key, e.to_string()))?);
                     }
                 }
                 "max-processes" => ci.limits.max_processes = self.positive(value, key)?,
@@ -324,11 +325,21 @@ impl Reader<'_> {
                 }
                 "repos" => {
                     let repos = field.as_array().ok_or_else(|| {
-                        self.error(key, format!(":repos of secret :{name} must be a list of repositories, got {}", kind(field)))
+                        self.error(
+                            key,
+                            format!(
+                                ":repos of secret :{name} must be a list of repositories, got {}",
+                                kind(field)
+                            ),
+                        )
                     })?;
                     let names = repos
                         .iter()
-                        .map(|r| self.string(r, key)?.parse::<RepoName>().map_err(|e| self.error(key, e.to_string())))
+                        .map(|r| {
+                            self.string(r, key)?
+                                .parse::<RepoName>()
+                                .map_err(|e| self.error(key, e.to_string()))
+                        })
                         .collect::<Result<Vec<_>, _>>()?;
                     secret.repos = Some(names);
                 }
@@ -435,7 +446,10 @@ mod tests {
         assert_eq!(config.ci.sandbox, SandboxMode::None);
         assert_eq!(config.ci.network, ["a.git".parse::<RepoName>().unwrap()]);
         assert_eq!(config.ci.limits.max_processes, 10);
-        assert_eq!((config.ci.limits.max_log_mb, config.ci.limits.max_tmp_mb, config.ci.limits.lua_memory_mb), (8, 16, 32));
+        assert_eq!(
+            (config.ci.limits.max_log_mb, config.ci.limits.max_tmp_mb, config.ci.limits.lua_memory_mb),
+            (8, 16, 32)
+        );
         assert_eq!(config.ci.max_parallel_jobs, 3);
         let app: RepoName = "app.git".parse().unwrap();
         let other: RepoName = "other.git".parse().unwrap();

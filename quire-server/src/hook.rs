@@ -23,7 +23,10 @@ pub enum HookOutcome {
     QueuedOffline(usize),
     /// Saved in the spool for the next server start, because the database
     /// could not take the push.
-    Spooled { runs: usize, because: String },
+    Spooled {
+        runs: usize,
+        because: String,
+    },
     NothingToRun,
 }
 

@@ -19,7 +19,8 @@ pub fn of_run(conn: &Connection, run: RunId) -> rusqlite::Result<Vec<JobSummary>
             let state: String = r.get(1)?;
             Ok(JobSummary {
                 job_id: job_id(r.get(0)?)?,
-                state: JobState::parse(&state).ok_or_else(|| invalid(1, format!("unknown job state {state:?}")))?,
+                state: JobState::parse(&state)
+                    .ok_or_else(|| invalid(1, format!("unknown job state {state:?}")))?,
                 exit_code: r.get(2)?,
                 started_at_ms: r.get(3)?,
                 finished_at_ms: r.get(4)?,

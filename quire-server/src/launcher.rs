@@ -396,7 +396,9 @@ impl Launcher {
     /// logs would be.
     async fn finish_without_process(&self, id: RunId, run_dir: &RunDir, reason: &str) {
         let _ = tokio::fs::create_dir_all(run_dir.path()).await;
-        let _ = tokio::fs::write(run_dir.executor_log(), format!("quire: the run could not start: {reason}\n")).await;
+        let _ =
+            tokio::fs::write(run_dir.executor_log(), format!("quire: the run could not start: {reason}\n"))
+                .await;
         let crashed = Ending::Failed(FailureKind::ProcessCrashed);
         if let Err(e) = self.db(move |conn| runs::finish(conn, id, &crashed).map_err(|e| e.to_string())).await
         {

@@ -113,8 +113,12 @@ pub fn show_run(root: &DataRoot, id: &str) -> Result<String, OpsError> {
         let _ = writeln!(out, "started   {}", timestamp(started));
     }
     if let Some(finished) = run.finished_at_ms {
-        let _ =
-            writeln!(out, "finished  {} (took {})", timestamp(finished), format_duration_ms(run.duration_ms(finished)));
+        let _ = writeln!(
+            out,
+            "finished  {} (took {})",
+            timestamp(finished),
+            format_duration_ms(run.duration_ms(finished))
+        );
     }
     if jobs.is_empty() {
         let _ = writeln!(out, "\nno jobs recorded (see `quire ci logs {}` for quire-ci's own log)", run.id);

@@ -126,7 +126,10 @@ impl Run {
         };
         Ok(Run {
             id: id.parse().map_err(|e: InvalidRunId| bad(e.to_string()))?,
-            repo: row.get::<_, String>(1)?.parse().map_err(|e: quire_core::id::InvalidRepoName| bad(e.to_string()))?,
+            repo: row
+                .get::<_, String>(1)?
+                .parse()
+                .map_err(|e: quire_core::id::InvalidRepoName| bad(e.to_string()))?,
             ref_name: row.get(2)?,
             sha: row.get(3)?,
             previous_sha: row.get(4)?,
@@ -330,7 +333,12 @@ pub fn get(conn: &Connection, id: RunId) -> rusqlite::Result<Option<Run>> {
 }
 
 /// Runs newest first, of one repository or all, a page at a time.
-pub fn list(conn: &Connection, repo: Option<&RepoName>, limit: u32, offset: u32) -> rusqlite::Result<Vec<Run>> {
+pub fn list(
+    conn: &Connection,
+    repo: Option<&RepoName>,
+    limit: u32,
+    offset: u32,
+) -> rusqlite::Result<Vec<Run>> {
     let mut stmt = conn.prepare_cached(&format!(
         "SELECT {RUN_COLUMNS} FROM runs WHERE (?1 IS NULL OR repo = ?1) ORDER BY id DESC LIMIT ?2 OFFSET ?3"
     ))?;
@@ -353,7 +361,11 @@ pub fn latest_of_repos(
 }
 
 /// The state of the newest run of a ref that passed or failed, for badges.
-pub fn latest_verdict(conn: &Connection, repo: &RepoName, ref_name: &str) -> rusqlite::Result<Option<RunState>> {
+pub fn latest_verdict(
+    conn: &Connection,
+    repo: &RepoName,
+    ref_name: &str,
+) -> rusqlite::Result<Option<RunState>> {
     conn.query_row(
         "SELECT state FROM runs WHERE repo = ?1 AND ref_name = ?2
          AND state IN ('complete', 'failed') ORDER BY id DESC LIMIT 1",

@@ -54,7 +54,11 @@ pub async fn serve(root: DataRoot, config: Config, listen: Option<SocketAddr>) -
     let replayed = spool::replay(&spool_dir, &mut conn)
         .map_err(|source| ServeError::Spool { path: spool_dir.clone(), source })?;
     if replayed.pushes > 0 {
-        tracing::info!(pushes = replayed.pushes, runs = replayed.runs, "queued pushes saved while the server was down");
+        tracing::info!(
+            pushes = replayed.pushes,
+            runs = replayed.runs,
+            "queued pushes saved while the server was down"
+        );
     }
     if replayed.set_aside > 0 {
         tracing::warn!(files = replayed.set_aside, dir = %spool_dir.display(), "unreadable spooled pushes were set aside as *.bad");

@@ -72,7 +72,6 @@ async fn handle(stream: AsyncUnixStream, launcher: Launcher) {
     let _ = write.write_all(line.as_bytes()).await;
 }
 
-
 /// What a message asks of the launcher; the runs it created or touched, or
 /// a message for the sender.
 async fn dispatch(launcher: &Launcher, message: Message) -> Result<Vec<RunId>, String> {

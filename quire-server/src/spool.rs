@@ -118,7 +118,8 @@ mod tests {
 
         let replayed = replay(&spool, &mut conn).unwrap();
         assert_eq!(replayed, Replayed { pushes: 2, runs: 2, set_aside: 1 });
-        let refs: Vec<String> = runs::list(&conn, None, 10, 0).unwrap().into_iter().map(|r| r.ref_name).collect();
+        let refs: Vec<String> =
+            runs::list(&conn, None, 10, 0).unwrap().into_iter().map(|r| r.ref_name).collect();
         assert_eq!(refs, ["refs/heads/late", "refs/heads/early"], "newest first: early was queued first");
         assert!(spool.join("00-garbage.bad").exists(), "an unreadable push is set aside, not lost");
 

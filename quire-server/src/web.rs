@@ -384,10 +384,9 @@ async fn badge(
 ) -> HttpResponse {
     let Ok(repo) = repo.parse::<RepoName>() else { return not_found_page().await };
     let ref_name = query.ref_name.clone().unwrap_or_else(|| "refs/heads/main".to_string());
-    let latest = with_db(&state, move |conn| {
-        runs::latest_verdict(conn, &repo, &ref_name).map_err(ApiError::internal)
-    })
-    .await;
+    let latest =
+        with_db(&state, move |conn| runs::latest_verdict(conn, &repo, &ref_name).map_err(ApiError::internal))
+            .await;
     let (label, color) = match latest {
         Ok(Some(RunState::Complete)) => ("passing", "#2e7d32"),
         Ok(Some(RunState::Failed)) => ("failing", "#c62828"),

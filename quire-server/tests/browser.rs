@@ -249,7 +249,10 @@ fn two_active_jobs_show_at_once_on_the_run_page() {
     loop {
         let text = browser.text();
         let states = browser.script(badges);
-        if states == json!(["active", "active"]) && text.contains("left-running") && text.contains("right-running") {
+        if states == json!(["active", "active"])
+            && text.contains("left-running")
+            && text.contains("right-running")
+        {
             break;
         }
         assert!(Instant::now() < deadline, "both jobs were never shown active: {states}\n{text}");

@@ -38,7 +38,6 @@ fn job_state(root: &Root, run: &str, job: &str) -> Option<String> {
         .ok()
 }
 
-
 /// `needle` is in no file of the run's directory (`quire-ci.log`,
 /// `events.jsonl`, every log).
 fn assert_nowhere_in_run(root: &Root, repo: &str, run: &str, needle: &str) {

@@ -10,7 +10,6 @@ use std::os::unix::fs::PermissionsExt;
 
 use common::Root;
 
-
 fn log(root: &Root, run: &str, job: &str, n: u32) -> String {
     std::fs::read_to_string(root.path().join(format!("runs/app.git/{run}/jobs/{job}/sh-{n}.log")))
         .unwrap_or_default()

@@ -304,7 +304,10 @@ fn a_push_while_the_server_is_down_is_queued_in_the_database_and_runs_when_it_st
     work.pipeline(PASSING);
     work.commit("pipeline");
     let said = work.push("main");
-    assert!(said.contains("quire server is not running") && said.contains("queued"), "the hook warns: {said}");
+    assert!(
+        said.contains("quire server is not running") && said.contains("queued"),
+        "the hook warns: {said}"
+    );
     let id = only_run(&root, "app.git");
     wait_state(&root, &id, "pending");
     let _server = root.serve();
@@ -330,7 +333,11 @@ fn a_push_before_any_server_ran_is_spooled_and_runs_at_the_first_start() {
     let id = only_run(&root, "app.git");
     assert_eq!(root.wait_finished(&id), ("complete".to_string(), None));
     assert_eq!(rows(&root, "SELECT sha FROM runs WHERE id = ?1", &id), [sha]);
-    assert_eq!(std::fs::read_dir(root.path().join("spool")).unwrap().count(), 0, "replayed once, then removed");
+    assert_eq!(
+        std::fs::read_dir(root.path().join("spool")).unwrap().count(),
+        0,
+        "replayed once, then removed"
+    );
 }
 
 #[test]
@@ -374,7 +381,8 @@ fn max_concurrent_runs_of_one_never_lets_two_runs_overlap() {
     let root = Root::new();
     root.write_config("{:ci {:max-concurrent-runs 1 :sandbox :none}}");
     let _server = root.serve();
-    let pipeline = "(local ci (require :quire.ci))\n(ci.job :nap [:quire/push] (fn [{: sh}] (sh \"sleep 1\")))\n";
+    let pipeline =
+        "(local ci (require :quire.ci))\n(ci.job :nap [:quire/push] (fn [{: sh}] (sh \"sleep 1\")))\n";
     let (work, _) = root.push_pipeline("app.git", pipeline, "main");
     work.push("other");
     let ids = root.wait_run_count("app.git", 2);

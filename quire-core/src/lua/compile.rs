@@ -136,8 +136,8 @@ pub fn compile(source: &SourceFile, options: &CompileOptions) -> Result<Compiled
         format!("{dir}/?.fnl;{dir}/?/init-macros.fnl;{dir}/?/init.fnl")
     });
     limits::set(options.deadline);
-    let watchdog =
-        limits::Watchdog::start(&lua, options.deadline).map_err(|e| internal(source, "arming the deadline", &e))?;
+    let watchdog = limits::Watchdog::start(&lua, options.deadline)
+        .map_err(|e| internal(source, "arming the deadline", &e))?;
     let result = driver.call::<(bool, String, Option<Vec<u32>>, Option<Vec<Table>>)>((
         fennel,
         source.text.as_str(),
@@ -160,8 +160,11 @@ pub fn compile(source: &SourceFile, options: &CompileOptions) -> Result<Compiled
             ))
             .at(crate::diagnostic::Location::new(source.display_name(), 1, 1))
         } else if limits::is_out_of_memory(&e) {
-            Diagnostic::error(format!("compiling {} ran out of memory (the Lua memory limit)", source.display_name()))
-                .at(crate::diagnostic::Location::new(source.display_name(), 1, 1))
+            Diagnostic::error(format!(
+                "compiling {} ran out of memory (the Lua memory limit)",
+                source.display_name()
+            ))
+            .at(crate::diagnostic::Location::new(source.display_name(), 1, 1))
         } else {
             internal(source, "compiling", &e)
         }
@@ -218,7 +221,11 @@ fn compile_vm(options: &CompileOptions) -> mlua::Result<Lua> {
         "open",
         lua.create_function(move |lua, (path, mode): (String, Option<String>)| {
             if mode.as_deref().is_some_and(|m| !m.starts_with('r')) {
-                return Ok((mlua::Value::Nil, Some(format!("{path}: files are read-only while compiling")), true));
+                return Ok((
+                    mlua::Value::Nil,
+                    Some(format!("{path}: files are read-only while compiling")),
+                    true,
+                ));
             }
             // The third value asks compile.lua to stop the compilation
             // (the file is there but out of bounds); without it a search
@@ -267,9 +274,12 @@ fn read_confined(root: Option<&Path>, path: &str) -> Result<String, Unreadable> 
     let refused = |e: std::io::Error| Unreadable::Refused(format!("cannot read {path}: {e}"));
     let file = std::fs::File::open(&resolved).map_err(refused)?;
     let mut text = String::new();
-    std::io::Read::read_to_string(&mut std::io::Read::take(file, MAX_MODULE_BYTES + 1), &mut text).map_err(refused)?;
+    std::io::Read::read_to_string(&mut std::io::Read::take(file, MAX_MODULE_BYTES + 1), &mut text)
+        .map_err(refused)?;
     if text.len() as u64 > MAX_MODULE_BYTES {
-        return Err(Unreadable::Refused(format!("cannot read {path}: it is larger than {MAX_MODULE_BYTES} bytes")));
+        return Err(Unreadable::Refused(format!(
+            "cannot read {path}: it is larger than {MAX_MODULE_BYTES} bytes"
+        )));
     }
     Ok(text)
 }

@@ -31,7 +31,8 @@ pub fn evaluate_data(source: &SourceFile) -> Result<serde_json::Value, Diagnosti
         deadline: Instant::now() + EVALUATE_TIMEOUT,
     };
     let compiled = compile(source, &options)?;
-    let chunk = ChunkInfo { name: source.display_name().to_string(), positions: Arc::new(compiled.positions) };
+    let chunk =
+        ChunkInfo { name: source.display_name().to_string(), positions: Arc::new(compiled.positions) };
     limits::arm(&lua, Instant::now() + EVALUATE_TIMEOUT).map_err(vm_error)?;
     let value = chunk.load(&lua, &compiled.lua).eval::<mlua::Value>();
     limits::disarm();
@@ -79,5 +80,4 @@ mod tests {
         let err = evaluate_data(&src("42")).unwrap_err();
         assert!(err.message.contains("must evaluate to a table"), "{}", err.message);
     }
-
 }

@@ -67,7 +67,12 @@ impl Watchdog {
                     // for this thread; lua_sethook may be called while the
                     // VM runs ("asynchronously", in Lua's words).
                     unsafe {
-                        ffi::lua_sethook(state as *mut ffi::lua_State, Some(deadline_hook), ffi::LUA_MASKCOUNT, 1)
+                        ffi::lua_sethook(
+                            state as *mut ffi::lua_State,
+                            Some(deadline_hook),
+                            ffi::LUA_MASKCOUNT,
+                            1,
+                        )
                     };
                 }
             })
@@ -202,7 +207,10 @@ mod tests {
     #[test]
     fn an_allocation_bomb_hits_the_memory_limit() {
         let lua = vm();
-        let err = lua.load("local t = {} for i = 1, 1e9 do t[i] = string.rep('x', 1024) .. i end").exec().unwrap_err();
+        let err = lua
+            .load("local t = {} for i = 1, 1e9 do t[i] = string.rep('x', 1024) .. i end")
+            .exec()
+            .unwrap_err();
         assert!(is_out_of_memory(&err), "{err}");
         let err = lua.load("return string.rep('x', 1024 * 1024 * 1024)").exec().unwrap_err();
         assert!(is_out_of_memory(&err), "{err}");

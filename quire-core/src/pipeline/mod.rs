@@ -52,7 +52,8 @@ pub fn read_source(workspace: &Path) -> Result<SourceFile, LoadError> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(LoadError::Missing { path }),
         Err(source) => return Err(LoadError::Io { path, source }),
     };
-    let root = workspace.canonicalize().map_err(|source| LoadError::Io { path: workspace.to_path_buf(), source })?;
+    let root =
+        workspace.canonicalize().map_err(|source| LoadError::Io { path: workspace.to_path_buf(), source })?;
     if !resolved.starts_with(&root) || !resolved.is_file() {
         return Err(LoadError::OutsideWorkspace { path });
     }
@@ -144,7 +145,8 @@ impl Pipeline {
         };
         let compiled = compile::compile(source, &options).map_err(|d| vec![d])?;
         let positions = Arc::new(compiled.positions);
-        let chunk = execute::ChunkInfo { name: source.display_name().to_string(), positions: positions.clone() };
+        let chunk =
+            execute::ChunkInfo { name: source.display_name().to_string(), positions: positions.clone() };
         let declarations = evaluate(&lua, &chunk, &compiled.lua, limits).map_err(|d| vec![d])?;
         if !declarations.errors.is_empty() {
             return Err(declarations.errors);
@@ -163,7 +165,10 @@ impl Pipeline {
     pub fn instantiate(&self) -> Result<Instance, String> {
         let lua = execute::new_execute_vm(self.limits.memory)
             .map_err(|e| format!("internal error preparing the pipeline VM: {e}"))?;
-        let chunk = execute::ChunkInfo { name: self.source.display_name().to_string(), positions: self.positions.clone() };
+        let chunk = execute::ChunkInfo {
+            name: self.source.display_name().to_string(),
+            positions: self.positions.clone(),
+        };
         let declarations = evaluate(&lua, &chunk, &self.compiled, self.limits).map_err(|d| d.to_string())?;
         let same_jobs = declarations.jobs.len() == self.jobs.len()
             && declarations.jobs.iter().zip(&self.jobs).all(|(d, j)| d.id == j.id.as_str());
@@ -221,7 +226,8 @@ fn evaluate(
     compiled: &str,
     limits: LuaLimits,
 ) -> Result<declare::Declarations, Diagnostic> {
-    let internal = |e: mlua::Error| Diagnostic::error(format!("internal error preparing the pipeline VM: {e}"));
+    let internal =
+        |e: mlua::Error| Diagnostic::error(format!("internal error preparing the pipeline VM: {e}"));
     let declarations = declare::install_ci_module(lua, chunk.clone()).map_err(internal)?;
     let deadline = Instant::now() + limits.declare_timeout;
     limits::arm(lua, deadline).map_err(internal)?;

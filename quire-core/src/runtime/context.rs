@@ -86,7 +86,6 @@ pub enum RunError {
     Thread { job: JobId, source: io::Error },
 }
 
-
 /// Receives what a run produces. Job threads write to it (one at a time),
 /// so it must be `Send`.
 pub trait Sink: Send {

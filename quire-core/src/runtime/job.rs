@@ -13,10 +13,10 @@ use std::time::Instant;
 
 use mlua::{Lua, Table, Value};
 
-use super::recorder::Recorder;
-use super::redact::Redactor;
 use super::context::{Note, RunContext, RunError};
 use super::jail::Jail;
+use super::recorder::Recorder;
+use super::redact::Redactor;
 use super::sh;
 use crate::clock::format_duration_ms;
 use crate::event::EventKind;
@@ -53,26 +53,28 @@ pub fn spawn(
     start: JobStart,
     reports: Sender<(usize, Report)>,
 ) -> std::io::Result<()> {
-    std::thread::Builder::new().name(format!("job {}", start.id)).stack_size(16 * 1024 * 1024).spawn(move || {
-        let index = start.index;
-        let run = JobRun {
-            pipeline: &pipeline,
-            ctx: &ctx,
-            redactor: &redactor,
-            recorder: &recorder,
-            start,
-            commands: Cell::new(0),
-            fatal: RefCell::new(None),
-            jail: RefCell::new(None),
-        };
-        let result = run.run();
-        let last = match run.fatal.into_inner() {
-            Some(fatal) => Report::Fatal(fatal),
-            None => Report::Done(result),
-        };
-        // The runner may have given up on this job; then nobody listens.
-        let _ = reports.send((index, last));
-    })?;
+    std::thread::Builder::new().name(format!("job {}", start.id)).stack_size(16 * 1024 * 1024).spawn(
+        move || {
+            let index = start.index;
+            let run = JobRun {
+                pipeline: &pipeline,
+                ctx: &ctx,
+                redactor: &redactor,
+                recorder: &recorder,
+                start,
+                commands: Cell::new(0),
+                fatal: RefCell::new(None),
+                jail: RefCell::new(None),
+            };
+            let result = run.run();
+            let last = match run.fatal.into_inner() {
+                Some(fatal) => Report::Fatal(fatal),
+                None => Report::Done(result),
+            };
+            // The runner may have given up on this job; then nobody listens.
+            let _ = reports.send((index, last));
+        },
+    )?;
     Ok(())
 }
 
@@ -108,7 +110,8 @@ impl JobRun<'_> {
         let lua = instance.lua();
         let run_fn = instance.run_fn(self.start.index);
         let result = lua.scope(|scope| {
-            lua.globals().set("print", scope.create_function(|_, args: mlua::Variadic<Value>| self.print(&args))?)?;
+            lua.globals()
+                .set("print", scope.create_function(|_, args: mlua::Variadic<Value>| self.print(&args))?)?;
             let rt = lua.create_table()?;
             rt.set(
                 "sh",
@@ -201,7 +204,11 @@ impl JobRun<'_> {
         if fails_job {
             self.recorder.job_note(
                 self.start.index,
-                &Note::CommandFailed { job: self.job_id().clone(), exit_code: outcome.exit_code, log: log_path.clone() },
+                &Note::CommandFailed {
+                    job: self.job_id().clone(),
+                    exit_code: outcome.exit_code,
+                    log: log_path.clone(),
+                },
             );
         }
         if outcome.timed_out {
@@ -267,7 +274,9 @@ impl JobRun<'_> {
 fn name_argument(function: &str, expected: &str, value: Value) -> mlua::Result<String> {
     match value {
         Value::String(s) => Ok(s.to_string_lossy()),
-        other => Err(mlua::Error::runtime(format!("{function}: expected {expected}, got {}", other.type_name()))),
+        other => {
+            Err(mlua::Error::runtime(format!("{function}: expected {expected}, got {}", other.type_name())))
+        }
     }
 }
 

@@ -48,7 +48,6 @@ impl Limits {
     }
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -52,7 +52,6 @@ use schedule::{Action, Schedule};
 /// single C call) before the runner gives up on it.
 const STUCK_GRACE: Duration = Duration::from_secs(5);
 
-
 /// `quire-ci sandbox-helper`: serves the commands of one job's sandbox
 /// from inside it. See `jail`.
 pub fn serve_sandbox_helper() -> io::Result<()> {
@@ -106,14 +105,23 @@ pub fn execute(
                         .map(|i| (jobs[i].id.clone(), outputs.get(&i).cloned().unwrap_or_default()))
                         .collect();
                     let start = JobStart { index, id: id.clone(), deadline, ancestors };
-                    job::spawn(pipeline.clone(), ctx.clone(), redactor.clone(), sink.clone(), start, reports.clone())
-                        .map_err(|source| RunError::Thread { job: id, source })?;
+                    job::spawn(
+                        pipeline.clone(),
+                        ctx.clone(),
+                        redactor.clone(),
+                        sink.clone(),
+                        start,
+                        reports.clone(),
+                    )
+                    .map_err(|source| RunError::Thread { job: id, source })?;
                     running.insert(index, Running { give_up_at: deadline + STUCK_GRACE });
                 }
             }
         }
         let Some(give_up_at) = running.values().map(|r| r.give_up_at).min() else { break };
-        let (index, report) = match received.recv_timeout(give_up_at.saturating_duration_since(Instant::now())) {
+        let (index, report) = match received
+            .recv_timeout(give_up_at.saturating_duration_since(Instant::now()))
+        {
             Ok(received) => received,
             Err(RecvTimeoutError::Timeout) => {
                 let stuck: Vec<usize> =
@@ -146,7 +154,10 @@ pub fn execute(
                 running.remove(&index);
                 outputs.insert(index, value);
                 schedule.finished(index, true);
-                sink.close_job(index, EventKind::JobFinished { job_id: id.clone(), outcome: JobOutcome::Complete })?;
+                sink.close_job(
+                    index,
+                    EventKind::JobFinished { job_id: id.clone(), outcome: JobOutcome::Complete },
+                )?;
             }
             Report::Done(Err(reason)) => {
                 running.remove(&index);
@@ -162,7 +173,13 @@ pub fn execute(
 
 /// Records a failed job: its reason in `job.log`, for the person watching,
 /// and its `job_finished`.
-fn fail_job(sink: &Recorder, ctx: &RunContext, index: usize, job: &JobId, reason: &str) -> Result<(), RunError> {
+fn fail_job(
+    sink: &Recorder,
+    ctx: &RunContext,
+    index: usize,
+    job: &JobId,
+    reason: &str,
+) -> Result<(), RunError> {
     append_job_log(&ctx.run_dir, job, reason)?;
     sink.job_note(index, &Note::JobFailed { job: job.clone(), reason: reason.to_string() });
     sink.close_job(index, EventKind::JobFinished { job_id: job.clone(), outcome: JobOutcome::Failed })

@@ -110,11 +110,9 @@ pub fn run(
         stdout: child.stdout.take().map(|p| File::from(OwnedFd::from(p))),
         stderr: child.stderr.take().map(|p| File::from(OwnedFd::from(p))),
     };
-    let result = pidfd_open(group, PidfdFlags::empty())
-        .map_err(io::Error::from)
-        .and_then(|pidfd| {
-            supervise(&mut Local { child: &mut child, pidfd, group }, pipes, deadline, guard, &mut on_output)
-        });
+    let result = pidfd_open(group, PidfdFlags::empty()).map_err(io::Error::from).and_then(|pidfd| {
+        supervise(&mut Local { child: &mut child, pidfd, group }, pipes, deadline, guard, &mut on_output)
+    });
     // The group leader may be gone already; anything left in the group goes.
     let _ = kill_process_group(group, Signal::KILL);
     if result.is_err() {
@@ -269,7 +267,8 @@ fn supervise(
             None => GUARD_EVERY,
         };
         let timeout = Some(Timespec { tv_sec: left.as_secs() as _, tv_nsec: left.subsec_nanos() as _ });
-        let (out_ready, err_ready, exit_ready) = wait_for_activity(&pipes, watched.exit_fd(), timeout.as_ref())?;
+        let (out_ready, err_ready, exit_ready) =
+            wait_for_activity(&pipes, watched.exit_fd(), timeout.as_ref())?;
         if out_ready {
             pipes.read_from(Stream::Stdout, &mut buf, &mut record)?;
         }

@@ -86,7 +86,8 @@ pub fn stop_everything() {
     STOPPING.store(true, Ordering::SeqCst);
     kill_running_commands();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
-    while std::time::Instant::now() < deadline && GROUPS.iter().any(|g| is_running(g.load(Ordering::SeqCst))) {
+    while std::time::Instant::now() < deadline && GROUPS.iter().any(|g| is_running(g.load(Ordering::SeqCst)))
+    {
         std::thread::sleep(std::time::Duration::from_millis(5));
         kill_running_commands();
     }

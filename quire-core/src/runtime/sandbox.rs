@@ -204,7 +204,10 @@ impl Bwrap {
         command.args(self.arguments(workspace, &helper)).arg("--");
         if let Some((uid, gid)) = self.run_as {
             let setpriv = find_system_program("setpriv").ok_or_else(|| {
-                std::io::Error::new(std::io::ErrorKind::NotFound, "setpriv (util-linux) is not installed in /usr/bin or /bin")
+                std::io::Error::new(
+                    std::io::ErrorKind::NotFound,
+                    "setpriv (util-linux) is not installed in /usr/bin or /bin",
+                )
             })?;
             command.arg(setpriv).args([
                 format!("--reuid={uid}"),
@@ -332,7 +335,10 @@ fn apply_limits(command: &mut Command, limits: &Limits) {
     unsafe {
         command.pre_exec(move || {
             for (resource, limit) in &rlimits {
-                rustix::process::setrlimit(*resource, Rlimit { current: Some(*limit), maximum: Some(*limit) })?;
+                rustix::process::setrlimit(
+                    *resource,
+                    Rlimit { current: Some(*limit), maximum: Some(*limit) },
+                )?;
             }
             Ok(())
         });
@@ -375,7 +381,8 @@ mod tests {
         assert!(args[setpriv..].contains(&"--bounding-set=-all".to_string()));
         assert!(args.windows(2).any(|w| w == ["--cap-drop", "ALL"]));
         assert_eq!(args[args.len() - 2..], [HELPER_PATH, HELPER_COMMAND]);
-        let vars: Vec<_> = command.get_envs().filter(|(_, v)| v.is_some()).map(|(k, _)| k.to_owned()).collect();
+        let vars: Vec<_> =
+            command.get_envs().filter(|(_, v)| v.is_some()).map(|(k, _)| k.to_owned()).collect();
         assert_eq!(vars, ["PATH"], "bubblewrap's own environment is fixed");
     }
 
@@ -398,5 +405,4 @@ mod tests {
         assert_eq!(resolve_program("./x".as_ref(), Some(&path)), None);
         assert_eq!(resolve_program("no-such-program-quire".as_ref(), Some(&path)), None);
     }
-
 }

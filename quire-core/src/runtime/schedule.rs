@@ -61,8 +61,12 @@ impl Schedule {
                     .collect()
             })
             .collect();
-        let mut schedule =
-            Schedule { order: pipeline.execution_order(), ids, inputs, slots: vec![Slot::Waiting; jobs.len()] };
+        let mut schedule = Schedule {
+            order: pipeline.execution_order(),
+            ids,
+            inputs,
+            slots: vec![Slot::Waiting; jobs.len()],
+        };
         if !only.is_empty() {
             schedule.slots.fill(Slot::Unselected);
             for id in only {

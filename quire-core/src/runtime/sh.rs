@@ -13,10 +13,10 @@ use mlua::{Lua, Table, Value};
 
 use super::jail::protocol::Launch;
 use super::jail::Jail;
+use super::limits::Limits;
 use super::process::{self, Captured, Ended, Finished};
 use super::program::Program;
 use super::redact::Redactor;
-use super::limits::Limits;
 use super::sandbox::{self, Bwrap, Sandbox};
 use crate::clock::format_duration_ms;
 use crate::cri::{self, Stream};
@@ -79,7 +79,9 @@ impl ShRequest {
         }
         for (name, value) in &self.env {
             if name.is_empty() || name.contains('=') || nul(name) {
-                return Err(format!("sh: :env name {name:?} is not a valid variable name (no `=`, no NUL byte)"));
+                return Err(format!(
+                    "sh: :env name {name:?} is not a valid variable name (no `=`, no NUL byte)"
+                ));
             }
             if nul(value) {
                 return Err(format!("sh: the :env value of {name} contains a NUL byte"));

@@ -24,7 +24,11 @@ pub struct LoadedRun {
     pub dir: RunDir,
 }
 
-pub fn load_run(conn: &rusqlite::Connection, root: &DataRoot, id: RunId) -> Result<Option<LoadedRun>, ApiError> {
+pub fn load_run(
+    conn: &rusqlite::Connection,
+    root: &DataRoot,
+    id: RunId,
+) -> Result<Option<LoadedRun>, ApiError> {
     let Some(run) = runs::get(conn, id).map_err(ApiError::internal)? else { return Ok(None) };
     let dir = root.run_dir(&run.repo, id);
     let jobs = if run.state.is_finished() {

@@ -234,7 +234,11 @@ impl Work {
     /// `git push origin <refspec>` (`:refs/heads/x` deletes x); returns
     /// git's stderr.
     pub fn push_refspec(&self, refspec: &str) -> String {
-        let out = Command::new("git").current_dir(self.path()).args(["push", "-q", "origin", refspec]).output().unwrap();
+        let out = Command::new("git")
+            .current_dir(self.path())
+            .args(["push", "-q", "origin", refspec])
+            .output()
+            .unwrap();
         let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
         assert!(out.status.success(), "git push failed: {stderr}");
         stderr
@@ -276,7 +280,8 @@ pub fn assert_processes_gone(pids: &[i32]) {
     let deadline = Instant::now() + Duration::from_secs(10);
     for pid in pids {
         while Path::new(&format!("/proc/{pid}")).exists() {
-            let zombie = std::fs::read_to_string(format!("/proc/{pid}/stat")).map_or(true, |s| s.contains(") Z "));
+            let zombie =
+                std::fs::read_to_string(format!("/proc/{pid}/stat")).map_or(true, |s| s.contains(") Z "));
             if zombie {
                 break;
             }

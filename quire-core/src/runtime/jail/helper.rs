@@ -25,9 +25,8 @@ pub fn serve() -> io::Result<()> {
     let socket = unsafe { OwnedFd::from_raw_fd(0) };
     while let Some((message, fds)) = protocol::receive::<ToHelper>(&socket)? {
         let ToHelper::Launch(launch) = message else { continue };
-        let [stdout, stderr]: [OwnedFd; 2] = fds
-            .try_into()
-            .map_err(|_| io::Error::other("a command must come with its stdout and stderr"))?;
+        let [stdout, stderr]: [OwnedFd; 2] =
+            fds.try_into().map_err(|_| io::Error::other("a command must come with its stdout and stderr"))?;
         match start(&launch, stdout, stderr) {
             Ok(child) => {
                 let code = watch(child, &socket)?;
@@ -91,5 +90,7 @@ fn watch(mut child: Child, socket: &OwnedFd) -> io::Result<i32> {
     }
     let status = child.wait()?;
     let _ = kill_process_group(group, Signal::KILL);
-    Ok(status.code().unwrap_or_else(|| 128 + std::os::unix::process::ExitStatusExt::signal(&status).unwrap_or(0)))
+    Ok(status
+        .code()
+        .unwrap_or_else(|| 128 + std::os::unix::process::ExitStatusExt::signal(&status).unwrap_or(0)))
 }

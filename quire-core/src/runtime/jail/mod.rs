@@ -13,8 +13,8 @@ pub mod protocol;
 
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::path::Path;
 use std::os::unix::process::CommandExt;
+use std::path::Path;
 use std::process::{Child, Stdio};
 
 use rustix::net::{socketpair, AddressFamily, SocketFlags, SocketType};
@@ -34,7 +34,8 @@ pub struct Jail {
 impl Jail {
     /// Starts the sandbox and its helper for a job working in `workspace`.
     pub fn start(bwrap: &Bwrap, workspace: &Path) -> io::Result<Jail> {
-        let (ours, theirs) = socketpair(AddressFamily::UNIX, SocketType::SEQPACKET, SocketFlags::CLOEXEC, None)?;
+        let (ours, theirs) =
+            socketpair(AddressFamily::UNIX, SocketType::SEQPACKET, SocketFlags::CLOEXEC, None)?;
         let mut command = bwrap.command(workspace)?;
         // The helper talks over its stdin; its stderr (and bubblewrap's)
         // is quire-ci's, so a sandbox that cannot start says why there.
@@ -61,11 +62,13 @@ impl Drop for Jail {
     /// Only a sandbox that does not end by itself is killed.
     fn drop(&mut self) {
         let _ = rustix::net::shutdown(&self.socket, rustix::net::Shutdown::Both);
-        let ended = rustix::process::pidfd_open(self.group, rustix::process::PidfdFlags::empty()).is_ok_and(|pidfd| {
-            let mut fds = [rustix::event::PollFd::new(&pidfd, rustix::event::PollFlags::IN)];
-            let grace = rustix::event::Timespec { tv_sec: 2, tv_nsec: 0 };
-            rustix::event::poll(&mut fds, Some(&grace)).is_ok_and(|n| n > 0)
-        });
+        let ended = rustix::process::pidfd_open(self.group, rustix::process::PidfdFlags::empty()).is_ok_and(
+            |pidfd| {
+                let mut fds = [rustix::event::PollFd::new(&pidfd, rustix::event::PollFlags::IN)];
+                let grace = rustix::event::Timespec { tv_sec: 2, tv_nsec: 0 };
+                rustix::event::poll(&mut fds, Some(&grace)).is_ok_and(|n| n > 0)
+            },
+        );
         if !ended {
             let _ = kill_process_group(self.group, Signal::KILL);
         }
