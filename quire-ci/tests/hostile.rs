@@ -554,36 +554,39 @@ fn an_allocation_bomb_in_a_macro_is_a_pipeline_failure_about_memory() {
 /// from a run-fn, is stopped at the job timeout; the run goes on.
 #[test]
 fn a_busy_loop_in_a_coroutine_created_at_top_level_fails_at_the_job_timeout() {
-    let ws = workspace(
+    assert_stopped_at_the_job_timeout(
         r#"(local ci (require :quire.ci))
 (local spin (coroutine.create (fn [] (while true nil))))
 (ci.job :spin [:quire/push] (fn [] (coroutine.resume spin) nil))
 (ci.job :after [:quire/push] (fn [] nil))
 "#,
+        "spin",
     );
+}
+
+/// Runs `pipeline` with a 2 s job timeout: `job` fails with "did not
+/// finish in time", and the independent job `after` still completes.
+fn assert_stopped_at_the_job_timeout(pipeline: &str, job: &str) {
+    let ws = workspace(pipeline);
     let run = run(ws.path(), &["--job-timeout", "2"], &[]);
     run.assert_finished("pipeline_failure");
-    run.assert_job("spin", "failed");
+    run.assert_job(job, "failed");
     run.assert_job("after", "complete");
-    assert!(run.log("spin", "job.log").contains("did not finish in time"), "{}", run.log("spin", "job.log"));
+    assert!(run.log(job, "job.log").contains("did not finish in time"), "{}", run.log(job, "job.log"));
 }
 
 /// Class 2: a busy loop inside a coroutine the run-fn creates is stopped at
 /// the job timeout.
 #[test]
 fn a_busy_loop_in_a_coroutine_created_in_the_run_fn_fails_at_the_job_timeout() {
-    let ws = workspace(
+    assert_stopped_at_the_job_timeout(
         r#"(local ci (require :quire.ci))
 (ci.job :spin [:quire/push]
   (fn [] (coroutine.resume (coroutine.create (fn [] (while true nil)))) nil))
 (ci.job :after [:quire/push] (fn [] nil))
 "#,
+        "spin",
     );
-    let run = run(ws.path(), &["--job-timeout", "2"], &[]);
-    run.assert_finished("pipeline_failure");
-    run.assert_job("spin", "failed");
-    run.assert_job("after", "complete");
-    assert!(run.log("spin", "job.log").contains("did not finish in time"), "{}", run.log("spin", "job.log"));
 }
 
 /// Class 2: a run-fn that catches the timeout error with `pcall` and loops
