@@ -23,6 +23,13 @@ pub struct Config {
     pub secrets: BTreeMap<String, Secret>,
     pub sentry_dsn: Option<String>,
     pub web: WebConfig,
+    pub http: HttpConfig,
+}
+
+#[derive(Debug, Clone)]
+pub struct HttpConfig {
+    /// HTTP worker threads (default: the number of CPUs).
+    pub workers: usize,
 }
 
 /// A declared secret and which repositories' runs may read it.
@@ -130,6 +137,7 @@ impl Default for Config {
             secrets: BTreeMap::new(),
             sentry_dsn: None,
             web: WebConfig::default(),
+            http: HttpConfig { workers: std::thread::available_parallelism().map_or(2, |n| n.get()) },
         }
     }
 }
@@ -213,6 +221,14 @@ impl Reader<'_> {
                         }
                     }
                 }
+                "http" => {
+                    for (k, v) in self.table(value, "http")? {
+                        match k.as_str() {
+                            "workers" => config.http.workers = self.positive(v, k)?.min(256) as usize,
+                            _ => return Err(self.unknown(k, "http", &["workers"])),
+                        }
+                    }
+                }
                 "web" => {
                     for (k, v) in self.table(value, "web")? {
                         match k.as_str() {
@@ -227,7 +243,7 @@ impl Reader<'_> {
                     return Err(self.unknown(
                         key,
                         "the config",
-                        &["listen", "ci", "secrets", "sentry", "web"],
+                        &["listen", "ci", "secrets", "sentry", "web", "http"],
                     ))
                 }
             }

@@ -306,21 +306,34 @@ pub fn finish(conn: &Connection, id: RunId, ending: &Ending) -> rusqlite::Result
     Ok(changed == 1)
 }
 
+/// What [`reconcile`] found.
+#[derive(Debug, Default)]
+pub struct Reconciled {
+    /// Runs a previous instance left active, now `failed`/`orphaned`.
+    pub orphaned: Vec<Run>,
+    /// Pending runs it had claimed, now unclaimed so they run again.
+    pub released: Vec<Run>,
+}
+
 /// At server start: runs a previous instance left active are orphaned, and
 /// pending runs it had claimed are released so they run again.
-pub fn reconcile(conn: &Connection) -> rusqlite::Result<(usize, usize)> {
-    let orphaned = conn.execute(
-        "UPDATE runs SET state = 'failed', failure_kind = 'orphaned',
-                finished_at_ms = max(?1, coalesce(started_at_ms, queued_at_ms))
-         WHERE state = 'active'",
-        params![now_ms()],
-    )?;
-    let released = conn.execute(
-        "UPDATE runs SET token_hash = NULL, workspace_path = NULL
-         WHERE state = 'pending' AND token_hash IS NOT NULL",
-        [],
-    )?;
-    Ok((orphaned, released))
+pub fn reconcile(conn: &Connection) -> rusqlite::Result<Reconciled> {
+    let orphaned = conn
+        .prepare(&format!(
+            "UPDATE runs SET state = 'failed', failure_kind = 'orphaned',
+                    finished_at_ms = max(?1, coalesce(started_at_ms, queued_at_ms))
+             WHERE state = 'active' RETURNING {RUN_COLUMNS}"
+        ))?
+        .query_map(params![now_ms()], Run::from_row)?
+        .collect::<rusqlite::Result<_>>()?;
+    let released = conn
+        .prepare(&format!(
+            "UPDATE runs SET token_hash = NULL, workspace_path = NULL
+             WHERE state = 'pending' AND token_hash IS NOT NULL RETURNING {RUN_COLUMNS}"
+        ))?
+        .query_map([], Run::from_row)?
+        .collect::<rusqlite::Result<_>>()?;
+    Ok(Reconciled { orphaned, released })
 }
 
 pub fn get(conn: &Connection, id: RunId) -> rusqlite::Result<Option<Run>> {
@@ -339,11 +352,20 @@ pub fn list(
     limit: u32,
     offset: u32,
 ) -> rusqlite::Result<Vec<Run>> {
-    let mut stmt = conn.prepare_cached(&format!(
-        "SELECT {RUN_COLUMNS} FROM runs WHERE (?1 IS NULL OR repo = ?1) ORDER BY id DESC LIMIT ?2 OFFSET ?3"
-    ))?;
-    let runs = stmt.query_map(params![repo.map(RepoName::as_str), limit, offset], Run::from_row)?;
-    runs.collect()
+    // Two statements, so that a repository's page uses `runs_by_repo`
+    // (`?1 IS NULL OR repo = ?1` would scan the whole table).
+    match repo {
+        Some(repo) => conn
+            .prepare_cached(&format!(
+                "SELECT {RUN_COLUMNS} FROM runs WHERE repo = ?1 ORDER BY id DESC LIMIT ?2 OFFSET ?3"
+            ))?
+            .query_map(params![repo.as_str(), limit, offset], Run::from_row)?
+            .collect(),
+        None => conn
+            .prepare_cached(&format!("SELECT {RUN_COLUMNS} FROM runs ORDER BY id DESC LIMIT ?1 OFFSET ?2"))?
+            .query_map(params![limit, offset], Run::from_row)?
+            .collect(),
+    }
 }
 
 /// Each repository with its newest run, if it has one.
@@ -449,7 +471,9 @@ mod tests {
         claim(&conn, active, &token_hash("1"), "/w1").unwrap();
         start_by_token(&conn, &token_hash("1")).unwrap().unwrap();
         claim(&conn, claimed, &token_hash("2"), "/w2").unwrap();
-        assert_eq!(reconcile(&conn).unwrap(), (1, 1));
+        let reconciled = reconcile(&conn).unwrap();
+        let ids = |runs: &[Run]| runs.iter().map(|r| r.id).collect::<Vec<_>>();
+        assert_eq!((ids(&reconciled.orphaned), ids(&reconciled.released)), (vec![active], vec![claimed]));
         let run = get(&conn, active).unwrap().unwrap();
         assert_eq!((run.state, run.failure_kind), (RunState::Failed, Some(FailureKind::Orphaned)));
         assert_eq!(next_pending(&conn).unwrap().unwrap().id, claimed);

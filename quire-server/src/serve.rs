@@ -43,13 +43,8 @@ pub async fn serve(root: DataRoot, config: Config, listen: Option<SocketAddr>) -
         tracing::warn!(error = %e, "cannot become the reaper of processes runs detach");
     }
     let mut conn = db::open_and_migrate(&root.db_path())?;
-    let (orphaned, released) = runs::reconcile(&conn).map_err(ServeError::Reconcile)?;
-    if orphaned > 0 {
-        tracing::warn!(orphaned, "runs left active by a previous server were marked failed (orphaned)");
-    }
-    if released > 0 {
-        tracing::info!(released, "pending runs claimed by a previous server were queued again");
-    }
+    let reconciled = runs::reconcile(&conn).map_err(ServeError::Reconcile)?;
+    record_leftovers(&root, &mut conn, &reconciled);
     let spool_dir = root.spool_dir();
     let replayed = spool::replay(&spool_dir, &mut conn)
         .map_err(|source| ServeError::Spool { path: spool_dir.clone(), source })?;
@@ -77,7 +72,7 @@ pub async fn serve(root: DataRoot, config: Config, listen: Option<SocketAddr>) -
             .configure(pages::configure)
             .default_service(web::to(not_found))
     })
-    .workers(2)
+    .workers(config.http.workers)
     .bind(addr)
     .map_err(|source| ServeError::Listen { addr, source })?;
     let bound = http.addrs().first().copied().unwrap_or(addr);
@@ -110,6 +105,39 @@ pub async fn serve(root: DataRoot, config: Config, listen: Option<SocketAddr>) -
     let result = http.disable_signals().run().await.map_err(ServeError::Http);
     let _ = std::fs::remove_file(&socket_path);
     result
+}
+
+/// What a previous instance left behind: an orphaned run's events are
+/// ingested (its page then shows what it did before the server died) and
+/// its workspace removed; a released run's half-made workspace goes too,
+/// since it will be made again.
+fn record_leftovers(root: &DataRoot, conn: &mut rusqlite::Connection, reconciled: &runs::Reconciled) {
+    if !reconciled.orphaned.is_empty() {
+        tracing::warn!(
+            orphaned = reconciled.orphaned.len(),
+            "runs left active by a previous server were marked failed (orphaned)"
+        );
+    }
+    if !reconciled.released.is_empty() {
+        tracing::info!(
+            released = reconciled.released.len(),
+            "pending runs claimed by a previous server were queued again"
+        );
+    }
+    for run in &reconciled.orphaned {
+        let dir = root.run_dir(&run.repo, run.id);
+        if let Err(e) = crate::ingest::ingest_file(conn, run.id, &dir.events(), quire_core::clock::now_ms()) {
+            tracing::warn!(run = %run.id, error = %e, "cannot ingest an orphaned run's events");
+        }
+    }
+    for run in reconciled.orphaned.iter().chain(&reconciled.released) {
+        let workspace = root.run_dir(&run.repo, run.id).workspace();
+        if workspace.exists() {
+            if let Err(e) = std::fs::remove_dir_all(&workspace) {
+                tracing::warn!(run = %run.id, error = %e, "cannot remove a workspace left behind");
+            }
+        }
+    }
 }
 
 /// 404 for unknown paths: JSON under `/api/`, the HTML page elsewhere.

@@ -288,6 +288,10 @@ fn a_server_killed_mid_run_orphans_it_and_runs_the_queue_after_restart() {
     let _server = root.serve_with(&env);
     assert_eq!(root.wait_finished(&active), ("failed".to_string(), Some("orphaned".to_string())));
     assert_eq!(root.wait_finished(&queued), ("complete".to_string(), None));
+    // What the orphaned run did before the server died is recorded, and its
+    // workspace is gone.
+    assert_eq!(rows(&root, "SELECT job_id, state FROM jobs WHERE run_id = ?1", &active), ["wait|aborted"]);
+    assert!(!run_dir(&root, "app.git", &active).join("workspace").exists());
 }
 
 /// Starts a server and stops it once it is listening, leaving a migrated
