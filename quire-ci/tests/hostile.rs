@@ -1242,3 +1242,78 @@ fn filling_the_disk_past_the_free_space_floor_kills_the_command() {
     let log = run.log("fill", "sh-1.log");
     assert!(log.contains("quire-ci: command killed: the workspace's file system has less than"), "{log}");
 }
+
+/// Class 1: the helper that starts a job's commands inside its sandbox
+/// runs as the same user as they do; a command can neither open the
+/// helper's socket through /proc nor trace it (to start processes past its
+/// own limits or with another environment).
+#[test]
+fn a_command_cannot_reach_the_helper_that_started_it() {
+    let ws = workspace(
+        r#"(local ci (require :quire.ci))
+(ci.job :a [:quire/push]
+  (fn [{: sh}]
+    (sh "if ls /proc/$PPID/fd >/dev/null 2>&1; then echo helper-fds-visible; else echo helper-fds-hidden; fi")
+    (sh "if cat /proc/$PPID/environ >/dev/null 2>&1; then echo helper-environ-visible; else echo helper-environ-hidden; fi")))
+"#,
+    );
+    let owned = Command::new("chown").args(["-R", "65534:65534"]).arg(ws.path()).status().unwrap();
+    assert!(owned.success());
+    let run = run_bwrap(ws.path(), &[], &[]);
+    run.assert_finished("success");
+    assert!(run.log("a", "sh-1.log").contains("helper-fds-hidden"), "{}", run.log("a", "sh-1.log"));
+    assert!(run.log("a", "sh-2.log").contains("helper-environ-hidden"), "{}", run.log("a", "sh-2.log"));
+}
+
+/// Class 7: a command that stops the helper of its sandbox (same user) so
+/// that its kill is never carried out still ends at its timeout: the whole
+/// sandbox goes.
+#[test]
+fn stopping_the_sandbox_helper_does_not_outlive_the_timeout() {
+    let ws = workspace(
+        r#"(local ci (require :quire.ci))
+(ci.job :a [:quire/push] (fn [{: sh}] (sh "kill -STOP $PPID; exec sleep 100000" {:timeout 2})))
+"#,
+    );
+    let started = std::time::Instant::now();
+    let run = run_bwrap(ws.path(), &[], &[]);
+    run.assert_finished("pipeline_failure");
+    run.assert_job("a", "failed");
+    assert!(started.elapsed() < std::time::Duration::from_secs(20), "took {:?}", started.elapsed());
+}
+
+/// Class 7: in the sandbox, what a command detached from its group
+/// (`setsid … &`) is gone when the command returns, so it cannot watch the
+/// job's later commands.
+#[test]
+fn a_detached_process_in_the_sandbox_dies_with_its_sh() {
+    let ws = workspace(
+        r#"(local ci (require :quire.ci))
+(ci.job :a [:quire/push]
+  (fn [{: sh}]
+    (sh "setsid sleep 300 > /dev/null 2>&1 < /dev/null & echo detached")
+    (sh "for p in /proc/[0-9]*; do if [ \"$(cat $p/comm 2>/dev/null)\" = sleep ]; then echo survived; fi; done")))
+"#,
+    );
+    let run = run_bwrap(ws.path(), &[], &[]);
+    run.assert_finished("success");
+    assert!(run.log("a", "sh-1.log").contains("detached"));
+    assert!(!run.log("a", "sh-2.log").contains("survived"), "{}", run.log("a", "sh-2.log"));
+}
+
+/// Class 8: a command line of 10 MB does not flood the event stream: what
+/// events and messages show of it is bounded.
+#[test]
+fn a_huge_command_line_is_shown_cut() {
+    let ws = workspace(
+        r#"(local ci (require :quire.ci))
+(ci.job :a [:quire/push] (fn [{: sh}] (sh (.. "true " (string.rep "x" 10000000)) {:check false})))
+"#,
+    );
+    let run = run(ws.path(), &[], &[]);
+    run.assert_finished("success");
+    let cmd =
+        run.events().iter().find(|e| e["type"] == "sh_started").unwrap()["cmd"].as_str().unwrap().to_string();
+    assert!(cmd.len() < 5000, "the event shows {} bytes", cmd.len());
+    assert!(cmd.ends_with("(10000005 bytes in all)"), "{}", &cmd[cmd.len() - 40..]);
+}

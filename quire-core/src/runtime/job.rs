@@ -170,7 +170,12 @@ impl JobRun<'_> {
         let request = sh::ShRequest::from_lua(cmd, opts).map_err(mlua::Error::runtime)?;
         let cwd =
             sh::resolve_cwd(&self.ctx.workspace, request.cwd.as_deref()).map_err(mlua::Error::runtime)?;
-        let display = self.redactor.redact(&request.program.display());
+        // What events, logs and messages show of the command: bounded, so a
+        // huge command line cannot flood the event stream.
+        let display = shown(&self.redactor.redact(&request.program.display()));
+        if let Some(reason) = sh::disk_below_floor(&self.ctx.workspace, self.ctx.disk_floor) {
+            return Err(mlua::Error::runtime(format!("sh: not started: {reason}")));
+        }
         let number = self.commands.get() + 1;
         self.commands.set(number);
         let dir = self.ctx.run_dir.job_dir(self.job_id());
@@ -267,6 +272,22 @@ impl JobRun<'_> {
         self.fatal.borrow_mut().get_or_insert(error);
         mlua::Error::runtime(message)
     }
+}
+
+/// The longest command line events and messages show.
+const SHOWN_COMMAND: usize = 4096;
+
+/// `command`, cut at [`SHOWN_COMMAND`] bytes (on a character boundary)
+/// with a note of its full length.
+fn shown(command: &str) -> String {
+    if command.len() <= SHOWN_COMMAND {
+        return command.to_string();
+    }
+    let mut cut = SHOWN_COMMAND;
+    while !command.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    format!("{}… ({} bytes in all)", &command[..cut], command.len())
 }
 
 /// The one string argument of a runtime function, or an error saying what

@@ -110,15 +110,15 @@ pub fn run(
         stdout: child.stdout.take().map(|p| File::from(OwnedFd::from(p))),
         stderr: child.stderr.take().map(|p| File::from(OwnedFd::from(p))),
     };
+    let mut local = Local { child: &mut child, pidfd: None, group, registered: Some(registered) };
     let result = pidfd_open(group, PidfdFlags::empty()).map_err(io::Error::from).and_then(|pidfd| {
-        supervise(&mut Local { child: &mut child, pidfd, group }, pipes, deadline, guard, &mut on_output)
+        local.pidfd = Some(pidfd);
+        supervise(&mut local, pipes, deadline, guard, &mut on_output)
     });
-    // The group leader may be gone already; anything left in the group goes.
-    let _ = kill_process_group(group, Signal::KILL);
     if result.is_err() {
-        let _ = child.wait();
+        let _ = local.kill();
+        let _ = local.wait();
     }
-    drop(registered);
     result.map(Ended::Finished)
 }
 
@@ -163,20 +163,33 @@ trait Watched {
     fn wait(&mut self) -> io::Result<i32>;
 }
 
-/// A child of quire-ci's own.
+/// A child of quire-ci's own. Its group is killed (leftovers included)
+/// while the leader is still unreaped, so the group's id cannot have been
+/// reused by then; it leaves the registry before it is reaped too.
 struct Local<'a> {
     child: &'a mut Child,
-    pidfd: OwnedFd,
+    pidfd: Option<OwnedFd>,
     group: Pid,
+    registered: Option<reaper::Registered>,
+}
+
+impl Local<'_> {
+    /// Kills what is left of the group, then reaps the leader.
+    fn reap(&mut self) -> io::Result<i32> {
+        let _ = kill_process_group(self.group, Signal::KILL);
+        drop(self.registered.take());
+        Ok(exit_code(self.child.wait()?))
+    }
 }
 
 impl Watched for Local<'_> {
     fn exit_fd(&self) -> BorrowedFd<'_> {
-        self.pidfd.as_fd()
+        self.pidfd.as_ref().expect("set before supervising").as_fd()
     }
 
     fn ended(&mut self) -> io::Result<Option<i32>> {
-        Ok(self.child.try_wait()?.map(exit_code))
+        // The pidfd is readable: the leader has exited and is a zombie.
+        self.reap().map(Some)
     }
 
     fn kill(&mut self) -> io::Result<()> {
@@ -185,7 +198,7 @@ impl Watched for Local<'_> {
     }
 
     fn wait(&mut self) -> io::Result<i32> {
-        Ok(exit_code(self.child.wait()?))
+        self.reap()
     }
 }
 
@@ -217,14 +230,29 @@ impl Watched for Jailed<'_> {
         protocol::send(self.helper, &ToHelper::Kill, &[]).map_err(|e| io::Error::new(SANDBOX_GONE, e))
     }
 
+    /// A helper that does not answer a kill within [`HELPER_GRACE`] (a
+    /// command stopped it, say) is given up on: the caller drops the whole
+    /// sandbox, and the command with it.
     fn wait(&mut self) -> io::Result<i32> {
+        let grace = Timespec { tv_sec: HELPER_GRACE.as_secs() as _, tv_nsec: 0 };
         loop {
+            let mut fds = [PollFd::new(&self.helper, PollFlags::IN)];
+            let ready = match poll(&mut fds, Some(&grace)) {
+                Err(rustix::io::Errno::INTR) => continue,
+                other => other?,
+            };
+            if ready == 0 {
+                return Err(io::Error::new(SANDBOX_GONE, "its helper did not answer a kill"));
+            }
             if let Some(code) = self.ended()? {
                 return Ok(code);
             }
         }
     }
 }
+
+/// How long the helper in a job's sandbox has to report a killed command.
+const HELPER_GRACE: Duration = Duration::from_secs(2);
 
 fn exit_code(status: std::process::ExitStatus) -> i32 {
     status.code().unwrap_or_else(|| 128 + status.signal().unwrap_or(0))

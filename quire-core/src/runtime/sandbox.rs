@@ -12,12 +12,13 @@
 //! so that it holds no privileges and the process limit applies; otherwise
 //! bubblewrap uses a user namespace.
 //!
-//! Nothing a pipeline controls steers the sandbox's own set-up: bubblewrap
-//! and `setpriv` are fixed absolute paths, bubblewrap runs with a fixed
-//! environment, and its options (mounts, and the command's environment,
-//! `:env` included) reach it as arguments read from its stdin
-//! (`--args 0`), so no loader variable reaches it and no secret in `:env`
-//! shows in a process listing.
+//! Nothing a pipeline controls steers the sandbox's own set-up: `setpriv`
+//! is a fixed absolute path, bubblewrap runs with a fixed environment, and
+//! its arguments hold nothing of the pipeline but the workspace's path. A
+//! job's commands, and their environment (`:env` included), reach the
+//! helper inside the sandbox over its socket (`jail`), so no loader
+//! variable reaches a program running as root and no `:env` value shows
+//! in a process listing.
 
 use std::ffi::OsString;
 use std::os::unix::process::CommandExt;

@@ -307,18 +307,8 @@ impl Execution<'_> {
         }
     }
 
-    /// Why the command must stop now, if the workspace's file system is
-    /// nearly full.
     fn disk_guard(&self) -> Option<String> {
-        let floor = self.disk_floor?;
-        let stats = rustix::fs::statvfs(self.workspace).ok()?;
-        let free = stats.f_bavail.saturating_mul(stats.f_frsize);
-        (free < floor).then(|| {
-            format!(
-                "the workspace's file system has less than {} MiB free (the run's floor); the command filled it",
-                floor / (1024 * 1024)
-            )
-        })
+        disk_below_floor(self.workspace, self.disk_floor)
     }
 
     pub fn deadline_description(&self) -> String {
@@ -327,6 +317,24 @@ impl Execution<'_> {
             None => "the job's timeout".to_string(),
         }
     }
+}
+
+/// Why no command may run now: the file system holding `workspace` has
+/// less free space than `floor` bytes, or less than 1 % of its inodes free.
+pub fn disk_below_floor(workspace: &Path, floor: Option<u64>) -> Option<String> {
+    let floor = floor?;
+    let stats = rustix::fs::statvfs(workspace).ok()?;
+    let free = stats.f_bavail.saturating_mul(stats.f_frsize);
+    if free < floor {
+        return Some(format!(
+            "the workspace's file system has less than {} MiB free (the run's floor)",
+            floor / (1024 * 1024)
+        ));
+    }
+    if stats.f_files > 0 && stats.f_favail < stats.f_files / 100 {
+        return Some("the workspace's file system has less than 1% of its inodes free".to_string());
+    }
+    None
 }
 
 fn sandbox_failed(e: io::Error) -> io::Error {

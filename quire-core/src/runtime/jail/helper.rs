@@ -3,8 +3,10 @@
 //! group of its own with the output descriptors it was sent, the
 //! environment, directory and limits it was told, and reports how it
 //! ended. It runs as the sandbox's unprivileged user, so every command
-//! does too; no variable of a command's reaches it. When a command exits,
-//! or quire-ci asks, the command's whole process group is killed.
+//! does too; no variable of a command's reaches it, and, being
+//! non-dumpable, it cannot be traced or have its socket opened by them.
+//! When a command exits, or quire-ci asks, the command's whole process
+//! group is killed.
 
 use std::ffi::OsString;
 use std::io;
@@ -20,6 +22,11 @@ use crate::runtime::sandbox;
 
 /// Serves commands until quire-ci closes the socket.
 pub fn serve() -> io::Result<()> {
+    // The commands run as the same user: made non-dumpable, the helper
+    // cannot be traced by them (to spawn past their limits) and its socket
+    // cannot be opened through /proc/<pid>/fd. Its children (the commands)
+    // are dumpable again once they exec.
+    rustix::process::set_dumpable_behavior(rustix::process::DumpableBehavior::NotDumpable)?;
     // SAFETY: fd 0 is the socket bubblewrap passed on as stdin; nothing
     // else in this process uses it.
     let socket = unsafe { OwnedFd::from_raw_fd(0) };
@@ -88,9 +95,21 @@ fn watch(mut child: Child, socket: &OwnedFd) -> io::Result<i32> {
             }
         }
     }
-    let status = child.wait()?;
     let _ = kill_process_group(group, Signal::KILL);
+    let status = child.wait()?;
+    // Everything else the command started goes too, even what left its
+    // group (`setsid … &`): in the sandbox's PID namespace that is every
+    // process but its init and this helper.
+    kill_all_but_me();
     Ok(status
         .code()
         .unwrap_or_else(|| 128 + std::os::unix::process::ExitStatusExt::signal(&status).unwrap_or(0)))
+}
+
+/// `kill(-1, SIGKILL)`: every process this one may signal but itself and
+/// the namespace's init; inside the sandbox, whatever commands left.
+fn kill_all_but_me() {
+    // The "group" -1 is kill(2)'s spelling of "every process".
+    let everyone = Pid::from_raw(1).expect("1 is a valid pid");
+    let _ = kill_process_group(everyone, Signal::KILL);
 }

@@ -17,16 +17,19 @@ use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Child, Stdio};
 
-use rustix::net::{socketpair, AddressFamily, SocketFlags, SocketType};
-use rustix::process::{kill_process_group, Pid, Signal};
+use rustix::event::{poll, PollFd, PollFlags, Timespec};
+use rustix::net::{shutdown, socketpair, AddressFamily, Shutdown, SocketFlags, SocketType};
+use rustix::process::{pidfd_open, pidfd_send_signal, Pid, PidfdFlags, Signal};
 
 use super::reaper::{self, Registered};
 use super::sandbox::Bwrap;
 
-/// A job's running sandbox.
+/// A job's running sandbox. bubblewrap is watched and signalled through a
+/// pidfd, never by its number, which could belong to another process once
+/// bubblewrap has been reaped.
 pub struct Jail {
     bwrap: Child,
-    group: Pid,
+    pidfd: OwnedFd,
     socket: OwnedFd,
     _registered: Registered,
 }
@@ -40,9 +43,17 @@ impl Jail {
         // The helper talks over its stdin; its stderr (and bubblewrap's)
         // is quire-ci's, so a sandbox that cannot start says why there.
         command.stdin(Stdio::from(theirs)).stdout(Stdio::null()).process_group(0);
-        let (bwrap, registered) = reaper::spawn_registered(&mut command)?;
-        let group = Pid::from_raw(bwrap.id() as i32).expect("child pids are positive");
-        Ok(Jail { bwrap, group, socket: ours, _registered: registered })
+        let (mut bwrap, registered) = reaper::spawn_registered(&mut command)?;
+        let pid = Pid::from_raw(bwrap.id() as i32).expect("child pids are positive");
+        let pidfd = match pidfd_open(pid, PidfdFlags::empty()) {
+            Ok(pidfd) => pidfd,
+            Err(e) => {
+                let _ = bwrap.kill();
+                let _ = bwrap.wait();
+                return Err(e.into());
+            }
+        };
+        Ok(Jail { bwrap, pidfd, socket: ours, _registered: registered })
     }
 
     /// The helper's end of the conversation.
@@ -52,25 +63,23 @@ impl Jail {
 
     /// Whether the sandbox is still there to run commands.
     pub fn is_alive(&mut self) -> bool {
-        matches!(self.bwrap.try_wait(), Ok(None))
+        let mut fds = [PollFd::new(&self.pidfd, PollFlags::IN)];
+        let now = Timespec { tv_sec: 0, tv_nsec: 0 };
+        matches!(poll(&mut fds, Some(&now)), Ok(0))
     }
 }
 
 impl Drop for Jail {
     /// Ends the sandbox: closing the socket ends the helper, and with it
     /// the sandbox and everything inside (bubblewrap's PID namespace).
-    /// Only a sandbox that does not end by itself is killed.
+    /// Only a sandbox that does not end by itself is killed; bubblewrap's
+    /// death takes the rest with it (`--die-with-parent`).
     fn drop(&mut self) {
-        let _ = rustix::net::shutdown(&self.socket, rustix::net::Shutdown::Both);
-        let ended = rustix::process::pidfd_open(self.group, rustix::process::PidfdFlags::empty()).is_ok_and(
-            |pidfd| {
-                let mut fds = [rustix::event::PollFd::new(&pidfd, rustix::event::PollFlags::IN)];
-                let grace = rustix::event::Timespec { tv_sec: 2, tv_nsec: 0 };
-                rustix::event::poll(&mut fds, Some(&grace)).is_ok_and(|n| n > 0)
-            },
-        );
-        if !ended {
-            let _ = kill_process_group(self.group, Signal::KILL);
+        let _ = shutdown(&self.socket, Shutdown::Both);
+        let mut fds = [PollFd::new(&self.pidfd, PollFlags::IN)];
+        let grace = Timespec { tv_sec: 2, tv_nsec: 0 };
+        if !matches!(poll(&mut fds, Some(&grace)), Ok(n) if n > 0) {
+            let _ = pidfd_send_signal(&self.pidfd, Signal::KILL);
         }
         let _ = self.bwrap.wait();
     }
