@@ -1317,3 +1317,51 @@ fn a_huge_command_line_is_shown_cut() {
     assert!(cmd.len() < 5000, "the event shows {} bytes", cmd.len());
     assert!(cmd.ends_with("(10000005 bytes in all)"), "{}", &cmd[cmd.len() - 40..]);
 }
+
+/// Class 8: a run-fn printing without end fills neither the progress
+/// output nor (on the server) `quire-ci.log`: each print is cut, and a
+/// job's prints stop after 1 MiB with a line saying so.
+#[test]
+fn a_printing_loop_is_cut_to_a_budget() {
+    let ws = workspace(
+        r#"(local ci (require :quire.ci))
+(ci.job :loud [:quire/push]
+  (fn [] (for [i 1 2000] (print (string.rep "y" 100000))) nil))
+"#,
+    );
+    let run = run(ws.path(), &[], &[]);
+    run.assert_finished("success");
+    let shown = run.stderr().len() + run.ended.stdout.len();
+    assert!(shown < 2 * 1024 * 1024, "{shown} bytes of output");
+    assert!(run.stderr().contains("the rest of its print output is discarded"));
+}
+
+/// Class 8: a `ci.fnl` of more than 1 MiB is refused before it is read
+/// whole; the run is a pipeline failure and quire-ci exits 0.
+#[test]
+fn an_oversized_pipeline_is_refused_unread() {
+    let mut text = String::from("(local ci (require :quire.ci))\n");
+    text.push_str(&";".repeat(2 * 1024 * 1024));
+    let ws = workspace(&text);
+    let checked = validate(ws.path(), &[]);
+    assert_ne!(checked.status.code(), Some(0));
+    assert!(checked.both().contains("larger than 1048576 bytes"), "{}", checked.both());
+    let run = run(ws.path(), &[], &[]);
+    run.assert_refused();
+}
+
+/// Class 1: in a job's sandbox each command leads a session of its own, as
+/// a sandbox per command did (no terminal it could reach, one group to kill).
+#[test]
+fn each_sandboxed_command_leads_its_own_session() {
+    let ws = workspace(
+        r#"(local ci (require :quire.ci))
+(ci.job :a [:quire/push]
+  (fn [{: sh}]
+    (sh "read -r pid comm state ppid pgrp sid rest < /proc/self/stat; if [ \"$sid\" = \"$$\" ] && [ \"$pgrp\" = \"$$\" ]; then echo own-session; fi")))
+"#,
+    );
+    let run = run_bwrap(ws.path(), &[], &[]);
+    run.assert_finished("success");
+    assert!(run.log("a", "sh-1.log").contains("own-session"), "{}", run.log("a", "sh-1.log"));
+}

@@ -108,7 +108,7 @@ pub struct CompileOptions<'a> {
 }
 
 /// Largest file a compilation reads.
-const MAX_MODULE_BYTES: u64 = 1024 * 1024;
+pub const MAX_SOURCE_BYTES: u64 = 1024 * 1024;
 
 /// Compiles `source` to Lua.
 pub fn compile(source: &SourceFile, options: &CompileOptions) -> Result<Compiled, Diagnostic> {
@@ -287,11 +287,11 @@ fn read_confined(root: Option<&Path>, path: &str) -> Result<String, Unreadable> 
     let refused = |e: std::io::Error| Unreadable::Refused(format!("cannot read {path}: {e}"));
     let file = std::fs::File::open(&resolved).map_err(refused)?;
     let mut text = String::new();
-    std::io::Read::read_to_string(&mut std::io::Read::take(file, MAX_MODULE_BYTES + 1), &mut text)
+    std::io::Read::read_to_string(&mut std::io::Read::take(file, MAX_SOURCE_BYTES + 1), &mut text)
         .map_err(refused)?;
-    if text.len() as u64 > MAX_MODULE_BYTES {
+    if text.len() as u64 > MAX_SOURCE_BYTES {
         return Err(Unreadable::Refused(format!(
-            "cannot read {path}: it is larger than {MAX_MODULE_BYTES} bytes"
+            "cannot read {path}: it is larger than {MAX_SOURCE_BYTES} bytes"
         )));
     }
     Ok(text)

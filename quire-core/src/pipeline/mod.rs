@@ -57,6 +57,10 @@ pub fn read_source(workspace: &Path) -> Result<SourceFile, LoadError> {
     if !resolved.starts_with(&root) || !resolved.is_file() {
         return Err(LoadError::OutsideWorkspace { path });
     }
+    let too_large = std::fs::metadata(&resolved).is_ok_and(|m| m.len() > compile::MAX_SOURCE_BYTES);
+    if too_large {
+        return Err(LoadError::TooLarge { path });
+    }
     match std::fs::read_to_string(&resolved) {
         Ok(text) => Ok(SourceFile::new(display, text)),
         Err(source) => Err(LoadError::Io { path, source }),
@@ -73,6 +77,8 @@ pub enum LoadError {
         path.display()
     )]
     OutsideWorkspace { path: PathBuf },
+    #[error("{} is larger than {} bytes; a pipeline is code, not data", path.display(), compile::MAX_SOURCE_BYTES)]
+    TooLarge { path: PathBuf },
     #[error("cannot read {}: {source}", path.display())]
     Io { path: PathBuf, source: std::io::Error },
     #[error("{} has {} error(s)", file.display_name(), diagnostics.len())]

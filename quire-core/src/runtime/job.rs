@@ -65,6 +65,7 @@ pub fn spawn(
                 commands: Cell::new(0),
                 fatal: RefCell::new(None),
                 jail: RefCell::new(None),
+                printed: Cell::new(0),
             };
             let result = run.run();
             let last = match run.fatal.into_inner() {
@@ -91,6 +92,8 @@ struct JobRun<'a> {
     fatal: RefCell<Option<RunError>>,
     /// The job's sandbox, once its first command under bubblewrap ran.
     jail: RefCell<Option<Jail>>,
+    /// Bytes the job's `print`s have shown so far.
+    printed: Cell<usize>,
 }
 
 impl JobRun<'_> {
@@ -159,9 +162,25 @@ impl JobRun<'_> {
         }
     }
 
+    /// `print`: redacted, each call cut like a command line, and at most
+    /// [`PRINT_BUDGET`] bytes a job, so a printing loop cannot fill the
+    /// disk through quire-ci's own log.
     fn print(&self, args: &[Value]) -> mlua::Result<()> {
+        let printed = self.printed.get();
+        if printed > PRINT_BUDGET {
+            return Ok(());
+        }
         let line: Vec<String> = args.iter().map(|v| v.to_string().unwrap_or_else(|_| "?".into())).collect();
-        let text = self.redactor.redact(&line.join("\t"));
+        let text = shown(&self.redactor.redact(&line.join("\t")));
+        self.printed.set(printed + text.len());
+        let text = if printed + text.len() > PRINT_BUDGET {
+            format!(
+                "quire-ci: this job printed more than {} KiB; the rest of its print output is discarded",
+                PRINT_BUDGET / 1024
+            )
+        } else {
+            text
+        };
         self.recorder.job_note(self.start.index, &Note::Printed { job: self.job_id().clone(), text });
         Ok(())
     }
@@ -273,6 +292,9 @@ impl JobRun<'_> {
         mlua::Error::runtime(message)
     }
 }
+
+/// What a job's `print`s may show in all.
+const PRINT_BUDGET: usize = 1024 * 1024;
 
 /// The longest command line events and messages show.
 const SHOWN_COMMAND: usize = 4096;

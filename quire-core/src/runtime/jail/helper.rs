@@ -1,6 +1,6 @@
 //! The helper inside a job's sandbox (`quire-ci sandbox-helper`): it
-//! receives commands over its stdin (a socket), starts each in a process
-//! group of its own with the output descriptors it was sent, the
+//! receives commands over its stdin (a socket), starts each in a session
+//! and process group of its own with the output descriptors it was sent, the
 //! environment, directory and limits it was told, and reports how it
 //! ended. It runs as the sandbox's unprivileged user, so every command
 //! does too; no variable of a command's reaches it, and, being
@@ -59,7 +59,14 @@ fn start(launch: &Launch, stdout: OwnedFd, stderr: OwnedFd) -> io::Result<Child>
     let env: Vec<(OsString, OsString)> =
         launch.env.iter().map(|(k, v)| (OsString::from(k), OsString::from(v))).collect();
     let mut command = sandbox::command_for(&argv, &launch.cwd, &env, &launch.limits);
-    command.stdin(Stdio::null()).stdout(Stdio::from(stdout)).stderr(Stdio::from(stderr)).process_group(0);
+    command.stdin(Stdio::null()).stdout(Stdio::from(stdout)).stderr(Stdio::from(stderr));
+    // Each command in a session (and so a process group) of its own, as
+    // the per-command sandbox gave it: no terminal to reach, and one group
+    // to kill.
+    // SAFETY: setsid is a plain system call, safe after fork.
+    unsafe {
+        command.pre_exec(|| rustix::process::setsid().map(drop).map_err(Into::into));
+    }
     // `command` holds the only copies of the output descriptors here; they
     // close when it is dropped, so the command's exit ends the output.
     command.spawn()
