@@ -82,8 +82,12 @@ pub fn post_receive(
     let message = Message::Push { repo: repo.to_string(), pushed_at_ms, refs: updates.clone() };
     match protocol::send(&root.socket_path(), &message) {
         Ok(runs) => Ok(HookOutcome::Sent(runs)),
-        Err(SendError::NotRunning { .. }) => queue_offline(root, &repo, &updates, pushed_at_ms)
-            .or_else(|because| spool_push(root, &message, because.to_string())),
+        Err(SendError::NotRunning { .. }) => {
+            queue_offline(root, &repo, &updates, pushed_at_ms).or_else(|because| {
+                let runs = NewRun::from_push(&repo, pushed_at_ms, &updates).len();
+                spool_push(root, &message, pushed_at_ms, runs, because.to_string())
+            })
+        }
         Err(SendError::Refused(reason)) => Err(HookError::Refused(reason)),
         Err(other) => Err(HookError::Refused(other.to_string())),
     }
@@ -98,20 +102,22 @@ fn queue_offline(
     let offline = |e: &dyn std::fmt::Display| HookError::Offline(e.to_string());
     let mut conn = db::open_current(&root.db_path()).map_err(|e| offline(&e))?;
     let mut queued = 0;
-    for new in updates.iter().filter_map(|update| NewRun::from_update(repo, pushed_at_ms, update)) {
+    for new in NewRun::from_push(repo, pushed_at_ms, updates) {
         runs::enqueue(&mut conn, &new).map_err(|e| offline(&e))?;
         queued += 1;
     }
     Ok(HookOutcome::QueuedOffline(queued))
 }
 
-fn spool_push(root: &DataRoot, message: &Message, because: String) -> Result<HookOutcome, HookError> {
-    crate::spool::save(&root.spool_dir(), message)
+fn spool_push(
+    root: &DataRoot,
+    message: &Message,
+    pushed_at_ms: i64,
+    runs: usize,
+    because: String,
+) -> Result<HookOutcome, HookError> {
+    crate::spool::save(&root.spool_dir(), message, pushed_at_ms)
         .map_err(|e| HookError::Offline(format!("{because}; and the spool failed too: {e}")))?;
-    let runs = match message {
-        Message::Push { refs, .. } => refs.iter().filter(|u| !u.is_deletion()).count(),
-        Message::Cancel { .. } => 0,
-    };
     Ok(HookOutcome::Spooled { runs, because })
 }
 

@@ -109,11 +109,13 @@ pub fn ingest(
     Ok(report)
 }
 
-/// Folds every line it can decode; the rest are counted as skipped.
-fn decode_into_fold(events: impl BufRead, report: &mut IngestReport) -> Result<Fold, IngestError> {
+/// Folds every line it can decode; the rest are counted as skipped. Also
+/// what the run page folds an unfinished run's events with.
+pub fn decode_into_fold(events: impl BufRead, report: &mut IngestReport) -> Result<Fold, IngestError> {
+    // Unreadable lines are only counted: the launcher reports how many
+    // ingest skipped, and a run still going has a last line half written.
     let mut fold = Fold::new();
-    let mut warned = 0;
-    for (number, line) in events.split(b'\n').enumerate() {
+    for line in events.split(b'\n') {
         let line = line.map_err(|source| IngestError::Io { path: PathBuf::from("events.jsonl"), source })?;
         if line.iter().all(u8::is_ascii_whitespace) {
             continue;
@@ -123,14 +125,7 @@ fn decode_into_fold(events: impl BufRead, report: &mut IngestReport) -> Result<F
                 fold.apply(&event);
                 report.events += 1;
             }
-            Some(Err(e)) => {
-                report.skipped_lines += 1;
-                if warned < 3 {
-                    warned += 1;
-                    tracing::warn!(line = number + 1, error = %e, "skipping an unreadable event line");
-                }
-            }
-            None => report.skipped_lines += 1,
+            Some(Err(_)) | None => report.skipped_lines += 1,
         }
     }
     Ok(fold)

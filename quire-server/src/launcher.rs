@@ -105,9 +105,11 @@ impl Launcher {
             .db(move |conn| {
                 let unfinished =
                     runs::unfinished_of_ref(conn, &repo, &ref_name).map_err(|e| e.to_string())?;
-                let (id, pending) =
+                // `enqueue` supersedes the pending ones; `unfinished` already
+                // names them, and the active ones whose processes must stop.
+                let (id, _pending) =
                     runs::enqueue(conn, &new).map_err(|e| format!("cannot queue the run: {e}"))?;
-                Ok((id, unfinished.into_iter().map(|r| r.id).chain(pending).collect::<Vec<_>>()))
+                Ok((id, unfinished.into_iter().map(|r| r.id).collect::<Vec<_>>()))
             })
             .await?;
         for old in superseded {

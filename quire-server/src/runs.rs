@@ -173,6 +173,11 @@ pub struct NewRun {
 }
 
 impl NewRun {
+    /// The runs a push asks for, one per updated (not deleted) ref.
+    pub fn from_push(repo: &RepoName, pushed_at_ms: i64, updates: &[RefUpdate]) -> Vec<NewRun> {
+        updates.iter().filter_map(|update| NewRun::from_update(repo, pushed_at_ms, update)).collect()
+    }
+
     /// The run a pushed ref update asks for; `None` for a deleted ref,
     /// which has nothing to run.
     pub fn from_update(repo: &RepoName, pushed_at_ms: i64, update: &RefUpdate) -> Option<NewRun> {

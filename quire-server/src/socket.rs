@@ -79,7 +79,7 @@ async fn dispatch(launcher: &Launcher, message: Message) -> Result<Vec<RunId>, S
         Message::Push { repo, pushed_at_ms, refs } => {
             let repo: RepoName = repo.parse().map_err(|e: InvalidRepoName| e.to_string())?;
             let mut created = Vec::new();
-            for new in refs.iter().filter_map(|update| NewRun::from_update(&repo, pushed_at_ms, update)) {
+            for new in NewRun::from_push(&repo, pushed_at_ms, &refs) {
                 created.push(launcher.queue(new).await?);
             }
             Ok(created)

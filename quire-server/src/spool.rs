@@ -18,14 +18,11 @@ use rusqlite::Connection;
 use crate::protocol::Message;
 use crate::runs::{self, NewRun};
 
-/// Saves a push message for the next server start.
-pub fn save(dir: &Path, message: &Message) -> io::Result<PathBuf> {
+/// Saves a push message for the next server start; `pushed_at_ms` names
+/// the file, so that a sorted listing is push order.
+pub fn save(dir: &Path, message: &Message, pushed_at_ms: i64) -> io::Result<PathBuf> {
     fs::create_dir_all(dir)?;
     fs::set_permissions(dir, fs::Permissions::from_mode(0o700))?;
-    let pushed_at_ms = match message {
-        Message::Push { pushed_at_ms, .. } => *pushed_at_ms,
-        Message::Cancel { .. } => 0,
-    };
     let mut nonce = [0u8; 8];
     getrandom::fill(&mut nonce).map_err(|e| io::Error::other(e.to_string()))?;
     let name = format!("{pushed_at_ms:020}-{:016x}", u64::from_le_bytes(nonce));
@@ -84,7 +81,7 @@ fn read_push(path: &Path) -> Result<Vec<NewRun>, String> {
     match serde_json::from_str::<Message>(&text).map_err(|e| e.to_string())? {
         Message::Push { repo, pushed_at_ms, refs } => {
             let repo: RepoName = repo.parse().map_err(|e: quire_core::id::InvalidRepoName| e.to_string())?;
-            Ok(refs.iter().filter_map(|u| NewRun::from_update(&repo, pushed_at_ms, u)).collect())
+            Ok(NewRun::from_push(&repo, pushed_at_ms, &refs))
         }
         Message::Cancel { .. } => Err("only pushes are spooled".to_string()),
     }
@@ -111,8 +108,8 @@ mod tests {
     fn spooled_pushes_replay_once_in_push_order_and_bad_files_are_kept() {
         let dir = tempfile::tempdir().unwrap();
         let spool = dir.path().join("spool");
-        save(&spool, &push("app.git", 20, "late")).unwrap();
-        save(&spool, &push("app.git", 10, "early")).unwrap();
+        save(&spool, &push("app.git", 20, "late"), 20).unwrap();
+        save(&spool, &push("app.git", 10, "early"), 10).unwrap();
         fs::write(spool.join("00-garbage.json"), "{not json").unwrap();
         let mut conn = crate::db::open_and_migrate(&dir.path().join("quire.db")).unwrap();
 

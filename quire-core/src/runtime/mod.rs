@@ -8,9 +8,9 @@
 //! Events and notes go through one `Recorder`: job threads write their own
 //! (each job's stay in order), the runner writes the jobs' starts, ends
 //! and skips and, last, `run_finished`; job threads tell the runner only
-//! how they ended, over a channel. A job whose Lua code is stuck in one long library
-//! call (where no deadline can reach it) is given up on at its deadline
-//! plus a grace period; its thread ends with the process.
+//! how they ended, over a channel. A job whose Lua code is stuck in one
+//! long library call (where no deadline can reach it) is given up on at its
+//! deadline plus a grace period; its thread ends with the process.
 
 mod context;
 mod jail;

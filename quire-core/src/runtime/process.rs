@@ -16,6 +16,7 @@ use rustix::event::{poll, PollFd, PollFlags, Timespec};
 use rustix::pipe::{pipe_with, PipeFlags};
 use rustix::process::{kill_process_group, pidfd_open, Pid, PidfdFlags, Signal};
 
+use super::jail;
 use super::jail::protocol::{self, FromHelper, Launch, ToHelper};
 use super::reaper;
 use crate::cri::Stream;
@@ -50,13 +51,6 @@ impl Captured {
 /// The error kind of a job sandbox that went away under a command.
 pub const SANDBOX_GONE: io::ErrorKind = io::ErrorKind::ConnectionAborted;
 
-/// A process ready to spawn, with what its stdin must carry (then closed);
-/// without, stdin is `/dev/null`.
-pub struct Spawn {
-    pub command: Command,
-    pub stdin: Option<Vec<u8>>,
-}
-
 /// What became of a command.
 #[derive(Debug)]
 pub enum Ended {
@@ -79,32 +73,26 @@ pub struct Finished {
     pub stderr: Captured,
 }
 
-/// Runs `command` with its stdin closed (or fed `spawn.stdin`), in a new
+/// Runs `command` with its stdin closed, in a new
 /// process group, until it exits or `deadline` passes. `on_output` sees
 /// every chunk of output in arrival order. When the command exits,
 /// whatever else is left in its process group is killed, so a `sh` never
 /// leaves processes behind.
 pub fn run(
-    spawn: Spawn,
+    mut command: Command,
     deadline: Option<Instant>,
     guard: &dyn Fn() -> Option<String>,
     mut on_output: impl FnMut(Stream, &[u8]) -> io::Result<()>,
 ) -> io::Result<Ended> {
-    // No pre_exec hook here: without one the standard library spawns with
-    // posix_spawn, which is what keeps a command's overhead near a shell's.
-    // quire-ci stops running commands itself when it is told to stop
-    // (`reaper::kill_running_commands`).
-    let Spawn { mut command, stdin } = spawn;
-    let input = if stdin.is_some() { Stdio::piped() } else { Stdio::null() };
-    command.stdin(input).stdout(Stdio::piped()).stderr(Stdio::piped()).process_group(0);
+    // No pre_exec hook is added here: without one (no rlimits asked for)
+    // the standard library spawns with posix_spawn, which keeps a command's
+    // overhead near a shell's. quire-ci stops running commands itself when
+    // it is told to stop (`reaper::kill_running_commands`).
+    command.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).process_group(0);
     let (mut child, registered) = match reaper::spawn_registered(&mut command) {
         Ok(spawned) => spawned,
         Err(e) => return Ok(Ended::NotStarted(e)),
     };
-    if let (Some(data), Some(mut pipe)) = (stdin, child.stdin.take()) {
-        // A reader that dies early shows up as the command's failure.
-        let _ = std::io::Write::write_all(&mut pipe, &data);
-    }
     let group = Pid::from_raw(child.id() as i32).expect("child pids are positive");
     let pipes = Pipes {
         stdout: child.stdout.take().map(|p| File::from(OwnedFd::from(p))),
@@ -220,7 +208,9 @@ impl Watched for Jailed<'_> {
             Some((FromHelper::NotStarted { message, not_found }, _)) => {
                 let kind = if not_found { io::ErrorKind::NotFound } else { io::ErrorKind::PermissionDenied };
                 self.not_started = Some(io::Error::new(kind, message));
-                Ok(Some(if not_found { 127 } else { 126 }))
+                // Ends the supervision; `run_in` reports "not started", and
+                // `sh` turns that into the shell's exit codes.
+                Ok(Some(0))
             }
             None => Err(io::Error::new(SANDBOX_GONE, "its helper went away")),
         }
@@ -230,11 +220,11 @@ impl Watched for Jailed<'_> {
         protocol::send(self.helper, &ToHelper::Kill, &[]).map_err(|e| io::Error::new(SANDBOX_GONE, e))
     }
 
-    /// A helper that does not answer a kill within [`HELPER_GRACE`] (a
+    /// A helper that does not answer a kill within [`jail::HELPER_GRACE`] (a
     /// command stopped it, say) is given up on: the caller drops the whole
     /// sandbox, and the command with it.
     fn wait(&mut self) -> io::Result<i32> {
-        let grace = Timespec { tv_sec: HELPER_GRACE.as_secs() as _, tv_nsec: 0 };
+        let grace = Timespec { tv_sec: jail::HELPER_GRACE.as_secs() as _, tv_nsec: 0 };
         loop {
             let mut fds = [PollFd::new(&self.helper, PollFlags::IN)];
             let ready = match poll(&mut fds, Some(&grace)) {
@@ -251,10 +241,8 @@ impl Watched for Jailed<'_> {
     }
 }
 
-/// How long the helper in a job's sandbox has to report a killed command.
-const HELPER_GRACE: Duration = Duration::from_secs(2);
-
-fn exit_code(status: std::process::ExitStatus) -> i32 {
+/// A wait status as `sh` reports it: the exit code, or 128 + the signal.
+pub(super) fn exit_code(status: std::process::ExitStatus) -> i32 {
     status.code().unwrap_or_else(|| 128 + status.signal().unwrap_or(0))
 }
 
@@ -431,10 +419,6 @@ fn wait_for_activity(
 mod tests {
     use super::*;
 
-    fn spawn(command: Command) -> Spawn {
-        Spawn { command, stdin: None }
-    }
-
     fn shell(script: &str) -> Command {
         let mut c = Command::new("/bin/sh");
         c.args(["-c", script]);
@@ -443,7 +427,7 @@ mod tests {
 
     fn run_collecting(script: &str, deadline: Option<Instant>) -> (Finished, Vec<(Stream, Vec<u8>)>) {
         let mut seen = Vec::new();
-        let ended = run(spawn(shell(script)), deadline, &|| None, |s, d| {
+        let ended = run(shell(script), deadline, &|| None, |s, d| {
             seen.push((s, d.to_vec()));
             Ok(())
         })
@@ -494,7 +478,7 @@ mod tests {
             asked.set(asked.get() + 1);
             (started.elapsed() > Duration::from_millis(300)).then(|| "the disk is full".to_string())
         };
-        let f = finished(run(spawn(shell("sleep 30")), None, &guard, |_, _| Ok(())).unwrap());
+        let f = finished(run(shell("sleep 30"), None, &guard, |_, _| Ok(())).unwrap());
         assert_eq!(f.stopped.as_deref(), Some("the disk is full"));
         assert_eq!(f.exit_code, 128 + 9);
         assert!(asked.get() >= 2 && started.elapsed() < Duration::from_secs(5));
@@ -513,7 +497,7 @@ mod tests {
     fn capture_is_bounded_but_the_callback_sees_everything() {
         let mut streamed = 0;
         let f = finished(
-            run(spawn(shell("head -c 3000000 /dev/zero")), None, &|| None, |_, d| {
+            run(shell("head -c 3000000 /dev/zero"), None, &|| None, |_, d| {
                 streamed += d.len();
                 Ok(())
             })
@@ -527,7 +511,7 @@ mod tests {
 
     #[test]
     fn a_command_that_cannot_start_is_not_started_rather_than_an_error() {
-        match run(spawn(Command::new("/nonexistent/quire-test")), None, &|| None, |_, _| Ok(())).unwrap() {
+        match run(Command::new("/nonexistent/quire-test"), None, &|| None, |_, _| Ok(())).unwrap() {
             Ended::NotStarted(e) => assert_eq!(e.kind(), io::ErrorKind::NotFound),
             Ended::Finished(f) => panic!("it ran: {f:?}"),
         }

@@ -28,7 +28,6 @@ use std::process::Command;
 use rustix::process::Rlimit;
 
 use super::limits::Limits;
-use super::process::Spawn;
 use super::program::Program;
 
 /// The user sandboxed commands run as when quire-ci is root.
@@ -288,13 +287,20 @@ pub fn direct_command(
     env: &[(OsString, OsString)],
     extra_env: &[(String, String)],
     limits: &Limits,
-) -> Spawn {
-    let mut merged: Vec<(OsString, OsString)> = env.to_vec();
-    for (name, value) in extra_env {
-        merged.retain(|(k, _)| k != name.as_str());
-        merged.push((name.into(), value.into()));
+) -> Command {
+    let extra = extra_env.iter().map(|(k, v)| (OsString::from(k), OsString::from(v)));
+    let merged = overlay(env.to_vec(), extra);
+    command_for(&program.argv(), cwd, &merged, limits)
+}
+
+/// `base` with each of `extra` set over it: a name in both keeps `extra`'s
+/// value, in `extra`'s order after the rest.
+fn overlay<K: PartialEq, V>(mut base: Vec<(K, V)>, extra: impl IntoIterator<Item = (K, V)>) -> Vec<(K, V)> {
+    for (name, value) in extra {
+        base.retain(|(k, _)| *k != name);
+        base.push((name, value));
     }
-    Spawn { command: command_for(&program.argv(), cwd, &merged, limits), stdin: None }
+    base
 }
 
 /// `argv` as a process with exactly `env`, in `cwd`, under `limits`. The
@@ -318,12 +324,7 @@ pub fn sandboxed_env(env: &[(OsString, OsString)], extra_env: &[(String, String)
         .filter(|(name, _)| ALLOWED_ENV.iter().any(|a| name == a))
         .map(|(k, v)| (k.to_string_lossy().into_owned(), v.to_string_lossy().into_owned()));
     let fixed = [("HOME", "/tmp"), ("TMPDIR", "/tmp")].map(|(k, v)| (k.to_string(), v.to_string()));
-    let mut out: Vec<(String, String)> = allowed.chain(fixed).collect();
-    for (name, value) in extra_env {
-        out.retain(|(k, _)| k != name);
-        out.push((name.clone(), value.clone()));
-    }
-    out
+    overlay(allowed.chain(fixed).collect(), extra_env.iter().cloned())
 }
 
 /// Sets `limits` on the process `command` will start.

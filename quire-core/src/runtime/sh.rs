@@ -231,14 +231,14 @@ impl Execution<'_> {
         let output = |stream, data: &[u8]| log.write(stream, data, mask);
         let result = match self.sandbox {
             Sandbox::None => {
-                let spawn = sandbox::direct_command(
+                let command = sandbox::direct_command(
                     &self.request.program,
                     &self.cwd,
                     self.base_env,
                     &self.request.env,
                     self.limits,
                 );
-                process::run(spawn, self.deadline, &|| self.disk_guard(), output)?
+                process::run(command, self.deadline, &|| self.disk_guard(), output)?
             }
             Sandbox::Bwrap(bwrap) => self.run_jailed(bwrap, output)?,
         };

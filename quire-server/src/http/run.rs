@@ -4,18 +4,17 @@
 //! far (`quire_core::jobs`), the same fold ingest uses.
 
 use std::fs::File;
-use std::io::{BufRead, BufReader};
+use std::io::BufReader;
 use std::path::Path;
 
-use quire_core::event::Event;
 use quire_core::id::RunId;
-use quire_core::jobs::{Fold, JobSummary};
+use quire_core::jobs::JobSummary;
 use quire_core::run_dir::RunDir;
 
 use super::ApiError;
-use crate::job_rows;
 use crate::root::DataRoot;
 use crate::runs::{self, Run};
+use crate::{ingest, job_rows};
 
 /// A run with what it did.
 pub struct LoadedRun {
@@ -44,11 +43,8 @@ pub fn load_run(
 /// passed over.
 fn jobs_so_far(events: &Path) -> Vec<JobSummary> {
     let Ok(file) = File::open(events) else { return Vec::new() };
-    let mut fold = Fold::new();
-    for line in BufReader::new(file).split(b'\n').map_while(Result::ok) {
-        if let Some(event) = std::str::from_utf8(&line).ok().and_then(|l| Event::from_line(l).ok()) {
-            fold.apply(&event);
-        }
+    match ingest::decode_into_fold(BufReader::new(file), &mut ingest::IngestReport::default()) {
+        Ok(fold) => fold.jobs().to_vec(),
+        Err(_) => Vec::new(),
     }
-    fold.jobs().to_vec()
 }

@@ -108,9 +108,7 @@ fn watch(mut child: Child, socket: &OwnedFd) -> io::Result<i32> {
     // group (`setsid … &`): in the sandbox's PID namespace that is every
     // process but its init and this helper.
     kill_all_but_me();
-    Ok(status
-        .code()
-        .unwrap_or_else(|| 128 + std::os::unix::process::ExitStatusExt::signal(&status).unwrap_or(0)))
+    Ok(crate::runtime::process::exit_code(status))
 }
 
 /// `kill(-1, SIGKILL)`: every process this one may signal but itself and

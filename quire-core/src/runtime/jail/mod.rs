@@ -24,6 +24,10 @@ use rustix::process::{pidfd_open, pidfd_send_signal, Pid, PidfdFlags, Signal};
 use super::reaper::{self, Registered};
 use super::sandbox::Bwrap;
 
+/// How long the helper (or bubblewrap, when the job ends) has to answer
+/// before the sandbox is killed from outside.
+pub const HELPER_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// A job's running sandbox. bubblewrap is watched and signalled through a
 /// pidfd, never by its number, which could belong to another process once
 /// bubblewrap has been reaped.
@@ -77,7 +81,7 @@ impl Drop for Jail {
     fn drop(&mut self) {
         let _ = shutdown(&self.socket, Shutdown::Both);
         let mut fds = [PollFd::new(&self.pidfd, PollFlags::IN)];
-        let grace = Timespec { tv_sec: 2, tv_nsec: 0 };
+        let grace = Timespec { tv_sec: HELPER_GRACE.as_secs() as _, tv_nsec: 0 };
         if !matches!(poll(&mut fds, Some(&grace)), Ok(n) if n > 0) {
             let _ = pidfd_send_signal(&self.pidfd, Signal::KILL);
         }
