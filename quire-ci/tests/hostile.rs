@@ -29,6 +29,11 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+#[path = "../../quire-core/tests/support/markers.rs"]
+mod markers;
+
+use markers::Markers;
+
 const QUIRE_CI: &str = env!("CARGO_BIN_EXE_quire-ci");
 
 /// The longest any quire-ci process may take in these tests. The attacks
@@ -976,62 +981,6 @@ fn an_over_long_job_id_is_a_validation_error() {
 // ---------------------------------------------------------------------------
 // Class 7: processes outlive their run.
 // ---------------------------------------------------------------------------
-
-/// A directory where commands leave their pids; on drop, every process
-/// marked there is killed, so a failing test leaves nothing behind.
-struct Markers {
-    dir: tempfile::TempDir,
-}
-
-impl Markers {
-    fn new() -> Markers {
-        Markers { dir: tempfile::tempdir().unwrap() }
-    }
-
-    fn path(&self) -> &Path {
-        self.dir.path()
-    }
-
-    fn pids(&self) -> Vec<i32> {
-        std::fs::read_dir(self.path())
-            .map(|entries| {
-                entries
-                    .filter_map(|e| std::fs::read_to_string(e.ok()?.path()).ok()?.trim().parse().ok())
-                    .collect()
-            })
-            .unwrap_or_default()
-    }
-
-    fn pid_of(&self, name: &str) -> Option<i32> {
-        std::fs::read_to_string(self.path().join(name)).ok()?.trim().parse().ok()
-    }
-
-    /// Every marked process is gone (zombies count as gone), within 10 s.
-    fn assert_all_gone(&self) {
-        let pids = self.pids();
-        assert!(!pids.is_empty(), "the pipeline wrote its pids");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        for pid in pids {
-            while Path::new(&format!("/proc/{pid}")).exists() {
-                let zombie =
-                    std::fs::read_to_string(format!("/proc/{pid}/stat")).map_or(true, |s| s.contains(") Z "));
-                if zombie {
-                    break;
-                }
-                assert!(Instant::now() < deadline, "process {pid} is still running after its run ended");
-                std::thread::sleep(Duration::from_millis(50));
-            }
-        }
-    }
-}
-
-impl Drop for Markers {
-    fn drop(&mut self) {
-        for pid in self.pids() {
-            signal(pid, "KILL");
-        }
-    }
-}
 
 /// A command that detaches a process into a session of its own (which
 /// leaves the command's process group), waits until it has written its pid

@@ -18,9 +18,9 @@
 mod common;
 
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::path::PathBuf;
 
+use common::markers::Markers;
 use common::Root;
 
 fn run_dir(root: &Root, repo: &str, run: &str) -> PathBuf {
@@ -239,43 +239,6 @@ fn a_scoped_secret_is_undeclared_for_other_repositories() {
 // Class 7: processes outlive their run.
 // ---------------------------------------------------------------------------
 
-/// A directory where commands leave their pids; on drop, every process
-/// marked there is killed, so a failing test leaves nothing behind.
-struct Markers {
-    dir: tempfile::TempDir,
-}
-
-impl Markers {
-    fn new() -> Markers {
-        Markers { dir: tempfile::tempdir().unwrap() }
-    }
-
-    fn path(&self) -> &Path {
-        self.dir.path()
-    }
-
-    fn pids(&self) -> Vec<i32> {
-        common::pids_in(self.path())
-    }
-
-    fn has(&self, name: &str) -> bool {
-        std::fs::read_to_string(self.path().join(name)).is_ok_and(|s| s.trim().parse::<i32>().is_ok())
-    }
-
-    /// Every marked process is gone (zombies count as gone), within 10 s.
-    fn assert_all_gone(&self) {
-        common::assert_processes_gone(&self.pids());
-    }
-}
-
-impl Drop for Markers {
-    fn drop(&mut self) {
-        for pid in self.pids() {
-            let _ = Command::new("kill").args(["-KILL", &pid.to_string()]).stderr(Stdio::null()).status();
-        }
-    }
-}
-
 /// Detaches a process into a session of its own (out of the command's
 /// process group), waits for its pid in `$MARK_DIR/detached`, then marks
 /// itself and sleeps.
@@ -295,7 +258,9 @@ fn a_detached_process_is_gone_after_the_run_is_cancelled() {
     let _server = root.serve_with(&[("MARK_DIR", markers.path().to_str().unwrap())]);
     root.push_pipeline("app.git", DETACHING, "main");
     let run = root.wait_run_count("app.git", 1).remove(0);
-    root.wait_for("the command to detach and run on", 30, || markers.has("foreground").then_some(()));
+    root.wait_for("the command to detach and run on", 30, || {
+        markers.pid_of("foreground").is_some().then_some(())
+    });
     root.quire_ok(&["ci", "cancel", &run]);
     assert_eq!(root.wait_finished(&run), ("failed".to_string(), Some("canceled".to_string())));
     markers.assert_all_gone();
@@ -312,7 +277,7 @@ fn a_detached_process_is_gone_after_the_run_times_out() {
     root.push_pipeline("app.git", DETACHING, "main");
     let run = root.wait_run_count("app.git", 1).remove(0);
     assert_eq!(root.wait_finished(&run), ("failed".to_string(), Some("timeout".to_string())));
-    assert!(markers.has("detached"), "the command detached before the timeout");
+    assert!(markers.pid_of("detached").is_some(), "the command detached before the timeout");
     markers.assert_all_gone();
 }
 

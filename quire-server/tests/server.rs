@@ -227,7 +227,7 @@ fn a_run_exceeding_the_timeout_is_killed() {
 
 /// Every process that wrote a pid marker is gone.
 fn assert_all_marked_processes_gone(dir: &Path) {
-    common::assert_processes_gone(&common::pids_in(dir));
+    common::markers::assert_processes_gone(&common::markers::pids_in(dir));
 }
 
 #[test]
@@ -533,6 +533,11 @@ fn cancel_fails_the_run_and_retrigger_queues_the_refs_current_commit() {
     let (_work, sha) = root.push_pipeline("app.git", SLOW, "main");
     let id = only_run(&root, "app.git");
     wait_state(&root, &id, "active");
+    // Active is not yet running: cancel once the command has marked itself,
+    // so there is a process whose end the test can check.
+    root.wait_for("the command to start", 30, || {
+        (!common::markers::pids_in(markers.path()).is_empty()).then_some(())
+    });
     let said = root.quire_ok(&["ci", "cancel", &id[..13]]);
     assert!(said.contains("canceled"), "{said}");
     assert_eq!(root.wait_finished(&id), ("failed".to_string(), Some("canceled".to_string())));

@@ -11,6 +11,9 @@ use std::time::{Duration, Instant};
 
 use rusqlite::Connection;
 
+#[path = "../../../quire-core/tests/support/markers.rs"]
+pub mod markers;
+
 pub const QUIRE: &str = env!("CARGO_BIN_EXE_quire");
 
 /// The quire-ci binary built alongside (target/<profile>/quire-ci).
@@ -263,32 +266,6 @@ pub fn files_below(dir: &Path) -> Vec<PathBuf> {
         }
     }
     files
-}
-
-/// The pids written (one per file) into `dir` by a pipeline's commands.
-pub fn pids_in(dir: &Path) -> Vec<i32> {
-    std::fs::read_dir(dir)
-        .unwrap()
-        .filter_map(|e| std::fs::read_to_string(e.unwrap().path()).ok()?.trim().parse().ok())
-        .collect()
-}
-
-/// Every process in `pids` is gone within 10 s (a zombie counts as gone:
-/// the test process may be the one that has to reap it).
-pub fn assert_processes_gone(pids: &[i32]) {
-    assert!(!pids.is_empty(), "the pipeline wrote its pids");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    for pid in pids {
-        while Path::new(&format!("/proc/{pid}")).exists() {
-            let zombie =
-                std::fs::read_to_string(format!("/proc/{pid}/stat")).map_or(true, |s| s.contains(") Z "));
-            if zombie {
-                break;
-            }
-            assert!(Instant::now() < deadline, "process {pid} is still running after its run ended");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
 }
 
 impl Root {
