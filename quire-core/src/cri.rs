@@ -259,29 +259,56 @@ impl fmt::Display for Line {
     }
 }
 
-/// Joins `P` chunks back into whole lines, per stream, in file order.
-/// Unparseable lines are passed through as stdout text rather than dropped.
-pub fn read_lines(text: &str) -> Vec<Line> {
-    let mut out: Vec<Line> = Vec::new();
-    let mut open: [Option<usize>; 2] = [None, None];
-    for raw in text.lines() {
-        let line = match Line::parse(raw) {
-            Ok(line) => line,
-            Err(_) => {
-                Line { timestamp: String::new(), stream: Stream::Stdout, tag: Tag::Full, content: raw.into() }
+/// A joined line holds at most this much; past it, what is there comes out
+/// as a `P` line of its own, so a reader's memory is bounded whatever the
+/// writer did.
+pub const MAX_JOINED: usize = 1024 * 1024;
+
+/// Joins `P` chunks back into whole lines, per stream, as a log is read
+/// line by line. A line comes out when it is complete, so a stdout line
+/// split around a stderr line comes out after it. Unparseable lines are
+/// passed through as stdout text rather than dropped.
+#[derive(Debug, Default)]
+pub struct Joiner {
+    open: [Option<Line>; 2],
+}
+
+impl Joiner {
+    /// Takes one raw line of the file; gives back the line it completes.
+    pub fn push(&mut self, raw: &str) -> Option<Line> {
+        let line = Line::parse(raw).unwrap_or_else(|_| Line {
+            timestamp: String::new(),
+            stream: Stream::Stdout,
+            tag: Tag::Full,
+            content: raw.into(),
+        });
+        let slot = &mut self.open[line.stream as usize];
+        let joined = match slot.take() {
+            Some(mut open) => {
+                open.content.push_str(&line.content);
+                open.tag = line.tag;
+                open
             }
+            None => line,
         };
-        let slot = line.stream as usize;
-        match open[slot] {
-            Some(index) => {
-                out[index].content.push_str(&line.content);
-                out[index].tag = line.tag;
-            }
-            None => out.push(line.clone()),
+        if joined.tag == Tag::Partial && joined.content.len() < MAX_JOINED {
+            *slot = Some(joined);
+            return None;
         }
-        let index = open[slot].unwrap_or(out.len() - 1);
-        open[slot] = (line.tag == Tag::Partial).then_some(index);
+        Some(joined)
     }
+
+    /// What is left open at the end of the file.
+    pub fn finish(self) -> impl Iterator<Item = Line> {
+        self.open.into_iter().flatten()
+    }
+}
+
+/// A whole log's lines, joined (see [`Joiner`]).
+pub fn read_lines(text: &str) -> Vec<Line> {
+    let mut joiner = Joiner::default();
+    let mut out: Vec<Line> = text.lines().filter_map(|raw| joiner.push(raw)).collect();
+    out.extend(joiner.finish());
     out
 }
 
@@ -424,6 +451,23 @@ mod tests {
         ]);
         let seen: Vec<_> = lines.iter().map(|l| (l.stream, l.content.as_str())).collect();
         assert_eq!(seen, [(Stream::Stderr, "err-1"), (Stream::Stdout, "out-a-b"), (Stream::Stderr, "err-2")]);
+    }
+
+    #[test]
+    fn a_line_of_endless_partial_chunks_comes_out_in_bounded_pieces() {
+        let chunk = format!("2026-11-22T10:00:00.000000001Z stdout P {}", "p".repeat(MAX_LINE));
+        let mut joiner = Joiner::default();
+        let mut longest = 0;
+        let mut total = 0;
+        for _ in 0..200 {
+            if let Some(line) = joiner.push(&chunk) {
+                longest = longest.max(line.content.len());
+                total += line.content.len();
+            }
+        }
+        total += joiner.finish().map(|l| l.content.len()).sum::<usize>();
+        assert!(longest <= MAX_JOINED + MAX_LINE, "{longest}");
+        assert_eq!(total, 200 * MAX_LINE, "nothing is lost");
     }
 
     #[test]

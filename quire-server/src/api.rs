@@ -3,17 +3,21 @@
 //! run's live event stream. Handlers only translate between HTTP and the
 //! `runs` statements; what they share with the pages is in `http`.
 
+use std::sync::Arc;
+
+use actix_web::http::StatusCode;
 use actix_web::{get, web, HttpRequest, HttpResponse};
 use quire_core::id::{InvalidRunId, RepoName, RunId};
 use quire_core::push::{Bootstrap, BootstrapMeta};
 use serde_json::json;
 
-use crate::http::paging::{Page, PageQuery, PAGE_SIZE};
+use crate::db::Pool;
+use crate::http::paging::{PageQuery, PAGE_SIZE};
 use crate::http::run::load_run;
 use crate::http::{require_user, with_db, ApiError, AppState, REPO_PATTERN};
-use crate::live::{self, Follower};
+use crate::live::feed::EndProbe;
 use crate::runs::{self, Run};
-use crate::{repos, token};
+use crate::{repos, spool, token};
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(bootstrap)
@@ -21,6 +25,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .service(list_repos)
         .service(run_detail)
         .service(run_events)
+        .service(health)
         .route(&format!("/api/repos/{REPO_PATTERN}/runs"), web::get().to(repo_runs));
 }
 
@@ -103,16 +108,17 @@ async fn list_repos(state: web::Data<AppState>) -> Result<HttpResponse, ApiError
     Ok(HttpResponse::Ok().json(body))
 }
 
-/// `GET /api/repos/{repo}/runs?page=N`: newest first, 50 a page.
+/// `GET /api/repos/{repo}/runs?before=ID` (or `?page=N`): newest first,
+/// 50 a page.
 async fn repo_runs(
     state: web::Data<AppState>,
     repo: web::Path<String>,
     query: web::Query<PageQuery>,
 ) -> Result<HttpResponse, ApiError> {
     let repo: RepoName = repo.parse().map_err(|e| ApiError::not_found(format!("{e}")))?;
-    let page = Page::from_query(&query);
+    let start = query.start()?;
     let runs = with_db(&state, move |conn| {
-        runs::list(conn, Some(&repo), PAGE_SIZE, page.offset).map_err(ApiError::internal)
+        runs::list(conn, Some(&repo), PAGE_SIZE, start).map_err(ApiError::internal)
     })
     .await?;
     Ok(HttpResponse::Ok().json(runs))
@@ -141,8 +147,10 @@ async fn run_detail(
 }
 
 /// `GET /api/runs/{id}/events`: Server-Sent Events with the run's events
-/// (`event: event`) and log lines (`event: log`) so far and as they happen;
-/// `event: end` with the final state closes the stream.
+/// (`event: event`) and log lines (`event: log`) so far and as they happen,
+/// each with an `id:`; `event: end` with the final state closes the stream.
+/// `Last-Event-ID` resumes after that message. All viewers of a run share
+/// one feed (`live::feed`).
 #[get("/api/runs/{id}/events")]
 async fn run_events(
     state: web::Data<AppState>,
@@ -152,40 +160,11 @@ async fn run_events(
     let id = readable_run(&state, &request, &id)?;
     let run = with_db(&state, move |conn| runs::get(conn, id).map_err(ApiError::internal)).await?;
     let run = run.ok_or_else(|| ApiError::not_found(format!("no run {id}")))?;
-    let follower = Follower::new(state.root.run_dir(&run.repo, id));
-    let stream = futures_util::stream::unfold(
-        (follower, state.clone(), Some(())),
-        move |(mut follower, state, open)| async move {
-            open?;
-            loop {
-                let finished = with_db(&state, move |conn| runs::get(conn, id).map_err(ApiError::internal))
-                    .await
-                    .ok()
-                    .flatten()
-                    .filter(|run| run.state.is_finished());
-                let mut messages;
-                (follower, messages) = poll_off_thread(follower).await;
-                if let Some(run) = finished {
-                    // The files are complete once the run is: one last read.
-                    let last;
-                    (follower, last) = poll_off_thread(follower).await;
-                    messages.extend(last);
-                    let end = json!({ "state": run.state, "failure_kind": run.failure_kind });
-                    messages.push(live::message("end", &end.to_string()));
-                    let chunk: Vec<u8> = messages.concat();
-                    return Some((
-                        Ok::<_, actix_web::Error>(bytes::Bytes::from(chunk)),
-                        (follower, state, None),
-                    ));
-                }
-                if !messages.is_empty() {
-                    let chunk: Vec<u8> = messages.concat();
-                    return Some((Ok(bytes::Bytes::from(chunk)), (follower, state, Some(()))));
-                }
-                tokio::time::sleep(live::POLL).await;
-            }
-        },
-    );
+    let last_event_id = request.headers().get("last-event-id").and_then(|v| v.to_str().ok());
+    let stream = state
+        .feeds
+        .subscribe(id, state.root.run_dir(&run.repo, id), last_event_id)
+        .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
     Ok(HttpResponse::Ok()
         .content_type("text/event-stream")
         .insert_header(("Cache-Control", "no-cache"))
@@ -193,12 +172,35 @@ async fn run_events(
         .streaming(stream))
 }
 
-/// Reads the run's files on the blocking pool, never on the async threads.
-async fn poll_off_thread(mut follower: Follower) -> (Follower, Vec<bytes::Bytes>) {
-    tokio::task::spawn_blocking(move || {
-        let messages = follower.poll();
-        (follower, messages)
+/// How a feed asks whether its run has ended: the `end` message's data
+/// once it has. A run that is gone (pruned) has ended too.
+pub fn end_probe(pool: Pool) -> EndProbe {
+    Arc::new(move |id| {
+        let conn = pool.get().ok()?;
+        match runs::get(&conn, id) {
+            Ok(Some(run)) if run.state.is_finished() => {
+                Some(json!({ "state": run.state, "failure_kind": run.failure_kind }).to_string())
+            }
+            Ok(Some(_)) | Err(_) => None,
+            Ok(None) => Some(json!({ "state": "gone", "failure_kind": null }).to_string()),
+        }
     })
-    .await
-    .expect("polling a run's files does not panic")
+}
+
+/// `GET /api/health`: the server is up; how much it is following and
+/// queueing (see "Operating" in docs/CI.md).
+#[get("/api/health")]
+async fn health(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    let counts = with_db(&state, |conn| runs::queue_counts(conn).map_err(ApiError::internal)).await?;
+    let spool_dir = state.root.spool_dir();
+    let spooled = web::block(move || spool::pending(&spool_dir))
+        .await
+        .map_err(ApiError::internal)?
+        .map_err(ApiError::internal)?;
+    Ok(HttpResponse::Ok().json(json!({
+        "status": "ok",
+        "live": state.feeds.stats(),
+        "queue": counts,
+        "spooled_pushes": spooled,
+    })))
 }

@@ -11,6 +11,8 @@ use std::time::Duration;
 use quire_core::diagnostic::{Diagnostic, Location};
 use quire_core::id::RepoName;
 use quire_core::source::SourceFile;
+
+use crate::retention::Retention;
 use serde_json::{Map, Value};
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:3000";
@@ -30,6 +32,21 @@ pub struct Config {
 pub struct HttpConfig {
     /// HTTP worker threads (default: the number of CPUs).
     pub workers: usize,
+    /// Live event streams open at once; past it a viewer gets 503.
+    pub max_live_streams: usize,
+    /// What a followed run keeps for viewers who join late: this much of
+    /// its events and as much again of its log lines.
+    pub live_backlog_bytes: usize,
+}
+
+impl Default for HttpConfig {
+    fn default() -> HttpConfig {
+        HttpConfig {
+            workers: std::thread::available_parallelism().map_or(2, |n| n.get()),
+            max_live_streams: 512,
+            live_backlog_bytes: 1024 * 1024,
+        }
+    }
 }
 
 /// A declared secret and which repositories' runs may read it.
@@ -58,6 +75,8 @@ pub struct CiConfig {
     pub limits: Limits,
     /// Jobs of one run that may run at once.
     pub max_parallel_jobs: u64,
+    /// How much history each repository keeps.
+    pub retention: Retention,
 }
 
 /// Where runs' commands execute.
@@ -91,8 +110,23 @@ pub struct Limits {
     pub max_tmp_mb: u64,
     /// Memory of each Lua VM.
     pub lua_memory_mb: u64,
-    /// Free space a command must leave on the workspace's file system.
-    pub min_free_disk_mb: u64,
+    /// Free space a command must leave on the workspace's file system;
+    /// `None`: [`DEFAULT_MIN_FREE_DISK_MB`], or a twentieth of a smaller
+    /// file system (see [`Limits::disk_floor_mb`]).
+    pub min_free_disk_mb: Option<u64>,
+}
+
+/// The free-space floor when config.fnl sets none.
+pub const DEFAULT_MIN_FREE_DISK_MB: u64 = 1024;
+
+impl Limits {
+    /// The floor for a file system of `size_mb`: the configured one, else
+    /// the default capped at a twentieth of the file system, so that a
+    /// small data root still runs commands and keeps room for the server
+    /// to record them.
+    pub fn disk_floor_mb(&self, size_mb: u64) -> u64 {
+        self.min_free_disk_mb.unwrap_or_else(|| DEFAULT_MIN_FREE_DISK_MB.min(size_mb / 20).max(1))
+    }
 }
 
 impl Default for Limits {
@@ -105,7 +139,7 @@ impl Default for Limits {
             max_log_mb: 64,
             max_tmp_mb: 512,
             lua_memory_mb: 512,
-            min_free_disk_mb: 1024,
+            min_free_disk_mb: None,
         }
     }
 }
@@ -133,11 +167,12 @@ impl Default for Config {
                 network: Vec::new(),
                 limits: Limits::default(),
                 max_parallel_jobs: std::thread::available_parallelism().map_or(1, |n| n.get() as u64),
+                retention: Retention::default(),
             },
             secrets: BTreeMap::new(),
             sentry_dsn: None,
             web: WebConfig::default(),
-            http: HttpConfig { workers: std::thread::available_parallelism().map_or(2, |n| n.get()) },
+            http: HttpConfig::default(),
         }
     }
 }
@@ -225,7 +260,20 @@ impl Reader<'_> {
                     for (k, v) in self.table(value, "http")? {
                         match k.as_str() {
                             "workers" => config.http.workers = self.positive(v, k)?.min(256) as usize,
-                            _ => return Err(self.unknown(k, "http", &["workers"])),
+                            "max-live-streams" => {
+                                config.http.max_live_streams = self.positive(v, k)?.min(100_000) as usize
+                            }
+                            "live-backlog-kb" => {
+                                config.http.live_backlog_bytes =
+                                    self.positive(v, k)?.min(1024 * 1024) as usize * 1024
+                            }
+                            _ => {
+                                return Err(self.unknown(
+                                    k,
+                                    "http",
+                                    &["workers", "max-live-streams", "live-backlog-kb"],
+                                ))
+                            }
                         }
                     }
                 }
@@ -289,8 +337,17 @@ impl Reader<'_> {
                 "max-log-mb" => ci.limits.max_log_mb = self.positive(value, key)?,
                 "max-tmp-mb" => ci.limits.max_tmp_mb = self.positive(value, key)?,
                 "lua-memory-mb" => ci.limits.lua_memory_mb = self.positive(value, key)?,
-                "min-free-disk-mb" => ci.limits.min_free_disk_mb = self.positive(value, key)?,
+                "min-free-disk-mb" => ci.limits.min_free_disk_mb = Some(self.positive(value, key)?),
                 "max-parallel-jobs" => ci.max_parallel_jobs = self.positive(value, key)?.min(256),
+                "retention" => {
+                    for (k, v) in self.table(value, "retention")? {
+                        match k.as_str() {
+                            "keep-runs" => ci.retention.keep_runs = Some(self.positive(v, k)?),
+                            "keep-days" => ci.retention.keep_days = Some(self.positive(v, k)?),
+                            _ => return Err(self.unknown(k, "retention", &["keep-runs", "keep-days"])),
+                        }
+                    }
+                }
                 _ => {
                     return Err(self.unknown(
                         key,
@@ -309,6 +366,7 @@ impl Reader<'_> {
                             "lua-memory-mb",
                             "min-free-disk-mb",
                             "max-parallel-jobs",
+                            "retention",
                         ],
                     ))
                 }
@@ -430,6 +488,16 @@ fn kind(value: &Value) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_default_disk_floor_shrinks_with_a_small_file_system() {
+        let limits = Limits::default();
+        assert_eq!(limits.disk_floor_mb(u64::MAX), DEFAULT_MIN_FREE_DISK_MB);
+        assert_eq!(limits.disk_floor_mb(64), 3);
+        assert_eq!(limits.disk_floor_mb(10), 1);
+        let set = Limits { min_free_disk_mb: Some(7), ..Limits::default() };
+        assert_eq!(set.disk_floor_mb(64), 7, "a configured floor is kept as it is");
+    }
 
     fn load_text(text: &str) -> Result<Config, ConfigError> {
         let dir = tempfile::tempdir().unwrap();

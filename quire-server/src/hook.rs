@@ -19,10 +19,16 @@ use crate::runs::{self, NewRun};
 /// What the hook did, for its message to the pusher.
 #[derive(Debug, PartialEq, Eq)]
 pub enum HookOutcome {
-    Sent(Vec<String>),
+    /// The server queued these runs, and saved `spooled` more in the spool
+    /// because its database could not take them yet.
+    Sent {
+        runs: Vec<String>,
+        spooled: usize,
+    },
     QueuedOffline(usize),
-    /// Saved in the spool for the next server start, because the database
-    /// could not take the push.
+    /// Saved in the spool because neither the server nor the database
+    /// could take the push; the server queues it (at start, or within
+    /// seconds if it runs).
     Spooled {
         runs: usize,
         because: String,
@@ -80,16 +86,17 @@ pub fn post_receive(
     }
     let pushed_at_ms = now_ms();
     let message = Message::Push { repo: repo.to_string(), pushed_at_ms, refs: updates.clone() };
+    let runs = NewRun::from_push(&repo, pushed_at_ms, &updates).len();
     match protocol::send(&root.socket_path(), &message) {
-        Ok(runs) => Ok(HookOutcome::Sent(runs)),
-        Err(SendError::NotRunning { .. }) => {
-            queue_offline(root, &repo, &updates, pushed_at_ms).or_else(|because| {
-                let runs = NewRun::from_push(&repo, pushed_at_ms, &updates).len();
-                spool_push(root, &message, pushed_at_ms, runs, because.to_string())
-            })
-        }
+        Ok(accepted) => Ok(HookOutcome::Sent { runs: accepted.runs, spooled: accepted.spooled }),
+        Err(SendError::NotRunning { .. }) => queue_offline(root, &repo, &updates, pushed_at_ms)
+            .or_else(|because| spool_push(root, &message, pushed_at_ms, runs, because.to_string())),
         Err(SendError::Refused(reason)) => Err(HookError::Refused(reason)),
-        Err(other) => Err(HookError::Refused(other.to_string())),
+        // A server that does not answer sensibly may or may not have
+        // queued the push: a run twice is better than none.
+        Err(other @ (SendError::Io(_) | SendError::BadReply(_))) => {
+            spool_push(root, &message, pushed_at_ms, runs, other.to_string())
+        }
     }
 }
 

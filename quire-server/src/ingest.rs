@@ -111,12 +111,17 @@ pub fn ingest(
 
 /// Folds every line it can decode; the rest are counted as skipped. Also
 /// what the run page folds an unfinished run's events with.
-pub fn decode_into_fold(events: impl BufRead, report: &mut IngestReport) -> Result<Fold, IngestError> {
+pub fn decode_into_fold(mut events: impl BufRead, report: &mut IngestReport) -> Result<Fold, IngestError> {
     // Unreadable lines are only counted: the launcher reports how many
     // ingest skipped, and a run still going has a last line half written.
     let mut fold = Fold::new();
-    for line in events.split(b'\n') {
-        let line = line.map_err(|source| IngestError::Io { path: PathBuf::from("events.jsonl"), source })?;
+    let mut line = Vec::new();
+    let io = |source| IngestError::Io { path: PathBuf::from("events.jsonl"), source };
+    while let Some(whole) = read_line(&mut events, &mut line).map_err(io)? {
+        if !whole {
+            report.skipped_lines += 1;
+            continue;
+        }
         if line.iter().all(u8::is_ascii_whitespace) {
             continue;
         }
@@ -129,6 +134,42 @@ pub fn decode_into_fold(events: impl BufRead, report: &mut IngestReport) -> Resu
         }
     }
     Ok(fold)
+}
+
+/// The longest `events.jsonl` line ingest reads. quire-ci's events are far
+/// shorter; a longer line (only a corrupt or forged file has one) is
+/// skipped without ever being held whole.
+pub const MAX_EVENT_LINE: usize = 1024 * 1024;
+
+/// Reads the next line into `line` (without its newline): `Some(true)` for
+/// a line, `Some(false)` for one longer than [`MAX_EVENT_LINE`] (not kept),
+/// `None` at the end.
+fn read_line(reader: &mut impl BufRead, line: &mut Vec<u8>) -> std::io::Result<Option<bool>> {
+    line.clear();
+    let mut overlong = false;
+    let mut any = false;
+    loop {
+        let available = reader.fill_buf()?;
+        if available.is_empty() {
+            return Ok(any.then_some(!overlong));
+        }
+        any = true;
+        let (piece, found) = match available.iter().position(|&b| b == b'\n') {
+            Some(at) => (&available[..at], Some(at)),
+            None => (available, None),
+        };
+        if !overlong && line.len() + piece.len() <= MAX_EVENT_LINE {
+            line.extend_from_slice(piece);
+        } else {
+            overlong = true;
+            line.clear();
+        }
+        let used = found.map_or(available.len(), |at| at + 1);
+        reader.consume(used);
+        if found.is_some() {
+            return Ok(Some(!overlong));
+        }
+    }
 }
 
 #[cfg(test)]
@@ -263,6 +304,21 @@ not json at all
         let (dir, mut conn, run) = setup();
         let report = ingest_file(&mut conn, run, &dir.path().join("nope.jsonl"), 1).unwrap();
         assert_eq!(report, IngestReport::default());
+    }
+
+    #[test]
+    fn an_overlong_line_is_skipped_without_losing_its_neighbours() {
+        let (_dir, mut conn, run) = setup();
+        let mut stream = String::new();
+        stream.push_str(r#"{"at_ms":1,"type":"job_started","job_id":"a"}"#);
+        stream.push('\n');
+        stream.push_str(&"x".repeat(3 * MAX_EVENT_LINE));
+        stream.push('\n');
+        stream.push_str(r#"{"at_ms":2,"type":"job_finished","job_id":"a","outcome":"complete"}"#);
+        stream.push('\n');
+        let report =
+            ingest(&mut conn, run, std::io::BufReader::with_capacity(4096, stream.as_bytes()), 3).unwrap();
+        assert_eq!((report.events, report.skipped_lines, report.jobs), (2, 1, 1));
     }
 
     #[test]

@@ -22,7 +22,13 @@ use crate::config::{Config, SandboxMode};
 use crate::db::Pool;
 use crate::root::DataRoot;
 use crate::runs::{self, Ending, FailureKind, NewRun, Run};
-use crate::{ingest, token};
+use crate::{ingest, retention, spool, token};
+
+/// The longest wait between two attempts to record a run's end.
+const MAX_FINISH_RETRY: Duration = Duration::from_secs(30);
+
+/// How often the spool is looked at while the server runs.
+const SPOOL_REPLAY: Duration = Duration::from_secs(2);
 
 /// How long quire-ci gets to stop its commands after SIGTERM before the
 /// whole process group is killed.
@@ -118,6 +124,64 @@ impl Launcher {
         tracing::info!(run = %id, "run queued");
         self.inner.wake.notify_one();
         Ok(id)
+    }
+
+    /// Where pushes the database could not take wait.
+    pub fn spool_dir(&self) -> PathBuf {
+        self.inner.root.spool_dir()
+    }
+
+    /// Queues every spooled push, oldest first, as if it had just arrived
+    /// (superseding as a push does); stops at the first push the database
+    /// still cannot take, leaving it and the later ones for the next time.
+    pub async fn replay_spool(&self) -> usize {
+        let dir = self.inner.root.spool_dir();
+        let files = match tokio::task::spawn_blocking(move || spool::spooled(&dir)).await {
+            Ok(Ok(files)) => files,
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, "cannot list the push spool");
+                return 0;
+            }
+            Err(_) => return 0,
+        };
+        let mut queued = 0;
+        for path in files {
+            let read = {
+                let path = path.clone();
+                tokio::task::spawn_blocking(move || spool::read(&path)).await
+            };
+            match read {
+                Ok(Ok(new_runs)) => {
+                    for new in new_runs {
+                        if let Err(e) = self.queue(new).await {
+                            tracing::warn!(error = %e, "the database still cannot take a spooled push; retrying later");
+                            return queued;
+                        }
+                        queued += 1;
+                    }
+                    let removed = tokio::task::spawn_blocking(move || std::fs::remove_file(&path)).await;
+                    if !matches!(removed, Ok(Ok(()))) {
+                        tracing::error!("cannot remove a replayed push from the spool; it may run twice");
+                    }
+                }
+                Ok(Err(reason)) => {
+                    let _ = tokio::task::spawn_blocking(move || spool::set_aside(&path, &reason)).await;
+                }
+                Err(_) => return queued,
+            }
+        }
+        queued
+    }
+
+    /// Replays the spool every [`SPOOL_REPLAY`] for as long as the server runs.
+    pub async fn keep_replaying_spool(self) {
+        loop {
+            tokio::time::sleep(SPOOL_REPLAY).await;
+            let queued = self.replay_spool().await;
+            if queued > 0 {
+                tracing::info!(runs = queued, "queued runs of pushes the database could not take at first");
+            }
+        }
     }
 
     /// Cancels a run: a pending one fails at once, a running one is stopped
@@ -250,7 +314,7 @@ impl Launcher {
             .arg("--lua-memory-mb")
             .arg(limits.lua_memory_mb.to_string())
             .arg("--min-free-disk-mb")
-            .arg(limits.min_free_disk_mb.to_string())
+            .arg(limits.disk_floor_mb(self.runs_fs_size_mb()).to_string())
             .arg("--max-processes")
             .arg(limits.max_processes.to_string())
             .arg("--max-file-size-mb")
@@ -261,6 +325,13 @@ impl Launcher {
             .arg(limits.max_memory_mb.to_string())
             .arg("--job-timeout")
             .arg(ci.timeout.as_secs().to_string());
+    }
+
+    /// The size of the file system runs are written to (MiB; the largest
+    /// possible when it cannot be told, which keeps the default floor).
+    fn runs_fs_size_mb(&self) -> u64 {
+        rustix::fs::statvfs(self.inner.root.runs_dir())
+            .map_or(u64::MAX, |s| s.f_blocks.saturating_mul(s.f_frsize) / (1024 * 1024))
     }
 
     fn spawn(
@@ -382,16 +453,54 @@ impl Launcher {
             Ok(Ending::Superseded) => tracing::info!(run = %id, %repo, "run superseded"),
             Err(e) => {
                 tracing::error!(run = %id, error = %e, "recording the run failed");
-                let crashed = Ending::Failed(FailureKind::ProcessCrashed);
-                if let Err(e) =
-                    self.db(move |conn| runs::finish(conn, id, &crashed).map_err(|e| e.to_string())).await
-                {
-                    tracing::error!(run = %id, error = %e, "cannot mark the run failed");
-                }
+                note_in_executor_log(
+                    &run_dir,
+                    &format!("quire: recording the run failed ({e}); it is marked failed"),
+                )
+                .await;
+                self.finish_until_written(id, Ending::Failed(FailureKind::ProcessCrashed)).await;
             }
         }
         self.inner.running.lock().expect("running lock").remove(&id);
         self.inner.wake.notify_one();
+        self.apply_retention(repo).await;
+    }
+
+    /// Records a run's ending, retrying until the database takes it (a full
+    /// disk, a lock held too long): no run stays `active` because one write
+    /// failed. A run that has already ended is left as it is.
+    async fn finish_until_written(&self, id: RunId, ending: Ending) {
+        let mut wait = Duration::from_millis(500);
+        loop {
+            let attempt = ending.clone();
+            match self.db(move |conn| runs::finish(conn, id, &attempt).map_err(|e| e.to_string())).await {
+                Ok(_) => return,
+                Err(e) => {
+                    tracing::error!(run = %id, error = %e, retry_in = ?wait, "cannot record the run's end; retrying");
+                    tokio::time::sleep(wait).await;
+                    wait = (wait * 2).min(MAX_FINISH_RETRY);
+                }
+            }
+        }
+    }
+
+    /// Prunes the repository's runs that `:ci {:retention …}` no longer keeps.
+    async fn apply_retention(&self, repo: RepoName) {
+        let policy = self.inner.config.ci.retention;
+        if policy.keeps_everything() {
+            return;
+        }
+        let root = self.inner.root.clone();
+        let pruned = self
+            .db(move |conn| {
+                retention::prune_repo(conn, &root, &repo, &policy, now_ms()).map_err(|e| e.to_string())
+            })
+            .await;
+        match pruned {
+            Ok(runs) if runs.is_empty() => {}
+            Ok(runs) => tracing::info!(pruned = runs.len(), "old runs pruned (:ci {{:retention …}})"),
+            Err(e) => tracing::error!(error = %e, "pruning old runs failed"),
+        }
     }
 
     /// Fails a run that never got a process, leaving the reason where its
@@ -401,12 +510,18 @@ impl Launcher {
         let _ =
             tokio::fs::write(run_dir.executor_log(), format!("quire: the run could not start: {reason}\n"))
                 .await;
-        let crashed = Ending::Failed(FailureKind::ProcessCrashed);
-        if let Err(e) = self.db(move |conn| runs::finish(conn, id, &crashed).map_err(|e| e.to_string())).await
-        {
-            tracing::error!(run = %id, error = %e, "cannot mark the run failed");
-        }
+        self.finish_until_written(id, Ending::Failed(FailureKind::ProcessCrashed)).await;
         self.inner.wake.notify_one();
+    }
+}
+
+/// Appends a line for the reader of the run page to quire-ci.log; on a
+/// full disk this may fail too, and the server log has it anyway.
+async fn note_in_executor_log(run_dir: &RunDir, line: &str) {
+    use tokio::io::AsyncWriteExt;
+    let opened = tokio::fs::OpenOptions::new().create(true).append(true).open(run_dir.executor_log()).await;
+    if let Ok(mut file) = opened {
+        let _ = file.write_all(format!("{line}\n").as_bytes()).await;
     }
 }
 

@@ -16,6 +16,7 @@ pub mod live;
 pub mod ops;
 pub mod protocol;
 pub mod repos;
+pub mod retention;
 pub mod root;
 pub mod runs;
 pub mod serve;

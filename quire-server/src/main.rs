@@ -70,6 +70,13 @@ enum CiCommand {
     Cancel { run: String },
     /// Queue a new run of a ref's current commit.
     Retrigger { repo: RepoName, r#ref: String },
+    /// Delete the runs `:ci {:retention …}` no longer keeps (one repository, or all).
+    Prune {
+        repo: Option<RepoName>,
+        /// List what would be deleted, delete nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -130,6 +137,7 @@ fn run(root: DataRoot, command: Command) -> miette::Result<ExitCode> {
                 CiCommand::Logs { run, job } => ops::logs(&root, &run, job.as_deref()),
                 CiCommand::Cancel { run } => ops::cancel(&root, &run),
                 CiCommand::Retrigger { repo, r#ref } => ops::retrigger(&root, &repo, &r#ref),
+                CiCommand::Prune { repo, dry_run } => ops::prune(&root, repo.as_ref(), dry_run),
             }
             .into_diagnostic()?;
             let _ = std::io::stdout().write_all(out.as_bytes());
@@ -146,14 +154,19 @@ fn post_receive(root: &DataRoot) -> ExitCode {
         hook::post_receive(root, repo, updates)
     });
     match result {
-        Ok(hook::HookOutcome::Sent(runs)) if !runs.is_empty() => {
-            eprintln!("quire: queued CI run(s): {}", runs.join(", "));
+        Ok(hook::HookOutcome::Sent { runs, spooled }) => {
+            if !runs.is_empty() {
+                eprintln!("quire: queued CI run(s): {}", runs.join(", "));
+            }
+            if spooled > 0 {
+                eprintln!("quire: warning: the server's database is busy; {spooled} run(s) saved in the spool, the server queues them within seconds");
+            }
         }
         Ok(hook::HookOutcome::QueuedOffline(n)) if n > 0 => {
             eprintln!("quire: warning: the quire server is not running; {n} run(s) queued, they start with `quire serve`");
         }
         Ok(hook::HookOutcome::Spooled { runs, because }) if runs > 0 => {
-            eprintln!("quire: warning: the quire server is not running and the database cannot take the push ({because}); {runs} run(s) saved in the spool, they start with `quire serve`");
+            eprintln!("quire: warning: the push could not be handed to the server or the database ({because}); {runs} run(s) saved in the spool, the server queues them (at start if it is not running)");
         }
         Ok(_) => {}
         Err(e) => eprintln!("quire: warning: no CI run was queued: {e}"),

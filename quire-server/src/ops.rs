@@ -1,5 +1,5 @@
 //! The operator's `quire ci …` commands: listing runs, showing one, printing
-//! its logs, canceling and retriggering. They read the database and files
+//! its logs, canceling, retriggering and pruning old runs. They read the database and files
 //! directly and talk to a running server over the socket when they need it
 //! to act (stopping a process, queueing a run).
 
@@ -16,6 +16,7 @@ use crate::db;
 use crate::hook::{self, HookOutcome};
 use crate::job_rows;
 use crate::protocol::{self, Message, RefUpdate, SendError, ZERO_SHA};
+use crate::retention;
 use crate::root::DataRoot;
 use crate::runs::{self, Run};
 
@@ -41,6 +42,10 @@ pub enum OpsError {
     Refused(String),
     #[error(transparent)]
     Hook(#[from] hook::HookError),
+    #[error("{}", .0.diagnostic.short())]
+    Config(Box<crate::config::ConfigError>),
+    #[error(transparent)]
+    Prune(#[from] retention::PruneError),
 }
 
 /// Finds a run by its id or a unique prefix of it (at least 4 characters).
@@ -67,7 +72,7 @@ pub fn find_run(conn: &rusqlite::Connection, id_or_prefix: &str) -> Result<Run, 
 /// `quire ci runs [REPO]`: newest first.
 pub fn list_runs(root: &DataRoot, repo: Option<&RepoName>) -> Result<String, OpsError> {
     let conn = db::open_current(&root.db_path())?;
-    let runs = runs::list(&conn, repo, 50, 0)?;
+    let runs = runs::list(&conn, repo, 50, runs::Start::Newest)?;
     let now = now_ms();
     let mut out = String::new();
     if runs.is_empty() {
@@ -225,12 +230,15 @@ pub fn retrigger(root: &DataRoot, repo: &RepoName, ref_name: &str) -> Result<Str
     }
     let update = RefUpdate { ref_name: full_ref.clone(), old_sha: ZERO_SHA.into(), new_sha: sha.clone() };
     Ok(match hook::post_receive(root, repo.clone(), vec![update])? {
-        HookOutcome::Sent(runs) => format!("queued run {} for {repo} {full_ref} at {sha}\n", runs.join(", ")),
+        HookOutcome::Sent { spooled, .. } if spooled > 0 => format!(
+            "saved a run for {repo} {full_ref} at {sha} in the spool (the database is busy); the server queues it within seconds\n"
+        ),
+        HookOutcome::Sent { runs, .. } => format!("queued run {} for {repo} {full_ref} at {sha}\n", runs.join(", ")),
         HookOutcome::QueuedOffline(_) => {
             format!("queued a run for {repo} {full_ref} at {sha}; it starts when `quire serve` runs\n")
         }
         HookOutcome::Spooled { because, .. } => format!(
-            "saved a run for {repo} {full_ref} at {sha} in the spool ({because}); it starts when `quire serve` runs\n"
+            "saved a run for {repo} {full_ref} at {sha} in the spool ({because}); the server queues it (at start if it is not running)\n"
         ),
         HookOutcome::NothingToRun => String::new(),
     })
@@ -238,4 +246,34 @@ pub fn retrigger(root: &DataRoot, repo: &RepoName, ref_name: &str) -> Result<Str
 
 fn timestamp(ms: i64) -> String {
     jiff::Timestamp::from_millisecond(ms).map(|t| t.to_string()).unwrap_or_else(|_| ms.to_string())
+}
+
+/// `quire ci prune [REPO] [--dry-run]`: applies `:ci {:retention …}` to one
+/// repository or to every repository with runs, listing what goes.
+pub fn prune(root: &DataRoot, repo: Option<&RepoName>, dry_run: bool) -> Result<String, OpsError> {
+    let config = crate::config::load(&root.config_path()).map_err(|e| OpsError::Config(Box::new(e)))?;
+    let policy = config.ci.retention;
+    let mut conn = db::open_current(&root.db_path())?;
+    let repos = match repo {
+        Some(repo) => vec![repo.clone()],
+        None => retention::repos_with_runs(&conn)?,
+    };
+    let mut out = String::new();
+    if policy.keeps_everything() {
+        out.push_str("no :ci {:retention …} in config.fnl: every run is kept\n");
+    }
+    let now = now_ms();
+    let mut count = 0;
+    for repo in &repos {
+        let doomed = retention::candidates(&conn, repo, &policy, now)?;
+        let gone = if dry_run { doomed } else { retention::delete(&mut conn, root, doomed)? };
+        for run in &gone {
+            let verb = if dry_run { "would prune" } else { "pruned" };
+            let _ = writeln!(out, "{verb} {} {} {} {}", run.id, run.repo, run.ref_name, run.state.as_str());
+        }
+        count += gone.len();
+    }
+    let verb = if dry_run { "would prune" } else { "pruned" };
+    let _ = writeln!(out, "{verb} {count} run(s)");
+    Ok(out)
 }

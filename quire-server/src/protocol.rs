@@ -45,13 +45,33 @@ pub fn is_zero_sha(sha: &str) -> bool {
     !sha.is_empty() && sha.bytes().all(|b| b == b'0')
 }
 
-/// The server's answer: the runs a message created or touched, or why it
-/// was refused.
+/// The server's answer: the runs a message created or touched (and how
+/// many more it saved in the spool because the database could not take
+/// them yet), or why it was refused.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(untagged)]
 pub enum Reply {
-    Ok { ok: bool, runs: Vec<String> },
-    Error { error: String },
+    Ok {
+        ok: bool,
+        runs: Vec<String>,
+        #[serde(default, skip_serializing_if = "is_zero")]
+        spooled: usize,
+    },
+    Error {
+        error: String,
+    },
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
+}
+
+/// What the server did with a message it accepted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Accepted {
+    pub runs: Vec<String>,
+    /// Runs saved in the spool, queued by the server shortly.
+    pub spooled: usize,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -67,7 +87,7 @@ pub enum SendError {
 }
 
 /// Sends one message and waits for the answer.
-pub fn send(socket: &Path, message: &Message) -> Result<Vec<String>, SendError> {
+pub fn send(socket: &Path, message: &Message) -> Result<Accepted, SendError> {
     let mut stream = UnixStream::connect(socket)
         .map_err(|source| SendError::NotRunning { path: socket.display().to_string(), source })?;
     stream.set_read_timeout(Some(Duration::from_secs(30)))?;
@@ -78,7 +98,7 @@ pub fn send(socket: &Path, message: &Message) -> Result<Vec<String>, SendError> 
     let mut answer = String::new();
     BufReader::new(stream).read_line(&mut answer)?;
     match serde_json::from_str::<Reply>(&answer) {
-        Ok(Reply::Ok { runs, .. }) => Ok(runs),
+        Ok(Reply::Ok { runs, spooled, .. }) => Ok(Accepted { runs, spooled }),
         Ok(Reply::Error { error }) => Err(SendError::Refused(error)),
         Err(e) => Err(SendError::BadReply(format!("{e}: {answer:?}"))),
     }
@@ -110,8 +130,10 @@ mod tests {
 
     #[test]
     fn replies_round_trip() {
-        let ok = Reply::Ok { ok: true, runs: vec!["r".into()] };
+        let ok = Reply::Ok { ok: true, runs: vec!["r".into()], spooled: 0 };
         assert_eq!(serde_json::to_string(&ok).unwrap(), r#"{"ok":true,"runs":["r"]}"#);
+        let spooled: Reply = serde_json::from_str(r#"{"ok":true,"runs":[],"spooled":2}"#).unwrap();
+        assert_eq!(spooled, Reply::Ok { ok: true, runs: vec![], spooled: 2 });
         let err: Reply = serde_json::from_str(r#"{"error":"no"}"#).unwrap();
         assert_eq!(err, Reply::Error { error: "no".into() });
     }

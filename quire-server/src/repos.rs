@@ -77,7 +77,14 @@ pub fn list(root: &DataRoot) -> Result<Vec<RepoName>, RepoError> {
     for entry in entries {
         let entry = entry.map_err(io("cannot read", &base))?;
         let file_name = entry.file_name().to_string_lossy().into_owned();
-        if !entry.path().is_dir() {
+        // The entry's own type (no extra stat per repository on every page
+        // that lists them); only a symlink is followed.
+        let is_dir = match entry.file_type() {
+            Ok(t) if t.is_symlink() => entry.path().is_dir(),
+            Ok(t) => t.is_dir(),
+            Err(_) => false,
+        };
+        if !is_dir {
             continue;
         }
         if let Ok(name) = file_name.parse::<RepoName>() {

@@ -350,41 +350,96 @@ pub fn get(conn: &Connection, id: RunId) -> rusqlite::Result<Option<Run>> {
     .optional()
 }
 
-/// Runs newest first, of one repository or all, a page at a time.
+/// Where a page of runs starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Start {
+    Newest,
+    /// The runs older than this one: a keyset page, as cheap as the first.
+    Before(RunId),
+    /// After skipping this many (`?page=N`): costs what it skips.
+    Skip(u32),
+}
+
+/// Runs newest first, of one repository or all, a page at a time. Each
+/// statement has its own text so that SQLite plans it on its index
+/// (`runs_by_repo` for a repository, the primary key for all).
 pub fn list(
     conn: &Connection,
     repo: Option<&RepoName>,
     limit: u32,
-    offset: u32,
+    start: Start,
 ) -> rusqlite::Result<Vec<Run>> {
-    // Two statements, so that a repository's page uses `runs_by_repo`
-    // (`?1 IS NULL OR repo = ?1` would scan the whole table).
-    match repo {
-        Some(repo) => conn
-            .prepare_cached(&format!(
-                "SELECT {RUN_COLUMNS} FROM runs WHERE repo = ?1 ORDER BY id DESC LIMIT ?2 OFFSET ?3"
-            ))?
-            .query_map(params![repo.as_str(), limit, offset], Run::from_row)?
-            .collect(),
-        None => conn
-            .prepare_cached(&format!("SELECT {RUN_COLUMNS} FROM runs ORDER BY id DESC LIMIT ?1 OFFSET ?2"))?
-            .query_map(params![limit, offset], Run::from_row)?
-            .collect(),
-    }
+    let (filter, order) = match (repo, start) {
+        (Some(_), Start::Before(_)) => ("WHERE repo = ?1 AND id < ?2", "LIMIT ?3"),
+        (Some(_), _) => ("WHERE repo = ?1", "LIMIT ?2 OFFSET ?3"),
+        (None, Start::Before(_)) => ("WHERE id < ?1", "LIMIT ?2"),
+        (None, _) => ("", "LIMIT ?1 OFFSET ?2"),
+    };
+    let sql = format!("SELECT {RUN_COLUMNS} FROM runs {filter} ORDER BY id DESC {order}");
+    let mut statement = conn.prepare_cached(&sql)?;
+    let skip = match start {
+        Start::Skip(n) => n,
+        Start::Newest | Start::Before(_) => 0,
+    };
+    let rows = match (repo, start) {
+        (Some(repo), Start::Before(id)) => {
+            statement.query_map(params![repo.as_str(), id.to_string(), limit], Run::from_row)?
+        }
+        (Some(repo), _) => statement.query_map(params![repo.as_str(), limit, skip], Run::from_row)?,
+        (None, Start::Before(id)) => statement.query_map(params![id.to_string(), limit], Run::from_row)?,
+        (None, _) => statement.query_map(params![limit, skip], Run::from_row)?,
+    };
+    rows.collect()
 }
 
-/// Each repository with its newest run, if it has one.
+/// How many runs wait and how many execute.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct QueueCounts {
+    pub pending: u64,
+    pub active: u64,
+}
+
+/// The queue's size, from the `runs_queue` index.
+pub fn queue_counts(conn: &Connection) -> rusqlite::Result<QueueCounts> {
+    let mut counts = QueueCounts { pending: 0, active: 0 };
+    let mut statement = conn.prepare_cached(
+        "SELECT state, count(*) FROM runs WHERE state IN ('pending', 'active') GROUP BY state",
+    )?;
+    let mut rows = statement.query([])?;
+    while let Some(row) = rows.next()? {
+        let n: u64 = row.get(1)?;
+        match row.get_ref(0)?.as_str()? {
+            "pending" => counts.pending = n,
+            _ => counts.active = n,
+        }
+    }
+    Ok(counts)
+}
+
+/// Each repository with its newest run, if it has one: one statement, an
+/// index seek per repository.
 pub fn latest_of_repos(
     conn: &Connection,
     repos: Vec<RepoName>,
 ) -> rusqlite::Result<Vec<(RepoName, Option<Run>)>> {
-    repos
+    let names = serde_json::to_string(&repos.iter().map(RepoName::as_str).collect::<Vec<_>>())
+        .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
+    let mut statement = conn.prepare_cached(&format!(
+        "SELECT {RUN_COLUMNS} FROM runs WHERE id IN (
+             SELECT (SELECT id FROM runs WHERE repo = name.value ORDER BY id DESC LIMIT 1)
+             FROM json_each(?1) AS name)"
+    ))?;
+    let mut latest: std::collections::HashMap<RepoName, Run> = statement
+        .query_map(params![names], Run::from_row)?
+        .map(|run| run.map(|run| (run.repo.clone(), run)))
+        .collect::<rusqlite::Result<_>>()?;
+    Ok(repos
         .into_iter()
         .map(|repo| {
-            let latest = list(conn, Some(&repo), 1, 0)?.pop();
-            Ok((repo, latest))
+            let run = latest.remove(&repo);
+            (repo, run)
         })
-        .collect()
+        .collect())
 }
 
 /// The state of the newest run of a ref that passed or failed, for badges.

@@ -12,6 +12,7 @@ use crate::config::{Config, SandboxMode};
 use crate::db::{self, Pool};
 use crate::http::{self, ApiError, AppState};
 use crate::launcher::{self, Launcher};
+use crate::live::feed::{FeedLimits, Feeds};
 use crate::root::DataRoot;
 use crate::{api, runs, socket, spool, web as pages};
 
@@ -62,7 +63,13 @@ pub async fn serve(root: DataRoot, config: Config, listen: Option<SocketAddr>) -
 
     let pool = Pool::new(&root.db_path());
     let addr = listen.unwrap_or(config.listen);
-    let state = web::Data::new(AppState { db: pool.clone(), config: config.clone(), root: root.clone() });
+    let limits = FeedLimits {
+        max_streams: config.http.max_live_streams,
+        backlog_bytes: config.http.live_backlog_bytes,
+    };
+    let feeds = Feeds::new(limits, api::end_probe(pool.clone()));
+    let state =
+        web::Data::new(AppState { db: pool.clone(), config: config.clone(), root: root.clone(), feeds });
     let http = HttpServer::new(move || {
         App::new()
             .app_data(state.clone())
@@ -101,6 +108,7 @@ pub async fn serve(root: DataRoot, config: Config, listen: Option<SocketAddr>) -
     println!("quire: listening on {url}");
 
     tokio::spawn(socket::serve(listener, launcher.clone()));
+    tokio::spawn(launcher.clone().keep_replaying_spool());
     tokio::spawn(launcher.run_queue());
     let result = http.disable_signals().run().await.map_err(ServeError::Http);
     let _ = std::fs::remove_file(&socket_path);

@@ -1,7 +1,8 @@
 //! The push socket's listener (`<root>/server.sock`, mode 0600): binds
 //! the socket, reads one message per connection and maps it to the
 //! launcher (a push queues runs, a cancel stops one), then writes the
-//! reply. The messages themselves are `protocol`'s.
+//! reply. A push the database cannot take is saved in the spool, which the
+//! launcher replays. The messages themselves are `protocol`'s.
 
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixStream;
@@ -15,6 +16,7 @@ use tokio::net::{UnixListener, UnixStream as AsyncUnixStream};
 use crate::launcher::Launcher;
 use crate::protocol::{Message, Reply, MAX_MESSAGE};
 use crate::runs::NewRun;
+use crate::spool;
 
 /// Binds the socket, refusing to steal it from a live server and replacing
 /// a stale file left by a dead one.
@@ -55,7 +57,11 @@ async fn handle(stream: AsyncUnixStream, launcher: Launcher) {
     let reply = match lines.next_line().await {
         Ok(Some(line)) if line.len() <= MAX_MESSAGE => match serde_json::from_str::<Message>(&line) {
             Ok(message) => match dispatch(&launcher, message).await {
-                Ok(runs) => Reply::Ok { ok: true, runs: runs.iter().map(|r| r.to_string()).collect() },
+                Ok(done) => Reply::Ok {
+                    ok: true,
+                    runs: done.runs.iter().map(|r| r.to_string()).collect(),
+                    spooled: done.spooled,
+                },
                 Err(error) => Reply::Error { error },
             },
             Err(e) => {
@@ -72,22 +78,47 @@ async fn handle(stream: AsyncUnixStream, launcher: Launcher) {
     let _ = write.write_all(line.as_bytes()).await;
 }
 
+/// What the launcher did with a message.
+struct Dispatched {
+    runs: Vec<RunId>,
+    spooled: usize,
+}
+
 /// What a message asks of the launcher; the runs it created or touched, or
-/// a message for the sender.
-async fn dispatch(launcher: &Launcher, message: Message) -> Result<Vec<RunId>, String> {
+/// a message for the sender. A push the database cannot take (locked past
+/// its busy timeout, disk full) goes to the spool, from which the launcher
+/// queues it shortly: an accepted push is never lost.
+async fn dispatch(launcher: &Launcher, message: Message) -> Result<Dispatched, String> {
     match message {
         Message::Push { repo, pushed_at_ms, refs } => {
             let repo: RepoName = repo.parse().map_err(|e: InvalidRepoName| e.to_string())?;
             let mut created = Vec::new();
-            for new in NewRun::from_push(&repo, pushed_at_ms, &refs) {
-                created.push(launcher.queue(new).await?);
+            for (at, update) in refs.iter().enumerate() {
+                let Some(new) = NewRun::from_update(&repo, pushed_at_ms, update) else { continue };
+                let why = match launcher.queue(new).await {
+                    Ok(id) => {
+                        created.push(id);
+                        continue;
+                    }
+                    Err(why) => why,
+                };
+                let rest = Message::Push { repo: repo.to_string(), pushed_at_ms, refs: refs[at..].to_vec() };
+                let spooled = NewRun::from_push(&repo, pushed_at_ms, &refs[at..]).len();
+                let dir = launcher.spool_dir();
+                tokio::task::spawn_blocking(move || spool::save(&dir, &rest, pushed_at_ms))
+                    .await
+                    .map_err(|e| e.to_string())
+                    .and_then(|saved| saved.map_err(|e| e.to_string()))
+                    .map_err(|e| format!("{why}; and the spool failed too: {e}"))?;
+                tracing::warn!(%repo, spooled, reason = %why, "the database could not take a push; saved in the spool");
+                return Ok(Dispatched { runs: created, spooled });
             }
-            Ok(created)
+            Ok(Dispatched { runs: created, spooled: 0 })
         }
         Message::Cancel { run_id } => {
             let id: RunId = run_id.parse().map_err(|e: InvalidRunId| e.to_string())?;
             launcher.cancel(id).await?;
-            Ok(vec![id])
+            Ok(Dispatched { runs: vec![id], spooled: 0 })
         }
     }
 }

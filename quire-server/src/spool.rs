@@ -3,9 +3,11 @@
 //! yet, a schema of another version, or a database busy past its timeout).
 //! Each push is one JSON file, written under a temporary name and renamed,
 //! so a reader never sees half of one. `quire serve` replays the spool into
-//! the queue at start, after migrating, oldest push first; a file is
-//! removed only once its runs are queued, and a file that cannot be read is
-//! set aside as `*.bad` rather than deleted.
+//! the queue at start, after migrating, oldest push first, and the launcher
+//! replays it every few seconds while the server runs (the server itself
+//! spools a push its database cannot take). A file is removed only once its
+//! runs are queued, and a file that cannot be read is set aside as `*.bad`
+//! rather than deleted.
 
 use std::fs;
 use std::io;
@@ -35,6 +37,25 @@ pub fn save(dir: &Path, message: &Message, pushed_at_ms: i64) -> io::Result<Path
     Ok(path)
 }
 
+/// How many pushes wait in the spool.
+pub fn pending(dir: &Path) -> io::Result<usize> {
+    Ok(spooled(dir)?.len())
+}
+
+/// The spooled pushes, oldest first.
+pub fn spooled(dir: &Path) -> io::Result<Vec<PathBuf>> {
+    let mut files: Vec<PathBuf> = match fs::read_dir(dir) {
+        Ok(entries) => entries
+            .filter_map(|e| Some(e.ok()?.path()))
+            .filter(|p| p.extension().is_some_and(|e| e == "json"))
+            .collect(),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e),
+    };
+    files.sort();
+    Ok(files)
+}
+
 /// What a replay did.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Replayed {
@@ -47,17 +68,8 @@ pub struct Replayed {
 /// Queues every spooled push, oldest first.
 pub fn replay(dir: &Path, conn: &mut Connection) -> io::Result<Replayed> {
     let mut replayed = Replayed::default();
-    let mut files: Vec<PathBuf> = match fs::read_dir(dir) {
-        Ok(entries) => entries
-            .filter_map(|e| Some(e.ok()?.path()))
-            .filter(|p| p.extension().is_some_and(|e| e == "json"))
-            .collect(),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(replayed),
-        Err(e) => return Err(e),
-    };
-    files.sort();
-    for path in files {
-        match read_push(&path) {
+    for path in spooled(dir)? {
+        match read(&path) {
             Ok(runs_of_push) => {
                 for new in &runs_of_push {
                     runs::enqueue(conn, new).map_err(io::Error::other)?;
@@ -67,8 +79,7 @@ pub fn replay(dir: &Path, conn: &mut Connection) -> io::Result<Replayed> {
                 replayed.runs += runs_of_push.len();
             }
             Err(reason) => {
-                tracing::warn!(file = %path.display(), %reason, "a spooled push cannot be read; set aside");
-                fs::rename(&path, path.with_extension("bad"))?;
+                set_aside(&path, &reason)?;
                 replayed.set_aside += 1;
             }
         }
@@ -76,7 +87,14 @@ pub fn replay(dir: &Path, conn: &mut Connection) -> io::Result<Replayed> {
     Ok(replayed)
 }
 
-fn read_push(path: &Path) -> Result<Vec<NewRun>, String> {
+/// Keeps an unreadable spooled push for the operator, out of the way.
+pub fn set_aside(path: &Path, reason: &str) -> io::Result<()> {
+    tracing::warn!(file = %path.display(), %reason, "a spooled push cannot be read; set aside");
+    fs::rename(path, path.with_extension("bad"))
+}
+
+/// The runs a spooled push asks for.
+pub fn read(path: &Path) -> Result<Vec<NewRun>, String> {
     let text = fs::read_to_string(path).map_err(|e| e.to_string())?;
     match serde_json::from_str::<Message>(&text).map_err(|e| e.to_string())? {
         Message::Push { repo, pushed_at_ms, refs } => {
@@ -115,8 +133,11 @@ mod tests {
 
         let replayed = replay(&spool, &mut conn).unwrap();
         assert_eq!(replayed, Replayed { pushes: 2, runs: 2, set_aside: 1 });
-        let refs: Vec<String> =
-            runs::list(&conn, None, 10, 0).unwrap().into_iter().map(|r| r.ref_name).collect();
+        let refs: Vec<String> = runs::list(&conn, None, 10, runs::Start::Newest)
+            .unwrap()
+            .into_iter()
+            .map(|r| r.ref_name)
+            .collect();
         assert_eq!(refs, ["refs/heads/late", "refs/heads/early"], "newest first: early was queued first");
         assert!(spool.join("00-garbage.bad").exists(), "an unreadable push is set aside, not lost");
 

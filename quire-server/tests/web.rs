@@ -152,10 +152,27 @@ fn runs_are_paginated() {
     let (_, first) = get(&format!("{}/big.git", server.url));
     assert_eq!(rows(&first), 50);
     assert!(first.contains("01a00000-0000-7000-8000-000000000077"), "newest first");
-    assert!(first.contains("?page=2") && !first.contains("newer"));
-    let (_, last) = get(&format!("{}/big.git?page=3", server.url));
+    // Older pages are keyed by the last run shown, not counted.
+    let older = |body: &str| {
+        let at = body.find("?before=").expect("a link to older runs") + "?before=".len();
+        body[at..at + 36].to_string()
+    };
+    assert_eq!(older(&first), "01a00000-0000-7000-8000-000000000046");
+    assert!(!first.contains("newest"));
+    let (_, second) = get(&format!("{}/big.git?before={}", server.url, older(&first)));
+    assert_eq!(rows(&second), 50);
+    assert!(second.contains("01a00000-0000-7000-8000-000000000045") && second.contains("newest"));
+    let (_, last) = get(&format!("{}/big.git?before={}", server.url, older(&second)));
     assert_eq!(rows(&last), 20);
-    assert!(last.contains("?page=2") && !last.contains("older"));
+    assert!(!last.contains("?before=") && last.contains("01a00000-0000-7000-8000-000000000000"));
+    let (_, counted) = get(&format!("{}/big.git?page=3", server.url));
+    assert_eq!(rows(&counted), 20, "?page=N still works");
+    let (status, json) =
+        get(&format!("{}/api/repos/big.git/runs?before=01a00000-0000-7000-8000-000000000014", server.url));
+    assert_eq!(status, 200);
+    assert_eq!(serde_json::from_str::<Vec<serde_json::Value>>(&json).unwrap().len(), 20);
+    let (status, _) = get(&format!("{}/api/repos/big.git/runs?before=nonsense", server.url));
+    assert_eq!(status, 400);
     let (status, json) = get(&format!("{}/api/repos/big.git/runs?page=3", server.url));
     assert_eq!(status, 200);
     let runs: Vec<serde_json::Value> = serde_json::from_str(&json).unwrap();

@@ -12,8 +12,11 @@ pub mod run;
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest};
 
+use std::sync::Arc;
+
 use crate::config::Config;
 use crate::db::Pool;
+use crate::live::feed::Feeds;
 use crate::root::DataRoot;
 pub use error::ApiError;
 
@@ -22,6 +25,8 @@ pub struct AppState {
     pub db: Pool,
     pub config: Config,
     pub root: DataRoot,
+    /// The live feeds of followed runs.
+    pub feeds: Arc<Feeds>,
 }
 
 /// The path pattern of a repository name inside URLs.

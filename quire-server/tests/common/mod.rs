@@ -23,12 +23,43 @@ pub fn quire_ci_bin() -> PathBuf {
 
 /// A data root in a temporary directory.
 pub struct Root {
+    /// A file system of its own, unmounted (first) on drop.
+    mount: Option<Mount>,
     pub dir: tempfile::TempDir,
+}
+
+/// A tmpfs mounted for one test.
+struct Mount(PathBuf);
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
 }
 
 impl Root {
     pub fn new() -> Root {
-        Root { dir: tempfile::tempdir().expect("tempdir") }
+        Root { mount: None, dir: tempfile::tempdir().expect("tempdir") }
+    }
+
+    /// A root on a tmpfs of `size_mb`, to run out of space for real.
+    /// Needs root, as the whole server suite does.
+    pub fn on_tmpfs(size_mb: u64) -> Root {
+        let dir = tempfile::tempdir_in("/var/tmp").expect("tempdir");
+        let status = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size_mb}m,mode=0755"), "tmpfs"])
+            .arg(dir.path())
+            .status()
+            .expect("mount runs");
+        assert!(status.success(), "cannot mount a tmpfs (the server tests run as root)");
+        Root { mount: Some(Mount(dir.path().to_path_buf())), dir }
+    }
+
+    /// Bytes free on the root's file system.
+    pub fn free_bytes(&self) -> u64 {
+        let out = Command::new("df").args(["--output=avail", "-B1"]).arg(self.path()).output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        text.lines().nth(1).and_then(|l| l.trim().parse().ok()).expect("df prints the free bytes")
     }
 
     /// A root outside /tmp (which sandboxes replace anyway) that anyone may
@@ -37,7 +68,7 @@ impl Root {
         use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::tempdir_in("/var/tmp").expect("tempdir");
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-        Root { dir }
+        Root { mount: None, dir }
     }
 
     pub fn path(&self) -> &Path {

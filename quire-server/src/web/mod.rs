@@ -1,0 +1,190 @@
+//! The read-only web UI (SPEC §6.6): server-rendered pages for the
+//! repositories, a repository's runs, a run (`run_page`) and its raw logs
+//! (`raw_log`), status badges, and a 404 page. Everything from a pipeline
+//! is escaped by maud. Pages work without JavaScript; on an unfinished run a
+//! small script follows `/api/runs/{id}/events` and rebuilds the job list
+//! live. What it shares with the API is in `http`.
+
+pub mod layout;
+pub mod raw_log;
+pub mod run_page;
+
+use actix_web::http::StatusCode;
+use actix_web::{get, web, HttpResponse};
+use maud::html;
+use quire_core::id::RepoName;
+use serde::Deserialize;
+
+use crate::http::paging::{PageQuery, PAGE_SIZE};
+use crate::http::{with_db, ApiError, AppState, REPO_PATTERN};
+use crate::repos;
+use crate::runs::{self, RunState, Start};
+pub use layout::not_found_page;
+use layout::{duration, error_page, layout, page, run_duration, run_state, when};
+
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.service(index)
+        .service(run_page::run_page)
+        .service(raw_log::raw_log)
+        .route(&format!("/{REPO_PATTERN}/badge.svg"), web::get().to(badge))
+        .route(&format!("/{REPO_PATTERN}"), web::get().to(repo_page));
+}
+
+/// `/`: every repository with its latest run.
+#[get("/")]
+async fn index(state: web::Data<AppState>) -> HttpResponse {
+    let root = state.root.clone();
+    let listed = with_db(&state, move |conn| {
+        let names = repos::list(&root).map_err(ApiError::internal)?;
+        runs::latest_of_repos(conn, names).map_err(ApiError::internal)
+    })
+    .await;
+    let repos = match listed {
+        Ok(repos) => repos,
+        Err(e) => return error_page(e),
+    };
+    page(
+        StatusCode::OK,
+        layout(
+            "repositories",
+            html! {
+                h1 { "Repositories" }
+                @if repos.is_empty() {
+                    p.muted { "No repositories yet. Create one with " code { "quire repo new NAME.git" } "." }
+                } @else {
+                    table {
+                        thead { tr { th { "repository" } th { "latest run" } th { "ref" } th { "commit" } th { "finished" } } }
+                        tbody {
+                            @for (name, latest) in &repos {
+                                tr {
+                                    td { a href={ "/" (name) } { (name) } }
+                                    @if let Some(run) = latest {
+                                        td { a href={ "/runs/" (run.id) } { (run_state(run)) } }
+                                        td { code { (run.ref_name) } }
+                                        td { code { (run.short_sha()) } }
+                                        td { (when(run.finished_at_ms)) }
+                                    } @else {
+                                        td.muted colspan="4" { "no runs yet" }
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            },
+        ),
+    )
+}
+
+/// `/{repo}`: the repository's runs, newest first, a page at a time.
+async fn repo_page(
+    state: web::Data<AppState>,
+    repo: web::Path<String>,
+    query: web::Query<PageQuery>,
+) -> HttpResponse {
+    let Ok(repo) = repo.parse::<RepoName>() else { return not_found_page().await };
+    let start = match query.start() {
+        Ok(start) => start,
+        Err(e) => return error_page(e),
+    };
+    let (listed, bare) = (repo.clone(), state.root.repo_path(&repo));
+    let result = with_db(&state, move |conn| {
+        let runs = runs::list(conn, Some(&listed), PAGE_SIZE + 1, start).map_err(ApiError::internal)?;
+        Ok((runs, bare.is_dir()))
+    })
+    .await;
+    let (mut runs, exists) = match result {
+        Ok(found) => found,
+        Err(e) => return error_page(e),
+    };
+    if !exists && runs.is_empty() {
+        return not_found_page().await;
+    }
+    let more = runs.len() > PAGE_SIZE as usize;
+    runs.truncate(PAGE_SIZE as usize);
+    page(
+        StatusCode::OK,
+        layout(
+            repo.as_str(),
+            html! {
+                h1 { (repo) }
+                p { img src={ "/" (repo) "/badge.svg?ref=refs/heads/main" } alt="status of main"; }
+                @if runs.is_empty() {
+                    p.muted { "No runs yet: push to the repository to start one." }
+                } @else {
+                    table.runs {
+                        thead { tr { th { "run" } th { "state" } th { "ref" } th { "commit" } th { "queued" } th { "started" } th { "finished" } th { "duration" } } }
+                        tbody {
+                            @for run in &runs {
+                                tr {
+                                    td { a href={ "/runs/" (run.id) } { code { (run.id.short()) } } }
+                                    td { (run_state(run)) }
+                                    td { code { (run.ref_name) } }
+                                    td { code { (run.short_sha()) } }
+                                    td { (when(Some(run.queued_at_ms))) }
+                                    td { (when(run.started_at_ms)) }
+                                    td { (when(run.finished_at_ms)) }
+                                    td { (duration(run_duration(run))) }
+                                }
+                            }
+                        }
+                    }
+                    nav.pages {
+                        @if start != Start::Newest { a href={ "/" (repo) } { "← newest" } " " }
+                        @if let (true, Some(last)) = (more, runs.last()) {
+                            a href={ "/" (repo) "?before=" (last.id) } { "older →" }
+                        }
+                    }
+                }
+            },
+        ),
+    )
+}
+
+#[derive(Deserialize)]
+pub struct BadgeQuery {
+    #[serde(rename = "ref")]
+    ref_name: Option<String>,
+}
+
+/// `/{repo}/badge.svg?ref=…`: the latest finished run's state for the ref.
+async fn badge(
+    state: web::Data<AppState>,
+    repo: web::Path<String>,
+    query: web::Query<BadgeQuery>,
+) -> HttpResponse {
+    let Ok(repo) = repo.parse::<RepoName>() else { return not_found_page().await };
+    let ref_name = query.ref_name.clone().unwrap_or_else(|| "refs/heads/main".to_string());
+    let latest =
+        with_db(&state, move |conn| runs::latest_verdict(conn, &repo, &ref_name).map_err(ApiError::internal))
+            .await;
+    let (label, color) = match latest {
+        Ok(Some(RunState::Complete)) => ("passing", "#2e7d32"),
+        Ok(Some(RunState::Failed)) => ("failing", "#c62828"),
+        _ => ("unknown", "#757575"),
+    };
+    HttpResponse::Ok()
+        .content_type("image/svg+xml")
+        .insert_header(("Cache-Control", "no-cache"))
+        .body(badge_svg(label, color))
+}
+
+fn badge_svg(label: &str, color: &str) -> String {
+    let width = 34 + label.len() as u32 * 7 + 10;
+    format!(
+        r##"<svg xmlns="http://www.w3.org/2000/svg" width="{total}" height="20" role="img" aria-label="ci: {label}"><title>ci: {label}</title><rect width="34" height="20" fill="#555"/><rect x="34" width="{w}" height="20" fill="{color}"/><g fill="#fff" font-family="Verdana,DejaVu Sans,sans-serif" font-size="11"><text x="8" y="14">ci</text><text x="39" y="14">{label}</text></g></svg>"##,
+        total = width,
+        w = width - 34,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn badges_are_svg_naming_their_verdict() {
+        let svg = badge_svg("passing", "#2e7d32");
+        assert!(svg.starts_with("<svg") && svg.contains("ci: passing"));
+    }
+}
