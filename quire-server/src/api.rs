@@ -138,8 +138,8 @@ async fn run_detail(
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let id = readable_run(&state, &request, &id)?;
-    let root = state.root.clone();
-    let loaded = with_db(&state, move |conn| load_run(conn, &root, id)).await?;
+    let shared = state.clone();
+    let loaded = with_db(&state, move |conn| load_run(conn, &shared.root, &shared.progress, id)).await?;
     let loaded = loaded.ok_or_else(|| ApiError::not_found(format!("no run {id}")))?;
     let mut body = serde_json::to_value(&loaded.run).map_err(ApiError::internal)?;
     body["jobs"] = serde_json::to_value(&loaded.jobs).map_err(ApiError::internal)?;

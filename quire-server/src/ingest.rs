@@ -109,16 +109,42 @@ pub fn ingest(
     Ok(report)
 }
 
-/// Folds every line it can decode; the rest are counted as skipped. Also
-/// what the run page folds an unfinished run's events with.
-pub fn decode_into_fold(mut events: impl BufRead, report: &mut IngestReport) -> Result<Fold, IngestError> {
+/// Folds every line it can decode; the rest are counted as skipped.
+pub fn decode_into_fold(events: impl BufRead, report: &mut IngestReport) -> Result<Fold, IngestError> {
+    let mut fold = Fold::new();
+    fold_lines(events, &mut fold, report, true)?;
+    Ok(fold)
+}
+
+/// Folds the lines of `events` that end with a newline into `fold` and
+/// returns how many bytes they took, so that a reader of a file still
+/// being written can come back for the rest. What the run page of an
+/// active run uses (`http::run`).
+pub fn fold_complete_lines(
+    events: impl BufRead,
+    fold: &mut Fold,
+    report: &mut IngestReport,
+) -> Result<u64, IngestError> {
+    fold_lines(events, fold, report, false)
+}
+
+fn fold_lines(
+    mut events: impl BufRead,
+    fold: &mut Fold,
+    report: &mut IngestReport,
+    last_line_too: bool,
+) -> Result<u64, IngestError> {
     // Unreadable lines are only counted: the launcher reports how many
     // ingest skipped, and a run still going has a last line half written.
-    let mut fold = Fold::new();
     let mut line = Vec::new();
+    let mut consumed = 0;
     let io = |source| IngestError::Io { path: PathBuf::from("events.jsonl"), source };
-    while let Some(whole) = read_line(&mut events, &mut line).map_err(io)? {
-        if !whole {
+    while let Some(read) = read_line(&mut events, &mut line).map_err(io)? {
+        if !read.newline && !last_line_too {
+            break;
+        }
+        consumed += read.bytes;
+        if !read.kept {
             report.skipped_lines += 1;
             continue;
         }
@@ -133,7 +159,7 @@ pub fn decode_into_fold(mut events: impl BufRead, report: &mut IngestReport) -> 
             Some(Err(_)) | None => report.skipped_lines += 1,
         }
     }
-    Ok(fold)
+    Ok(consumed)
 }
 
 /// The longest `events.jsonl` line ingest reads. quire-ci's events are far
@@ -141,33 +167,42 @@ pub fn decode_into_fold(mut events: impl BufRead, report: &mut IngestReport) -> 
 /// skipped without ever being held whole.
 pub const MAX_EVENT_LINE: usize = 1024 * 1024;
 
-/// Reads the next line into `line` (without its newline): `Some(true)` for
-/// a line, `Some(false)` for one longer than [`MAX_EVENT_LINE`] (not kept),
-/// `None` at the end.
-fn read_line(reader: &mut impl BufRead, line: &mut Vec<u8>) -> std::io::Result<Option<bool>> {
+/// One line as [`read_line`] found it.
+struct ReadLine {
+    /// Its bytes are in the buffer (false: it was longer than
+    /// [`MAX_EVENT_LINE`] and was not kept).
+    kept: bool,
+    /// It ended with a newline (false: the input ended first).
+    newline: bool,
+    /// Bytes it took, newline included.
+    bytes: u64,
+}
+
+/// Reads the next line into `line`, without its newline; `None` at the end.
+fn read_line(reader: &mut impl BufRead, line: &mut Vec<u8>) -> std::io::Result<Option<ReadLine>> {
     line.clear();
-    let mut overlong = false;
-    let mut any = false;
+    let mut read = ReadLine { kept: true, newline: false, bytes: 0 };
     loop {
         let available = reader.fill_buf()?;
         if available.is_empty() {
-            return Ok(any.then_some(!overlong));
+            return Ok((read.bytes > 0).then_some(read));
         }
-        any = true;
         let (piece, found) = match available.iter().position(|&b| b == b'\n') {
             Some(at) => (&available[..at], Some(at)),
             None => (available, None),
         };
-        if !overlong && line.len() + piece.len() <= MAX_EVENT_LINE {
+        if read.kept && line.len() + piece.len() <= MAX_EVENT_LINE {
             line.extend_from_slice(piece);
         } else {
-            overlong = true;
+            read.kept = false;
             line.clear();
         }
         let used = found.map_or(available.len(), |at| at + 1);
         reader.consume(used);
+        read.bytes += used as u64;
         if found.is_some() {
-            return Ok(Some(!overlong));
+            read.newline = true;
+            return Ok(Some(read));
         }
     }
 }

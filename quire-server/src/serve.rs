@@ -68,8 +68,14 @@ pub async fn serve(root: DataRoot, config: Config, listen: Option<SocketAddr>) -
         backlog_bytes: config.http.live_backlog_bytes,
     };
     let feeds = Feeds::new(limits, api::end_probe(pool.clone()));
-    let state =
-        web::Data::new(AppState { db: pool.clone(), config: config.clone(), root: root.clone(), feeds });
+    let state = web::Data::new(AppState {
+        db: pool.clone(),
+        config: config.clone(),
+        root: root.clone(),
+        feeds,
+        progress: http::run::Progress::default(),
+        pages: http::cache::PageCache::new(root.db_path()),
+    });
     let http = HttpServer::new(move || {
         App::new()
             .app_data(state.clone())

@@ -1,10 +1,12 @@
 //! What the JSON API (`api`) and the pages (`web`) share, so that neither
 //! imports the other: the state every handler gets, database access on the
 //! blocking pool, the trusted-user check, path and query extractors that
-//! answer bad input with JSON errors, errors (`error`), paging (`paging`)
-//! and loading a run with its jobs (`run`). Routing and the fallback for
+//! answer bad input with JSON errors, errors (`error`), paging (`paging`),
+//! loading a run with its jobs (`run`) and rendered pages kept while the
+//! database is unchanged (`cache`). Routing and the fallback for
 //! unknown paths are `serve`'s.
 
+pub mod cache;
 pub mod error;
 pub mod paging;
 pub mod run;
@@ -27,6 +29,10 @@ pub struct AppState {
     pub root: DataRoot,
     /// The live feeds of followed runs.
     pub feeds: Arc<Feeds>,
+    /// How far the pages have folded each unfinished run's events.
+    pub progress: run::Progress,
+    /// Rendered lists of runs, while the database is unchanged.
+    pub pages: cache::PageCache,
 }
 
 /// The path pattern of a repository name inside URLs.

@@ -10,7 +10,7 @@ use quire_core::clock::{format_duration_ms, now_ms};
 use crate::http::ApiError;
 use crate::runs::Run;
 
-pub fn page(status: StatusCode, markup: Markup) -> HttpResponse {
+fn page(status: StatusCode, markup: Markup) -> HttpResponse {
     HttpResponse::build(status).content_type("text/html; charset=utf-8").body(markup.into_string())
 }
 

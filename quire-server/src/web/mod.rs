@@ -9,8 +9,8 @@ pub mod layout;
 pub mod raw_log;
 pub mod run_page;
 
-use actix_web::http::StatusCode;
 use actix_web::{get, web, HttpResponse};
+use bytes::Bytes;
 use maud::html;
 use quire_core::id::RepoName;
 use serde::Deserialize;
@@ -20,7 +20,7 @@ use crate::http::{with_db, ApiError, AppState, REPO_PATTERN};
 use crate::repos;
 use crate::runs::{self, RunState, Start};
 pub use layout::not_found_page;
-use layout::{duration, error_page, layout, page, run_duration, run_state, when};
+use layout::{duration, error_page, layout, run_duration, run_state, when};
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(index)
@@ -33,19 +33,18 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
 /// `/`: every repository with its latest run.
 #[get("/")]
 async fn index(state: web::Data<AppState>) -> HttpResponse {
+    cached_page(&state, "/".to_string(), render_index(state.clone())).await
+}
+
+async fn render_index(state: web::Data<AppState>) -> Result<String, HttpResponse> {
     let root = state.root.clone();
     let listed = with_db(&state, move |conn| {
         let names = repos::list(&root).map_err(ApiError::internal)?;
         runs::latest_of_repos(conn, names).map_err(ApiError::internal)
     })
     .await;
-    let repos = match listed {
-        Ok(repos) => repos,
-        Err(e) => return error_page(e),
-    };
-    page(
-        StatusCode::OK,
-        layout(
+    let repos = listed.map_err(error_page)?;
+    Ok(layout(
             "repositories",
             html! {
                 h1 { "Repositories" }
@@ -72,8 +71,8 @@ async fn index(state: web::Data<AppState>) -> HttpResponse {
                     }
                 }
             },
-        ),
     )
+    .into_string())
 }
 
 /// `/{repo}`: the repository's runs, newest first, a page at a time.
@@ -87,24 +86,28 @@ async fn repo_page(
         Ok(start) => start,
         Err(e) => return error_page(e),
     };
+    let key = format!("/{repo}?{start:?}");
+    cached_page(&state, key, render_repo_page(state.clone(), repo, start)).await
+}
+
+async fn render_repo_page(
+    state: web::Data<AppState>,
+    repo: RepoName,
+    start: Start,
+) -> Result<String, HttpResponse> {
     let (listed, bare) = (repo.clone(), state.root.repo_path(&repo));
     let result = with_db(&state, move |conn| {
         let runs = runs::list(conn, Some(&listed), PAGE_SIZE + 1, start).map_err(ApiError::internal)?;
         Ok((runs, bare.is_dir()))
     })
     .await;
-    let (mut runs, exists) = match result {
-        Ok(found) => found,
-        Err(e) => return error_page(e),
-    };
+    let (mut runs, exists) = result.map_err(error_page)?;
     if !exists && runs.is_empty() {
-        return not_found_page().await;
+        return Err(not_found_page().await);
     }
     let more = runs.len() > PAGE_SIZE as usize;
     runs.truncate(PAGE_SIZE as usize);
-    page(
-        StatusCode::OK,
-        layout(
+    Ok(layout(
             repo.as_str(),
             html! {
                 h1 { (repo) }
@@ -137,8 +140,36 @@ async fn repo_page(
                     }
                 }
             },
-        ),
     )
+    .into_string())
+}
+
+/// Serves `key` from the page cache, or renders it with `render` (whose
+/// error responses are never cached).
+async fn cached_page(
+    state: &web::Data<AppState>,
+    key: String,
+    render: impl std::future::Future<Output = Result<String, HttpResponse>>,
+) -> HttpResponse {
+    let shared = state.clone();
+    let version = web::block(move || shared.pages.version()).await.ok().flatten();
+    if let Some(body) = version.and_then(|v| state.pages.get(&key, v)) {
+        return html_response(body);
+    }
+    match render.await {
+        Ok(html) => {
+            let body = Bytes::from(html);
+            if let Some(version) = version {
+                state.pages.put(key, version, body.clone());
+            }
+            html_response(body)
+        }
+        Err(response) => response,
+    }
+}
+
+fn html_response(body: Bytes) -> HttpResponse {
+    HttpResponse::Ok().content_type("text/html; charset=utf-8").body(body)
 }
 
 #[derive(Deserialize)]

@@ -54,8 +54,8 @@ pub async fn run_page(
         return error_page(e);
     }
     let Ok(id) = id.parse::<RunId>() else { return not_found_page().await };
-    let root = state.root.clone();
-    let view = match with_db(&state, move |conn| load_run(conn, &root, id)).await {
+    let shared = state.clone();
+    let view = match with_db(&state, move |conn| load_run(conn, &shared.root, &shared.progress, id)).await {
         Ok(Some(view)) => view,
         Ok(None) => return not_found_page().await,
         Err(e) => return error_page(e),
