@@ -4,7 +4,7 @@
 use std::path::Path;
 use std::process::Command;
 
-use quire_core::push::PushFacts;
+use quire_core::push::{PushFacts, Trigger};
 use quire_core::runtime::{SecretError, SecretSource};
 
 #[derive(Debug, thiserror::Error)]
@@ -25,18 +25,23 @@ pub fn push_facts(
     workspace: &Path,
     sha: Option<String>,
     ref_name: Option<String>,
+    trigger: Trigger,
 ) -> Result<PushFacts, LocalError> {
     let repo =
         workspace.file_name().map_or_else(|| "workspace".to_string(), |n| n.to_string_lossy().into_owned());
     let pushed_at_ms = quire_core::clock::now_ms();
+    let scheduled_at_ms = (trigger == Trigger::Schedule).then_some(pushed_at_ms);
+    let facts = |sha: String, ref_name: String| PushFacts {
+        repo: repo.clone(),
+        sha,
+        ref_name,
+        previous_sha: None,
+        pushed_at_ms,
+        source: trigger.source(),
+        scheduled_at_ms,
+    };
     if let (Some(sha), Some(ref_name)) = (&sha, &ref_name) {
-        return Ok(PushFacts {
-            repo,
-            sha: sha.clone(),
-            ref_name: ref_name.clone(),
-            previous_sha: None,
-            pushed_at_ms,
-        });
+        return Ok(facts(sha.clone(), ref_name.clone()));
     }
     if git(workspace, &["rev-parse", "--is-inside-work-tree"]).as_deref() != Some("true") {
         return Err(LocalError::NotACheckout(workspace.display().to_string()));
@@ -47,7 +52,7 @@ pub fn push_facts(
             .ok_or_else(|| LocalError::NoHead(workspace.display().to_string(), "no commits yet?".into()))?,
     };
     let ref_name = ref_name.unwrap_or_else(|| current_ref(workspace));
-    Ok(PushFacts { repo, sha, ref_name, previous_sha: None, pushed_at_ms })
+    Ok(facts(sha, ref_name))
 }
 
 /// `refs/heads/<branch>`, else `refs/tags/<tag>` when HEAD is exactly a

@@ -14,6 +14,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use quire_core::id::JobId;
+use quire_core::push::Trigger;
 
 use clap::{Parser, Subcommand};
 
@@ -72,6 +73,10 @@ struct RunCommand {
     /// default: the checked-out branch, or the tag HEAD is at).
     #[arg(long = "ref", value_name = "REF")]
     ref_name: Option<String>,
+    /// What started the run (local mode): push runs the jobs of
+    /// :quire/push, schedule those of :quire/schedule.
+    #[arg(long, value_enum, default_value_t = TriggerKind::Push)]
+    trigger: TriggerKind,
     /// Run only this job and its ancestors (repeatable).
     #[arg(long = "job", value_name = "ID", value_parser = parse_job_id)]
     jobs: Vec<JobId>,
@@ -138,6 +143,10 @@ impl RunCommand {
             out_dir: self.out_dir,
             sha: self.sha,
             ref_name: self.ref_name,
+            trigger: match self.trigger {
+                TriggerKind::Push => Trigger::Push,
+                TriggerKind::Schedule => Trigger::Schedule,
+            },
             jobs: self.jobs,
             parallel: self
                 .parallel
@@ -157,6 +166,12 @@ impl RunCommand {
             disk_floor: self.min_free_disk_mb.map(|mb| mb * 1024 * 1024),
         }
     }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum TriggerKind {
+    Push,
+    Schedule,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]

@@ -13,7 +13,7 @@ use quire_core::clock::now_ms;
 use quire_core::event::{Event, EventKind, RunOutcome};
 use quire_core::id::JobId;
 use quire_core::pipeline::{self, LoadError, LuaLimits, Pipeline, PIPELINE_PATH};
-use quire_core::push::PushFacts;
+use quire_core::push::{PushFacts, Trigger};
 use quire_core::run_dir::RunDir;
 use quire_core::runtime::{self, Bwrap, Limits, RunAs, RunContext, RunError, Sandbox, SecretSource, Sink};
 
@@ -66,6 +66,8 @@ pub struct RunArgs {
     pub out_dir: Option<PathBuf>,
     pub sha: Option<String>,
     pub ref_name: Option<String>,
+    /// What started a local run.
+    pub trigger: Trigger,
     pub jobs: Vec<JobId>,
     /// How many jobs may run at once.
     pub parallel: usize,
@@ -140,9 +142,8 @@ fn run_inner(args: RunArgs) -> Result<(), Fatal> {
     }
     let push = match &server {
         Some(server) => server.bootstrap().map_err(Fatal::failed)?.push_facts(),
-        None => {
-            local::push_facts(&workspace, args.sha.clone(), args.ref_name.clone()).map_err(Fatal::usage)?
-        }
+        None => local::push_facts(&workspace, args.sha.clone(), args.ref_name.clone(), args.trigger)
+            .map_err(Fatal::usage)?,
     };
     let (out_dir, announce_out_dir) = prepare_out_dir(args.out_dir.as_deref())?;
     let mut reporter = Reporter::new(open_events(&args.events)?, progress_screen(&args.events));

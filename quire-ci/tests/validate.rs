@@ -110,7 +110,7 @@ fn rule_unknown_input_and_source() {
         short_errors("unknown-input"),
         [
             ".quire/ci.fnl:4:1: error: job `test` has unknown input `biuld`: no job in this pipeline has that id",
-            ".quire/ci.fnl:5:1: error: job `deploy` has unknown source `quire/tag`: the only source is `quire/push`",
+            ".quire/ci.fnl:5:1: error: job `deploy` has unknown source `quire/tag`: the sources are `quire/push` and `quire/schedule`",
         ]
     );
 }

@@ -63,6 +63,9 @@ fn main() {
             sha: "a".repeat(40),
             previous_sha: None,
             pushed_at_ms: 0,
+            trigger: runs::Trigger::Push,
+            scheduled_at_ms: None,
+            commit: runs::CommitSummary::default(),
         };
         let (run, _) = runs::enqueue(&mut conn, &new).unwrap();
         let started = Instant::now();

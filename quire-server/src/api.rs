@@ -69,6 +69,8 @@ fn bootstrap_body(run: &Run) -> Bootstrap {
             ref_name: run.ref_name.clone(),
             pushed_at_ms: run.pushed_at_ms,
             previous_sha: run.previous_sha.clone(),
+            trigger: run.trigger,
+            scheduled_at_ms: run.scheduled_at_ms,
         },
     }
 }

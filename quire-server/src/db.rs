@@ -14,7 +14,8 @@ use rusqlite::Connection;
 use rusqlite_migration::{Migrations, M};
 
 /// Append-only: a released migration is never edited, only followed.
-const MIGRATIONS: &[&str] = &[include_str!("../../migrations/0001_initial.sql")];
+const MIGRATIONS: &[&str] =
+    &[include_str!("../../migrations/0001_initial.sql"), include_str!("../../migrations/0002_triggers.sql")];
 
 #[derive(Debug, thiserror::Error)]
 pub enum DbError {
@@ -38,6 +39,19 @@ pub enum DbError {
     TooNew { path: PathBuf, found: usize, expected: usize },
     #[error(transparent)]
     Sql(#[from] rusqlite::Error),
+}
+
+/// Whether a statement failed because of the database's condition (busy
+/// past the timeout, locked, a full disk, I/O) rather than because of what
+/// it tried to write: the same write may succeed later.
+pub fn is_transient(error: &rusqlite::Error) -> bool {
+    use rusqlite::ErrorCode::*;
+    matches!(
+        error.sqlite_error_code(),
+        Some(
+            DatabaseBusy | DatabaseLocked | DiskFull | SystemIoFailure | CannotOpen | OutOfMemory | ReadOnly
+        )
+    )
 }
 
 /// Opens a connection with Quire's settings, without migrating.

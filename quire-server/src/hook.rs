@@ -10,6 +10,7 @@ use std::path::Path;
 
 use quire_core::clock::now_ms;
 use quire_core::id::{InvalidRepoName, RepoName};
+use quire_core::push::Trigger;
 
 use crate::db;
 use crate::protocol::{self, Message, RefUpdate, SendError};
@@ -76,21 +77,23 @@ pub fn read_updates(input: impl BufRead) -> Result<Vec<RefUpdate>, std::io::Erro
     Ok(updates)
 }
 
+/// Hands a push (`trigger`: a git push, or `quire ci retrigger`) to the
+/// server, or queues or spools it when the server cannot take it.
 pub fn post_receive(
     root: &DataRoot,
     repo: RepoName,
     updates: Vec<RefUpdate>,
+    trigger: Trigger,
 ) -> Result<HookOutcome, HookError> {
     if updates.iter().all(RefUpdate::is_deletion) {
         return Ok(HookOutcome::NothingToRun);
     }
     let pushed_at_ms = now_ms();
-    let message = Message::Push { repo: repo.to_string(), pushed_at_ms, refs: updates.clone() };
-    let runs = NewRun::from_push(&repo, pushed_at_ms, &updates).len();
+    let message = Message::Push { repo: repo.to_string(), pushed_at_ms, refs: updates.clone(), trigger };
+    let runs = NewRun::from_push(&repo, pushed_at_ms, &updates, trigger).len();
     match protocol::send(&root.socket_path(), &message) {
         Ok(accepted) => Ok(HookOutcome::Sent { runs: accepted.runs, spooled: accepted.spooled }),
-        Err(SendError::NotRunning { .. }) => queue_offline(root, &repo, &updates, pushed_at_ms)
-            .or_else(|because| spool_push(root, &message, pushed_at_ms, runs, because.to_string())),
+        Err(SendError::NotRunning { .. }) => queue_offline(root, &repo, &updates, pushed_at_ms, trigger),
         Err(SendError::Refused(reason)) => Err(HookError::Refused(reason)),
         // A server that does not answer sensibly may or may not have
         // queued the push: a run twice is better than none.
@@ -100,20 +103,45 @@ pub fn post_receive(
     }
 }
 
+/// Queues the push's runs straight in the database; the refs it could not
+/// queue (the database gave out halfway, or was never there) go to the
+/// spool, so none is queued twice and none is lost.
 fn queue_offline(
     root: &DataRoot,
     repo: &RepoName,
     updates: &[RefUpdate],
     pushed_at_ms: i64,
+    trigger: Trigger,
 ) -> Result<HookOutcome, HookError> {
-    let offline = |e: &dyn std::fmt::Display| HookError::Offline(e.to_string());
-    let mut conn = db::open_current(&root.db_path()).map_err(|e| offline(&e))?;
+    let mut conn = match db::open_current(&root.db_path()) {
+        Ok(conn) => conn,
+        Err(e) => return spool_rest(root, repo, updates, pushed_at_ms, trigger, 0, e.to_string()),
+    };
     let mut queued = 0;
-    for new in NewRun::from_push(repo, pushed_at_ms, updates) {
-        runs::enqueue(&mut conn, &new).map_err(|e| offline(&e))?;
+    for (at, update) in updates.iter().enumerate() {
+        let Some(new) = NewRun::from_update(repo, pushed_at_ms, update, trigger) else { continue };
+        if let Err(e) = runs::enqueue(&mut conn, &new) {
+            return spool_rest(root, repo, updates, pushed_at_ms, trigger, at, e.to_string());
+        }
         queued += 1;
     }
     Ok(HookOutcome::QueuedOffline(queued))
+}
+
+/// Spools the refs from `at` on.
+fn spool_rest(
+    root: &DataRoot,
+    repo: &RepoName,
+    updates: &[RefUpdate],
+    pushed_at_ms: i64,
+    trigger: Trigger,
+    at: usize,
+    because: String,
+) -> Result<HookOutcome, HookError> {
+    let rest = &updates[at..];
+    let message = Message::Push { repo: repo.to_string(), pushed_at_ms, refs: rest.to_vec(), trigger };
+    let runs = NewRun::from_push(repo, pushed_at_ms, rest, trigger).len();
+    spool_push(root, &message, pushed_at_ms, runs, because)
 }
 
 fn spool_push(

@@ -22,7 +22,7 @@ use crate::config::{Config, SandboxMode};
 use crate::db::Pool;
 use crate::root::DataRoot;
 use crate::runs::{self, Ending, FailureKind, NewRun, Run};
-use crate::{ingest, retention, spool, token};
+use crate::{db, ingest, repos, retention, spool, token};
 
 /// The longest wait between two attempts to record a run's end.
 const MAX_FINISH_RETRY: Duration = Duration::from_secs(30);
@@ -33,6 +33,19 @@ const SPOOL_REPLAY: Duration = Duration::from_secs(2);
 /// How long quire-ci gets to stop its commands after SIGTERM before the
 /// whole process group is killed.
 const STOP_GRACE: Duration = Duration::from_secs(5);
+
+/// Why a run could not be queued.
+#[derive(Debug, thiserror::Error)]
+pub enum QueueError {
+    /// The database cannot take writes now (locked past its busy timeout,
+    /// a full disk, I/O): the push belongs in the spool.
+    #[error("the database cannot take the run now: {0}")]
+    Unavailable(String),
+    /// The run itself was refused (it breaks the schema's rules): trying
+    /// again will not help.
+    #[error("the run was refused: {0}")]
+    Refused(String),
+}
 
 /// Why the server stopped a run's process.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -104,20 +117,35 @@ impl Launcher {
         .map_err(|e| format!("database task failed: {e}"))?
     }
 
-    /// Supersedes the ref's unfinished runs and queues a new one.
-    pub async fn queue(&self, new: NewRun) -> Result<RunId, String> {
-        let (repo, ref_name) = (new.repo.clone(), new.ref_name.clone());
-        let (id, superseded) = self
-            .db(move |conn| {
-                let unfinished =
-                    runs::unfinished_of_ref(conn, &repo, &ref_name).map_err(|e| e.to_string())?;
-                // `enqueue` supersedes the pending ones; `unfinished` already
-                // names them, and the active ones whose processes must stop.
-                let (id, _pending) =
-                    runs::enqueue(conn, &new).map_err(|e| format!("cannot queue the run: {e}"))?;
-                Ok((id, unfinished.into_iter().map(|r| r.id).collect::<Vec<_>>()))
-            })
-            .await?;
+    /// Supersedes the ref's unfinished runs asked for before this one and
+    /// queues it, with its commit's subject and author from git.
+    pub async fn queue(&self, mut new: NewRun) -> Result<RunId, QueueError> {
+        let pool = self.inner.db.clone();
+        let bare = self.inner.root.repo_path(&new.repo);
+        let queued = tokio::task::spawn_blocking(move || {
+            new.commit = repos::commit_summary(&bare, &new.sha);
+            let mut conn = pool.get().map_err(|e| QueueError::Unavailable(e.to_string()))?;
+            let classify = |e: rusqlite::Error| {
+                if db::is_transient(&e) {
+                    QueueError::Unavailable(e.to_string())
+                } else {
+                    QueueError::Refused(e.to_string())
+                }
+            };
+            // `enqueue` supersedes the pending ones; these are also the
+            // active ones, whose processes must stop.
+            let older: Vec<RunId> = runs::unfinished_of_ref(&conn, &new.repo, &new.ref_name)
+                .map_err(classify)?
+                .into_iter()
+                .filter(|run| run.pushed_at_ms <= new.pushed_at_ms)
+                .map(|run| run.id)
+                .collect();
+            let (id, _pending) = runs::enqueue(&mut conn, &new).map_err(classify)?;
+            Ok((id, older))
+        })
+        .await
+        .map_err(|e| QueueError::Unavailable(format!("database task failed: {e}")))?;
+        let (id, superseded) = queued?;
         for old in superseded {
             self.stop(old, Stop::Superseded);
         }
@@ -132,8 +160,12 @@ impl Launcher {
     }
 
     /// Queues every spooled push, oldest first, as if it had just arrived
-    /// (superseding as a push does); stops at the first push the database
-    /// still cannot take, leaving it and the later ones for the next time.
+    /// (a push older than the ref's newest run is recorded as superseded).
+    /// Stops at the first run the database still cannot take, leaving the
+    /// rest of that push (the file rewritten without the refs already
+    /// queued) and the later pushes for the next time; a ref the database
+    /// refuses outright is logged and dropped, so one bad push cannot hold
+    /// up the others. Returns how many runs were queued.
     pub async fn replay_spool(&self) -> usize {
         let dir = self.inner.root.spool_dir();
         let files = match tokio::task::spawn_blocking(move || spool::spooled(&dir)).await {
@@ -150,24 +182,31 @@ impl Launcher {
                 let path = path.clone();
                 tokio::task::spawn_blocking(move || spool::read(&path)).await
             };
-            match read {
-                Ok(Ok(new_runs)) => {
-                    for new in new_runs {
-                        if let Err(e) = self.queue(new).await {
-                            tracing::warn!(error = %e, "the database still cannot take a spooled push; retrying later");
-                            return queued;
-                        }
-                        queued += 1;
-                    }
-                    let removed = tokio::task::spawn_blocking(move || std::fs::remove_file(&path)).await;
-                    if !matches!(removed, Ok(Ok(()))) {
-                        tracing::error!("cannot remove a replayed push from the spool; it may run twice");
-                    }
-                }
+            let push = match read {
+                Ok(Ok(push)) => push,
                 Ok(Err(reason)) => {
                     let _ = tokio::task::spawn_blocking(move || spool::set_aside(&path, &reason)).await;
+                    continue;
                 }
                 Err(_) => return queued,
+            };
+            for (at, new) in push.runs() {
+                match self.queue(new).await {
+                    Ok(_) => queued += 1,
+                    Err(QueueError::Refused(e)) => {
+                        tracing::error!(file = %path.display(), error = %e, "a spooled run was refused; dropped")
+                    }
+                    Err(QueueError::Unavailable(e)) => {
+                        tracing::warn!(error = %e, "the database still cannot take a spooled push; retrying later");
+                        let rest = push.from_ref(at);
+                        let _ = tokio::task::spawn_blocking(move || spool::rewrite(&path, &rest)).await;
+                        return queued;
+                    }
+                }
+            }
+            let removed = tokio::task::spawn_blocking(move || std::fs::remove_file(&path)).await;
+            if !matches!(removed, Ok(Ok(()))) {
+                tracing::error!("cannot remove a replayed push from the spool; it may run twice");
             }
         }
         queued
@@ -278,7 +317,10 @@ impl Launcher {
                 return;
             }
         }
-        match self.spawn(id, &repo, &run_dir, &workspace, &token) {
+        let runs_dir = self.inner.root.runs_dir();
+        let fs_size_mb =
+            tokio::task::spawn_blocking(move || file_system_size_mb(&runs_dir)).await.unwrap_or(u64::MAX);
+        match self.spawn(id, &repo, &run_dir, &workspace, &token, fs_size_mb) {
             Ok(child) => {
                 let launcher = self.clone();
                 tokio::spawn(async move { launcher.supervise(id, repo, run_dir, workspace, child).await });
@@ -292,7 +334,8 @@ impl Launcher {
     }
 
     /// The sandbox and limits quire-ci applies to the run's commands.
-    fn sandbox_arguments(&self, command: &mut tokio::process::Command, repo: &RepoName) {
+    /// `fs_size_mb`: the size of the file system runs are written to.
+    fn sandbox_arguments(&self, command: &mut tokio::process::Command, repo: &RepoName, fs_size_mb: u64) {
         let ci = &self.inner.config.ci;
         command.arg("--sandbox").arg(ci.sandbox.as_str());
         if ci.sandbox == SandboxMode::Bwrap {
@@ -314,7 +357,7 @@ impl Launcher {
             .arg("--lua-memory-mb")
             .arg(limits.lua_memory_mb.to_string())
             .arg("--min-free-disk-mb")
-            .arg(limits.disk_floor_mb(self.runs_fs_size_mb()).to_string())
+            .arg(limits.disk_floor_mb(fs_size_mb).to_string())
             .arg("--max-processes")
             .arg(limits.max_processes.to_string())
             .arg("--max-file-size-mb")
@@ -327,13 +370,6 @@ impl Launcher {
             .arg(ci.timeout.as_secs().to_string());
     }
 
-    /// The size of the file system runs are written to (MiB; the largest
-    /// possible when it cannot be told, which keeps the default floor).
-    fn runs_fs_size_mb(&self) -> u64 {
-        rustix::fs::statvfs(self.inner.root.runs_dir())
-            .map_or(u64::MAX, |s| s.f_blocks.saturating_mul(s.f_frsize) / (1024 * 1024))
-    }
-
     fn spawn(
         &self,
         id: RunId,
@@ -341,6 +377,7 @@ impl Launcher {
         run_dir: &RunDir,
         workspace: &Path,
         token: &str,
+        fs_size_mb: u64,
     ) -> Result<tokio::process::Child, String> {
         let log_path = run_dir.executor_log();
         let log = std::fs::File::create(&log_path)
@@ -366,7 +403,7 @@ impl Launcher {
         if let Some(dsn) = &self.inner.config.sentry_dsn {
             command.env("QUIRE__SENTRY_DSN", dsn);
         }
-        self.sandbox_arguments(&mut command, repo);
+        self.sandbox_arguments(&mut command, repo, fs_size_mb);
         // SAFETY: only calls prctl, which is async-signal-safe.
         unsafe {
             command.pre_exec(|| {
@@ -513,6 +550,12 @@ impl Launcher {
         self.finish_until_written(id, Ending::Failed(FailureKind::ProcessCrashed)).await;
         self.inner.wake.notify_one();
     }
+}
+
+/// The size of the file system holding `dir`, in MiB; the largest possible
+/// when it cannot be told (which keeps the default disk floor).
+fn file_system_size_mb(dir: &Path) -> u64 {
+    rustix::fs::statvfs(dir).map_or(u64::MAX, |s| s.f_blocks.saturating_mul(s.f_frsize) / (1024 * 1024))
 }
 
 /// Appends a line for the reader of the run page to quire-ci.log; on a

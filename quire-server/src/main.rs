@@ -151,7 +151,7 @@ fn post_receive(root: &DataRoot) -> ExitCode {
     let git_dir = std::env::var_os("GIT_DIR").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("."));
     let result = hook::current_repo(root, &git_dir).and_then(|repo| {
         let updates = hook::read_updates(std::io::stdin().lock())?;
-        hook::post_receive(root, repo, updates)
+        hook::post_receive(root, repo, updates, quire_core::push::Trigger::Push)
     });
     match result {
         Ok(hook::HookOutcome::Sent { runs, spooled }) => {

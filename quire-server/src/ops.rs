@@ -229,7 +229,7 @@ pub fn retrigger(root: &DataRoot, repo: &RepoName, ref_name: &str) -> Result<Str
         return Err(OpsError::NoSuchRef(repo.clone(), full_ref));
     }
     let update = RefUpdate { ref_name: full_ref.clone(), old_sha: ZERO_SHA.into(), new_sha: sha.clone() };
-    Ok(match hook::post_receive(root, repo.clone(), vec![update])? {
+    Ok(match hook::post_receive(root, repo.clone(), vec![update], quire_core::push::Trigger::Manual)? {
         HookOutcome::Sent { spooled, .. } if spooled > 0 => format!(
             "saved a run for {repo} {full_ref} at {sha} in the spool (the database is busy); the server queues it within seconds\n"
         ),

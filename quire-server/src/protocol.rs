@@ -9,6 +9,7 @@ use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::time::Duration;
 
+use quire_core::push::Trigger;
 use serde::{Deserialize, Serialize};
 
 /// Messages are small; anything longer is refused rather than buffered.
@@ -20,8 +21,15 @@ pub const ZERO_SHA: &str = "0000000000000000000000000000000000000000";
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Message {
-    /// A push: sent by the post-receive hook (and by `ci retrigger`).
-    Push { repo: String, pushed_at_ms: i64, refs: Vec<RefUpdate> },
+    /// A push: sent by the post-receive hook (and by `ci retrigger`, as
+    /// `manual`).
+    Push {
+        repo: String,
+        pushed_at_ms: i64,
+        refs: Vec<RefUpdate>,
+        #[serde(default, skip_serializing_if = "is_push")]
+        trigger: Trigger,
+    },
     /// `quire ci cancel`.
     Cancel { run_id: String },
 }
@@ -60,6 +68,10 @@ pub enum Reply {
     Error {
         error: String,
     },
+}
+
+fn is_push(trigger: &Trigger) -> bool {
+    *trigger == Trigger::Push
 }
 
 fn is_zero(n: &usize) -> bool {

@@ -10,6 +10,7 @@ use std::process::Command;
 use quire_core::id::{InvalidRepoName, RepoName};
 
 use crate::root::DataRoot;
+use crate::runs::CommitSummary;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RepoError {
@@ -100,6 +101,30 @@ pub fn list(root: &DataRoot) -> Result<Vec<RepoName>, RepoError> {
     }
     names.sort();
     Ok(names)
+}
+
+/// The subject line and author of `sha` in the bare repository at `bare`,
+/// cut to 200 characters and stripped of control characters (they are
+/// whatever the pusher wrote); empty when git cannot tell.
+pub fn commit_summary(bare: &Path, sha: &str) -> CommitSummary {
+    if sha.is_empty() || !sha.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return CommitSummary::default();
+    }
+    let out = Command::new("git")
+        .arg("--git-dir")
+        .arg(bare)
+        .args(["log", "-1", "--no-show-signature", "--format=%s%x00%an", sha, "--"])
+        .stdin(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .output();
+    let Some(out) = out.ok().filter(|o| o.status.success()) else { return CommitSummary::default() };
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut parts = text.trim_end_matches('\n').splitn(2, '\0');
+    let clean = |s: Option<&str>| {
+        let s: String = s?.chars().filter(|c| !c.is_control()).take(200).collect();
+        (!s.trim().is_empty()).then_some(s)
+    };
+    CommitSummary { subject: clean(parts.next()), author: clean(parts.next()) }
 }
 
 /// Removes a repository (its runs stay in the database and on disk).

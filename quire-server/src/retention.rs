@@ -50,7 +50,9 @@ pub fn candidates(
         return Ok(Vec::new());
     }
     let keep_runs = policy.keep_runs.map(|n| i64::try_from(n).unwrap_or(i64::MAX));
-    let cutoff = policy.keep_days.map(|days| now_ms.saturating_sub((days as i64).saturating_mul(86_400_000)));
+    let cutoff = policy.keep_days.map(|days| {
+        now_ms.saturating_sub(i64::try_from(days).unwrap_or(i64::MAX).saturating_mul(86_400_000))
+    });
     // `newest` ranks all the repository's runs; `verdict` ranks, per ref,
     // the runs that passed or failed (rank 1 is the badge's run).
     let mut statement = conn.prepare_cached(
@@ -198,6 +200,9 @@ mod tests {
                 sha: "b".repeat(40),
                 previous_sha: None,
                 pushed_at_ms: 1,
+                trigger: crate::runs::Trigger::Push,
+                scheduled_at_ms: None,
+                commit: crate::runs::CommitSummary::default(),
             };
             runs::enqueue(&mut conn, &new).unwrap();
         }

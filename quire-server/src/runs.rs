@@ -12,6 +12,7 @@ use rusqlite::{params, Connection, OptionalExtension, Row};
 use serde::Serialize;
 
 use crate::protocol::RefUpdate;
+pub use quire_core::push::Trigger;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -112,10 +113,15 @@ pub struct Run {
     pub queued_at_ms: i64,
     pub started_at_ms: Option<i64>,
     pub finished_at_ms: Option<i64>,
+    pub trigger: Trigger,
+    pub scheduled_at_ms: Option<i64>,
+    /// The commit's subject line, when git could tell.
+    pub subject: Option<String>,
+    pub author: Option<String>,
 }
 
 const RUN_COLUMNS: &str = "id, repo, ref_name, sha, previous_sha, pushed_at_ms, state, failure_kind, \
-                           queued_at_ms, started_at_ms, finished_at_ms";
+                           queued_at_ms, started_at_ms, finished_at_ms, trigger, scheduled_at_ms, subject, author";
 
 impl Run {
     fn from_row(row: &Row) -> rusqlite::Result<Run> {
@@ -139,6 +145,13 @@ impl Run {
             queued_at_ms: row.get(8)?,
             started_at_ms: row.get(9)?,
             finished_at_ms: row.get(10)?,
+            trigger: {
+                let trigger: String = row.get(11)?;
+                Trigger::parse(&trigger).ok_or_else(|| bad(format!("unknown trigger {trigger:?}")))?
+            },
+            scheduled_at_ms: row.get(12)?,
+            subject: row.get(13)?,
+            author: row.get(14)?,
         })
     }
 
@@ -162,25 +175,47 @@ pub enum Ending {
     Superseded,
 }
 
-/// What a push asks for: a run of `sha` for `ref_name`.
+/// What a push (or a schedule, or a retrigger) asks for: a run of `sha`
+/// for `ref_name`.
 #[derive(Debug, Clone)]
 pub struct NewRun {
     pub repo: RepoName,
     pub ref_name: String,
     pub sha: String,
     pub previous_sha: Option<String>,
+    /// When it was asked for: the push, the retrigger or the schedule's tick.
     pub pushed_at_ms: i64,
+    pub trigger: Trigger,
+    pub scheduled_at_ms: Option<i64>,
+    pub commit: CommitSummary,
+}
+
+/// A commit as people read it, for the pages.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CommitSummary {
+    pub subject: Option<String>,
+    pub author: Option<String>,
 }
 
 impl NewRun {
     /// The runs a push asks for, one per updated (not deleted) ref.
-    pub fn from_push(repo: &RepoName, pushed_at_ms: i64, updates: &[RefUpdate]) -> Vec<NewRun> {
-        updates.iter().filter_map(|update| NewRun::from_update(repo, pushed_at_ms, update)).collect()
+    pub fn from_push(
+        repo: &RepoName,
+        pushed_at_ms: i64,
+        updates: &[RefUpdate],
+        trigger: Trigger,
+    ) -> Vec<NewRun> {
+        updates.iter().filter_map(|update| NewRun::from_update(repo, pushed_at_ms, update, trigger)).collect()
     }
 
     /// The run a pushed ref update asks for; `None` for a deleted ref,
     /// which has nothing to run.
-    pub fn from_update(repo: &RepoName, pushed_at_ms: i64, update: &RefUpdate) -> Option<NewRun> {
+    pub fn from_update(
+        repo: &RepoName,
+        pushed_at_ms: i64,
+        update: &RefUpdate,
+        trigger: Trigger,
+    ) -> Option<NewRun> {
         if update.is_deletion() {
             return None;
         }
@@ -190,28 +225,36 @@ impl NewRun {
             sha: update.new_sha.clone(),
             previous_sha: Some(update.old_sha.clone()).filter(|s| !crate::protocol::is_zero_sha(s)),
             pushed_at_ms,
+            trigger,
+            scheduled_at_ms: None,
+            commit: CommitSummary::default(),
         })
     }
 }
 
-/// Queues a run, first superseding the ref's earlier pending runs (their
-/// ids are returned with the new one). Active runs of the ref are the
-/// caller's to stop: they have processes.
+/// Queues a run, first superseding the ref's pending runs asked for no
+/// later than it (their ids are returned with the new one). A run asked
+/// for before the ref's newest one (a push replayed from the spool after a
+/// later push) is recorded, but as superseded at once. Active runs of the
+/// ref are the caller's to stop: they have processes.
 pub fn enqueue(conn: &mut Connection, new: &NewRun) -> rusqlite::Result<(RunId, Vec<RunId>)> {
     let tx = conn.transaction()?;
     let now = now_ms();
     let superseded = {
         let mut stmt = tx.prepare(
             "UPDATE runs SET state = 'superseded', finished_at_ms = max(?3, queued_at_ms)
-             WHERE repo = ?1 AND ref_name = ?2 AND state = 'pending' RETURNING id",
+             WHERE repo = ?1 AND ref_name = ?2 AND state = 'pending' AND pushed_at_ms <= ?4 RETURNING id",
         )?;
-        let ids = stmt.query_map(params![new.repo.as_str(), new.ref_name, now], |r| r.get::<_, String>(0))?;
+        let ids = stmt.query_map(params![new.repo.as_str(), new.ref_name, now, new.pushed_at_ms], |r| {
+            r.get::<_, String>(0)
+        })?;
         ids.filter_map(|id| id.ok()?.parse().ok()).collect()
     };
     let id = RunId::generate();
     tx.execute(
-        "INSERT INTO runs (id, repo, ref_name, sha, previous_sha, pushed_at_ms, state, queued_at_ms)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'pending', ?7)",
+        "INSERT INTO runs (id, repo, ref_name, sha, previous_sha, pushed_at_ms, state, queued_at_ms,
+                           trigger, scheduled_at_ms, subject, author)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'pending', ?7, ?8, ?9, ?10, ?11)",
         params![
             id.to_string(),
             new.repo.as_str(),
@@ -219,9 +262,24 @@ pub fn enqueue(conn: &mut Connection, new: &NewRun) -> rusqlite::Result<(RunId, 
             new.sha,
             new.previous_sha,
             new.pushed_at_ms,
-            now
+            now,
+            new.trigger.as_str(),
+            new.scheduled_at_ms,
+            new.commit.subject,
+            new.commit.author,
         ],
     )?;
+    let stale: bool = tx.query_row(
+        "SELECT EXISTS (SELECT 1 FROM runs WHERE repo = ?1 AND ref_name = ?2 AND pushed_at_ms > ?3)",
+        params![new.repo.as_str(), new.ref_name, new.pushed_at_ms],
+        |r| r.get(0),
+    )?;
+    if stale {
+        tx.execute(
+            "UPDATE runs SET state = 'superseded', finished_at_ms = ?2 WHERE id = ?1",
+            params![id.to_string(), now],
+        )?;
+    }
     tx.commit()?;
     Ok((id, superseded))
 }
@@ -477,6 +535,9 @@ mod tests {
             sha: "a".repeat(40),
             previous_sha: None,
             pushed_at_ms: 1,
+            trigger: crate::runs::Trigger::Push,
+            scheduled_at_ms: None,
+            commit: crate::runs::CommitSummary::default(),
         }
     }
 
@@ -510,6 +571,19 @@ mod tests {
         assert_eq!(superseded, vec![first]);
         assert_eq!(get(&conn, first).unwrap().unwrap().state, RunState::Superseded);
         assert_eq!(get(&conn, other).unwrap().unwrap().state, RunState::Pending);
+    }
+
+    #[test]
+    fn a_push_older_than_the_refs_newest_run_is_recorded_superseded_and_supersedes_nothing() {
+        let (_d, mut conn) = conn();
+        let newer = NewRun { pushed_at_ms: 20, ..push("refs/heads/main") };
+        let (newer, _) = enqueue(&mut conn, &newer).unwrap();
+        // Replayed from the spool after the newer push was queued.
+        let older = NewRun { pushed_at_ms: 10, ..push("refs/heads/main") };
+        let (older, superseded) = enqueue(&mut conn, &older).unwrap();
+        assert!(superseded.is_empty(), "the newer run is left alone");
+        assert_eq!(get(&conn, newer).unwrap().unwrap().state, RunState::Pending);
+        assert_eq!(get(&conn, older).unwrap().unwrap().state, RunState::Superseded);
     }
 
     #[test]

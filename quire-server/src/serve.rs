@@ -1,8 +1,10 @@
 //! `quire serve`: one process running the HTTP server (API and web UI), the
 //! push-socket listener and the runner, on tokio. It is the only process
-//! that migrates the database. Startup order matters: migrate, reconcile
-//! what a previous instance left, replay the spool, bind the HTTP port (so
-//! runs know the server's URL), then start taking pushes and running.
+//! that migrates the database. Startup order matters: claim the push socket
+//! (so a second server stops before it touches anything), migrate,
+//! reconcile what a previous instance left, bind the HTTP port (so runs
+//! know the server's URL), replay the spool, then start taking pushes and
+//! running.
 
 use std::net::SocketAddr;
 
@@ -14,7 +16,7 @@ use crate::http::{self, ApiError, AppState};
 use crate::launcher::{self, Launcher};
 use crate::live::feed::{FeedLimits, Feeds};
 use crate::root::DataRoot;
-use crate::{api, runs, socket, spool, web as pages};
+use crate::{api, runs, socket, web as pages};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
@@ -24,8 +26,6 @@ pub enum ServeError {
     Db(#[from] db::DbError),
     #[error("reconciling runs left by a previous server failed: {0}")]
     Reconcile(rusqlite::Error),
-    #[error("replaying the pushes saved in {} failed: {source}", path.display())]
-    Spool { path: std::path::PathBuf, source: std::io::Error },
     #[error("cannot listen on {addr}: {source}")]
     Listen { addr: SocketAddr, source: std::io::Error },
     #[error("cannot open the push socket {}: {source}", path.display())]
@@ -43,22 +43,12 @@ pub async fn serve(root: DataRoot, config: Config, listen: Option<SocketAddr>) -
     if let Err(e) = quire_core::runtime::become_subreaper() {
         tracing::warn!(error = %e, "cannot become the reaper of processes runs detach");
     }
+    let socket_path = root.socket_path();
+    let listener = socket::bind(&socket_path)
+        .map_err(|source| ServeError::Socket { path: socket_path.clone(), source })?;
     let mut conn = db::open_and_migrate(&root.db_path())?;
     let reconciled = runs::reconcile(&conn).map_err(ServeError::Reconcile)?;
     record_leftovers(&root, &mut conn, &reconciled);
-    let spool_dir = root.spool_dir();
-    let replayed = spool::replay(&spool_dir, &mut conn)
-        .map_err(|source| ServeError::Spool { path: spool_dir.clone(), source })?;
-    if replayed.pushes > 0 {
-        tracing::info!(
-            pushes = replayed.pushes,
-            runs = replayed.runs,
-            "queued pushes saved while the server was down"
-        );
-    }
-    if replayed.set_aside > 0 {
-        tracing::warn!(files = replayed.set_aside, dir = %spool_dir.display(), "unreadable spooled pushes were set aside as *.bad");
-    }
     drop(conn);
 
     let pool = Pool::new(&root.db_path());
@@ -91,9 +81,6 @@ pub async fn serve(root: DataRoot, config: Config, listen: Option<SocketAddr>) -
     let bound = http.addrs().first().copied().unwrap_or(addr);
     let url = format!("http://{bound}");
 
-    let socket_path = root.socket_path();
-    let listener = socket::bind(&socket_path)
-        .map_err(|source| ServeError::Socket { path: socket_path.clone(), source })?;
     let launcher = Launcher::new(root.clone(), pool, config.clone(), url.clone());
     tracing::info!(
         root = %root.path().display(),
@@ -113,6 +100,11 @@ pub async fn serve(root: DataRoot, config: Config, listen: Option<SocketAddr>) -
     // Tests and scripts wait for this line on stdout.
     println!("quire: listening on {url}");
 
+    // Pushes saved while the server was down go first, oldest first.
+    let replayed = launcher.replay_spool().await;
+    if replayed > 0 {
+        tracing::info!(runs = replayed, "queued runs of pushes saved while the server was down");
+    }
     tokio::spawn(socket::serve(listener, launcher.clone()));
     tokio::spawn(launcher.clone().keep_replaying_spool());
     tokio::spawn(launcher.run_queue());

@@ -13,7 +13,7 @@ use quire_core::id::{InvalidRepoName, InvalidRunId, RepoName, RunId};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
 use tokio::net::{UnixListener, UnixStream as AsyncUnixStream};
 
-use crate::launcher::Launcher;
+use crate::launcher::{Launcher, QueueError};
 use crate::protocol::{Message, Reply, MAX_MESSAGE};
 use crate::runs::NewRun;
 use crate::spool;
@@ -90,20 +90,26 @@ struct Dispatched {
 /// queues it shortly: an accepted push is never lost.
 async fn dispatch(launcher: &Launcher, message: Message) -> Result<Dispatched, String> {
     match message {
-        Message::Push { repo, pushed_at_ms, refs } => {
+        Message::Push { repo, pushed_at_ms, refs, trigger } => {
             let repo: RepoName = repo.parse().map_err(|e: InvalidRepoName| e.to_string())?;
             let mut created = Vec::new();
             for (at, update) in refs.iter().enumerate() {
-                let Some(new) = NewRun::from_update(&repo, pushed_at_ms, update) else { continue };
+                let Some(new) = NewRun::from_update(&repo, pushed_at_ms, update, trigger) else { continue };
                 let why = match launcher.queue(new).await {
                     Ok(id) => {
                         created.push(id);
                         continue;
                     }
-                    Err(why) => why,
+                    Err(QueueError::Refused(why)) => return Err(why),
+                    Err(QueueError::Unavailable(why)) => why,
                 };
-                let rest = Message::Push { repo: repo.to_string(), pushed_at_ms, refs: refs[at..].to_vec() };
-                let spooled = NewRun::from_push(&repo, pushed_at_ms, &refs[at..]).len();
+                let rest = Message::Push {
+                    repo: repo.to_string(),
+                    pushed_at_ms,
+                    refs: refs[at..].to_vec(),
+                    trigger,
+                };
+                let spooled = NewRun::from_push(&repo, pushed_at_ms, &refs[at..], trigger).len();
                 let dir = launcher.spool_dir();
                 tokio::task::spawn_blocking(move || spool::save(&dir, &rest, pushed_at_ms))
                     .await

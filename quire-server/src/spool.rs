@@ -1,13 +1,13 @@
-//! The push spool (`<root>/spool/`): where the hook leaves a push it could
-//! neither hand to a running server nor write to the database (no database
-//! yet, a schema of another version, or a database busy past its timeout).
-//! Each push is one JSON file, written under a temporary name and renamed,
-//! so a reader never sees half of one. `quire serve` replays the spool into
-//! the queue at start, after migrating, oldest push first, and the launcher
-//! replays it every few seconds while the server runs (the server itself
-//! spools a push its database cannot take). A file is removed only once its
-//! runs are queued, and a file that cannot be read is set aside as `*.bad`
-//! rather than deleted.
+//! The push spool (`<root>/spool/`): where a push waits that the database
+//! could not take (no database yet, a schema of another version, locked
+//! past its busy timeout, a full disk), left by the hook when the server is
+//! down or not answering and by the server itself. Each push is one JSON
+//! file, written under a temporary name and renamed, so a reader never sees
+//! half of one. Replaying is the launcher's (`Launcher::replay_spool`, at
+//! start before new pushes are taken, then every 2 s): a file is removed
+//! only once its runs are queued, rewritten with only the refs left when
+//! the database gives out halfway, and set aside as `*.bad` when it cannot
+//! be read.
 
 use std::fs;
 use std::io;
@@ -15,10 +15,10 @@ use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use quire_core::id::RepoName;
-use rusqlite::Connection;
+use quire_core::push::Trigger;
 
-use crate::protocol::Message;
-use crate::runs::{self, NewRun};
+use crate::protocol::{Message, RefUpdate};
+use crate::runs::NewRun;
 
 /// Saves a push message for the next server start; `pushed_at_ms` names
 /// the file, so that a sorted listing is push order.
@@ -56,91 +56,117 @@ pub fn spooled(dir: &Path) -> io::Result<Vec<PathBuf>> {
     Ok(files)
 }
 
-/// What a replay did.
-#[derive(Debug, Default, PartialEq, Eq)]
-pub struct Replayed {
-    pub pushes: usize,
-    pub runs: usize,
-    /// Files that could not be read, renamed to `*.bad`.
-    pub set_aside: usize,
-}
-
-/// Queues every spooled push, oldest first.
-pub fn replay(dir: &Path, conn: &mut Connection) -> io::Result<Replayed> {
-    let mut replayed = Replayed::default();
-    for path in spooled(dir)? {
-        match read(&path) {
-            Ok(runs_of_push) => {
-                for new in &runs_of_push {
-                    runs::enqueue(conn, new).map_err(io::Error::other)?;
-                }
-                fs::remove_file(&path)?;
-                replayed.pushes += 1;
-                replayed.runs += runs_of_push.len();
-            }
-            Err(reason) => {
-                set_aside(&path, &reason)?;
-                replayed.set_aside += 1;
-            }
-        }
-    }
-    Ok(replayed)
-}
-
 /// Keeps an unreadable spooled push for the operator, out of the way.
 pub fn set_aside(path: &Path, reason: &str) -> io::Result<()> {
     tracing::warn!(file = %path.display(), %reason, "a spooled push cannot be read; set aside");
     fs::rename(path, path.with_extension("bad"))
 }
 
-/// The runs a spooled push asks for.
-pub fn read(path: &Path) -> Result<Vec<NewRun>, String> {
+/// A push read back from the spool.
+#[derive(Debug, Clone)]
+pub struct SpooledPush {
+    repo: RepoName,
+    pushed_at_ms: i64,
+    refs: Vec<RefUpdate>,
+    trigger: Trigger,
+}
+
+impl SpooledPush {
+    /// The runs it asks for, each with the index of its ref.
+    pub fn runs(&self) -> Vec<(usize, NewRun)> {
+        self.refs
+            .iter()
+            .enumerate()
+            .filter_map(|(at, update)| {
+                Some((at, NewRun::from_update(&self.repo, self.pushed_at_ms, update, self.trigger)?))
+            })
+            .collect()
+    }
+
+    /// The same push without the refs before `at` (already queued).
+    pub fn from_ref(&self, at: usize) -> Message {
+        Message::Push {
+            repo: self.repo.to_string(),
+            pushed_at_ms: self.pushed_at_ms,
+            refs: self.refs[at.min(self.refs.len())..].to_vec(),
+            trigger: self.trigger,
+        }
+    }
+}
+
+/// Reads a spooled push.
+pub fn read(path: &Path) -> Result<SpooledPush, String> {
     let text = fs::read_to_string(path).map_err(|e| e.to_string())?;
     match serde_json::from_str::<Message>(&text).map_err(|e| e.to_string())? {
-        Message::Push { repo, pushed_at_ms, refs } => {
+        Message::Push { repo, pushed_at_ms, refs, trigger } => {
             let repo: RepoName = repo.parse().map_err(|e: quire_core::id::InvalidRepoName| e.to_string())?;
-            Ok(NewRun::from_push(&repo, pushed_at_ms, &refs))
+            Ok(SpooledPush { repo, pushed_at_ms, refs, trigger })
         }
         Message::Cancel { .. } => Err("only pushes are spooled".to_string()),
     }
 }
 
+/// Replaces a spooled push (what is left of it) in place, atomically.
+pub fn rewrite(path: &Path, message: &Message) -> io::Result<()> {
+    let partial = path.with_extension("partial");
+    let mut file =
+        fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&partial)?;
+    io::Write::write_all(&mut file, serde_json::to_string(message).map_err(io::Error::other)?.as_bytes())?;
+    file.sync_all()?;
+    fs::rename(&partial, path)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protocol::RefUpdate;
 
-    fn push(repo: &str, at: i64, branch: &str) -> Message {
+    fn push(repo: &str, at: i64, branches: &[&str]) -> Message {
         Message::Push {
             repo: repo.into(),
             pushed_at_ms: at,
-            refs: vec![RefUpdate {
-                ref_name: format!("refs/heads/{branch}"),
-                old_sha: crate::protocol::ZERO_SHA.into(),
-                new_sha: "c".repeat(40),
-            }],
+            refs: branches
+                .iter()
+                .map(|branch| RefUpdate {
+                    ref_name: format!("refs/heads/{branch}"),
+                    old_sha: crate::protocol::ZERO_SHA.into(),
+                    new_sha: "c".repeat(40),
+                })
+                .collect(),
+            trigger: Trigger::Push,
         }
     }
 
     #[test]
-    fn spooled_pushes_replay_once_in_push_order_and_bad_files_are_kept() {
+    fn spooled_pushes_list_oldest_first_and_read_back_their_runs() {
         let dir = tempfile::tempdir().unwrap();
         let spool = dir.path().join("spool");
-        save(&spool, &push("app.git", 20, "late"), 20).unwrap();
-        save(&spool, &push("app.git", 10, "early"), 10).unwrap();
+        save(&spool, &push("app.git", 20, &["late"]), 20).unwrap();
+        save(&spool, &push("app.git", 10, &["early", "other"]), 10).unwrap();
         fs::write(spool.join("00-garbage.json"), "{not json").unwrap();
-        let mut conn = crate::db::open_and_migrate(&dir.path().join("quire.db")).unwrap();
 
-        let replayed = replay(&spool, &mut conn).unwrap();
-        assert_eq!(replayed, Replayed { pushes: 2, runs: 2, set_aside: 1 });
-        let refs: Vec<String> = runs::list(&conn, None, 10, runs::Start::Newest)
-            .unwrap()
-            .into_iter()
-            .map(|r| r.ref_name)
-            .collect();
-        assert_eq!(refs, ["refs/heads/late", "refs/heads/early"], "newest first: early was queued first");
+        let files = spooled(&spool).unwrap();
+        assert_eq!(files.len(), 3);
+        assert!(read(&files[0]).is_err(), "garbage sorts first and does not read");
+        let early = read(&files[1]).unwrap();
+        let refs: Vec<String> = early.runs().into_iter().map(|(_, run)| run.ref_name).collect();
+        assert_eq!(refs, ["refs/heads/early", "refs/heads/other"]);
+        assert_eq!(pending(&spool).unwrap(), 3);
+
+        set_aside(&files[0], "not json").unwrap();
         assert!(spool.join("00-garbage.bad").exists(), "an unreadable push is set aside, not lost");
+        assert_eq!(pending(&spool).unwrap(), 2);
+    }
 
-        assert_eq!(replay(&spool, &mut conn).unwrap(), Replayed::default(), "replayed once");
+    #[test]
+    fn a_push_cut_short_keeps_only_the_refs_left() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = dir.path().join("spool");
+        let path = save(&spool, &push("app.git", 10, &["a", "b", "c"]), 10).unwrap();
+        let whole = read(&path).unwrap();
+        rewrite(&path, &whole.from_ref(1)).unwrap();
+        let rest = read(&path).unwrap();
+        let refs: Vec<String> = rest.runs().into_iter().map(|(_, run)| run.ref_name).collect();
+        assert_eq!(refs, ["refs/heads/b", "refs/heads/c"]);
+        assert_eq!(pending(&spool).unwrap(), 1, "no temporary file is left behind");
     }
 }

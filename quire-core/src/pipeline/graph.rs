@@ -4,7 +4,7 @@
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 
-use super::job::{Input, Job, PUSH_SOURCE, SOURCE_NAMESPACE};
+use super::job::{Input, Job, PUSH_SOURCE, SCHEDULE_SOURCE, SOURCES, SOURCE_NAMESPACE};
 use crate::diagnostic::{Diagnostic, Location};
 use crate::id::JobId;
 
@@ -83,7 +83,9 @@ pub fn validate(nodes: &[Node]) -> Result<Vec<Job>, Vec<Diagnostic>> {
                     node.id
                 ))
                 .at(node.location.clone())
-                .with_help(format!("every job needs `{PUSH_SOURCE}` among its transitive inputs")),
+                .with_help(format!(
+                    "every job needs `{PUSH_SOURCE}` or `{SCHEDULE_SOURCE}` among its transitive inputs"
+                )),
             );
         }
     }
@@ -96,11 +98,13 @@ pub fn validate(nodes: &[Node]) -> Result<Vec<Job>, Vec<Diagnostic>> {
 }
 
 fn unknown_input(job: &str, input: &str, nodes: &[Node]) -> Option<String> {
-    if input == PUSH_SOURCE || nodes.iter().any(|n| n.id == input) {
+    if SOURCES.contains(&input) || nodes.iter().any(|n| n.id == input) {
         return None;
     }
     if input.starts_with(SOURCE_NAMESPACE) {
-        Some(format!("job `{job}` has unknown source `{input}`: the only source is `{PUSH_SOURCE}`"))
+        Some(format!(
+            "job `{job}` has unknown source `{input}`: the sources are `{PUSH_SOURCE}` and `{SCHEDULE_SOURCE}`"
+        ))
     } else {
         Some(format!("job `{job}` has unknown input `{input}`: no job in this pipeline has that id"))
     }
@@ -112,6 +116,7 @@ fn to_job(node: &Node) -> Job {
         .iter()
         .map(|name| match name.as_str() {
             PUSH_SOURCE => Input::Push,
+            SCHEDULE_SOURCE => Input::Schedule,
             id => Input::Job(JobId::new(id).expect("validated")),
         })
         .collect();
@@ -174,7 +179,7 @@ fn reachable_from_source(nodes: &[Node]) -> HashSet<&str> {
     loop {
         let before = reachable.len();
         for node in nodes {
-            if node.inputs.iter().any(|i| i == PUSH_SOURCE || reachable.contains(i.as_str())) {
+            if node.inputs.iter().any(|i| SOURCES.contains(&i.as_str()) || reachable.contains(i.as_str())) {
                 reachable.insert(&node.id);
             }
         }
@@ -256,7 +261,7 @@ mod tests {
         );
         assert_eq!(
             errors(&[node(3, "a", &["quire/pull"])]),
-            ["ci.fnl:3:1: error: job `a` has unknown source `quire/pull`: the only source is `quire/push`"]
+            ["ci.fnl:3:1: error: job `a` has unknown source `quire/pull`: the sources are `quire/push` and `quire/schedule`"]
         );
         assert_eq!(
             errors(&[node(1, "a", &["quire/push", "c"]), node(2, "b", &["a"]), node(3, "c", &["b"])]),

@@ -19,7 +19,7 @@ use crate::lua::compile::{self, CompileOptions, FileAccess};
 use crate::lua::{execute, limits};
 use crate::source::SourceFile;
 
-pub use job::{Input, Job, PUSH_SOURCE};
+pub use job::{Input, Job, Source, PUSH_SOURCE, SCHEDULE_SOURCE, SOURCES};
 
 /// Where a workspace keeps its pipeline.
 pub const PIPELINE_PATH: &str = ".quire/ci.fnl";

@@ -22,7 +22,7 @@ use crate::clock::format_duration_ms;
 use crate::event::EventKind;
 use crate::id::JobId;
 use crate::lua::limits;
-use crate::pipeline::{Instance, Pipeline, PUSH_SOURCE};
+use crate::pipeline::{Instance, Pipeline, PUSH_SOURCE, SCHEDULE_SOURCE};
 use crate::run_dir::LogFile;
 
 /// How a job thread ended, for the runner. Its events and notes went to
@@ -262,6 +262,9 @@ impl JobRun<'_> {
         let name = name_argument("jobs", "a job name", name)?;
         let value = if name == PUSH_SOURCE {
             self.ctx.push.outputs()
+        } else if name == SCHEDULE_SOURCE {
+            // nil in a run no schedule started.
+            self.ctx.push.schedule_outputs().unwrap_or(serde_json::Value::Null)
         } else {
             self.start.ancestors.get(name.as_str()).cloned().ok_or_else(|| {
                 mlua::Error::runtime(format!(

@@ -78,7 +78,7 @@ pub fn execute(
     sink: Arc<Mutex<dyn Sink>>,
 ) -> Result<RunOutcome, RunError> {
     let sink = Arc::new(Recorder::new(sink, pipeline.jobs().len()));
-    let mut schedule = Schedule::new(&pipeline, &ctx.only)?;
+    let mut schedule = Schedule::new(&pipeline, &ctx.only, ctx.push.source)?;
     let redactor = Arc::new(Redactor::default());
     let (reports, received) = mpsc::channel::<(usize, Report)>();
     let mut outputs: HashMap<usize, serde_json::Value> = HashMap::new();

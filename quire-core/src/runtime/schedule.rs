@@ -1,17 +1,20 @@
 //! Which job may start now and which must be skipped: the run's plan,
-//! without threads, Lua or I/O. Jobs are considered in the pipeline's
-//! execution order (topological, ties in definition order); a job starts
-//! once every input has completed and there is room, and is skipped as
-//! soon as an input failed or was skipped. With room for one job this is
-//! exactly the sequential order.
+//! without threads, Lua or I/O. Only the jobs of the run's source take part
+//! (a job whose transitive inputs include the source, and whose job inputs
+//! all take part too); the others are not part of the run at all. Jobs are
+//! considered in the pipeline's execution order (topological, ties in
+//! definition order); a job starts once every input has completed and
+//! there is room, and is skipped as soon as an input failed or was
+//! skipped. With room for one job this is exactly the sequential order.
 
 use crate::id::JobId;
-use crate::pipeline::{Input, Pipeline};
+use crate::pipeline::{Input, Pipeline, Source};
 
 /// Where one job of the run is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Slot {
-    /// Not asked for (`--job` named others).
+    /// Not part of this run: `--job` named others, or the job does not
+    /// follow from the run's source.
     Unselected,
     Waiting,
     Running,
@@ -43,9 +46,9 @@ pub struct Schedule {
 pub struct UnknownJob(pub JobId);
 
 impl Schedule {
-    /// The plan for `pipeline`: every job, or those in `only` and their
-    /// ancestors.
-    pub fn new(pipeline: &Pipeline, only: &[JobId]) -> Result<Schedule, UnknownJob> {
+    /// The plan for `pipeline` in a run started by `source`: every job of
+    /// the source, or of those the ones in `only` and their ancestors.
+    pub fn new(pipeline: &Pipeline, only: &[JobId], source: Source) -> Result<Schedule, UnknownJob> {
         let jobs = pipeline.jobs();
         let ids: Vec<JobId> = jobs.iter().map(|j| j.id.clone()).collect();
         let index_of = |id: &JobId| jobs.iter().position(|j| &j.id == id);
@@ -56,7 +59,7 @@ impl Schedule {
                     .iter()
                     .filter_map(|input| match input {
                         Input::Job(id) => index_of(id),
-                        Input::Push => None,
+                        Input::Push | Input::Schedule => None,
                     })
                     .collect()
             })
@@ -76,7 +79,28 @@ impl Schedule {
                 }
             }
         }
+        for (index, follows) in schedule.following(pipeline, source).into_iter().enumerate() {
+            if !follows {
+                schedule.slots[index] = Slot::Unselected;
+            }
+        }
         Ok(schedule)
+    }
+
+    /// For each job, whether it follows from `source`: the source is among
+    /// its inputs or those of a job it takes as input, and every job it
+    /// takes as input follows too. One pass in execution order suffices,
+    /// since inputs come first.
+    fn following(&self, pipeline: &Pipeline, source: Source) -> Vec<bool> {
+        let jobs = pipeline.jobs();
+        let mut follows = vec![false; jobs.len()];
+        for &index in &self.order {
+            let direct = jobs[index].inputs.iter().any(|input| input.source() == Some(source));
+            let inputs = &self.inputs[index];
+            follows[index] =
+                (direct || inputs.iter().any(|&i| follows[i])) && inputs.iter().all(|&i| follows[i]);
+        }
+        follows
     }
 
     /// The indices of every job `index` depends on, transitively.
@@ -162,7 +186,7 @@ mod tests {
     #[test]
     fn independent_jobs_start_together_up_to_the_room_in_definition_order() {
         let p = pipeline(DIAMOND);
-        let mut s = Schedule::new(&p, &[]).unwrap();
+        let mut s = Schedule::new(&p, &[], Source::Push).unwrap();
         assert_eq!(names(&p, &s.next(2)), ["start a", "start b"]);
         assert_eq!(names(&p, &s.next(0)), Vec::<String>::new());
         s.finished(0, true);
@@ -176,7 +200,7 @@ mod tests {
     #[test]
     fn a_failure_skips_its_dependents_transitively_and_nothing_else() {
         let p = pipeline(&[("a", &["quire/push"]), ("b", &["a"]), ("c", &["b"]), ("d", &["quire/push"])]);
-        let mut s = Schedule::new(&p, &[]).unwrap();
+        let mut s = Schedule::new(&p, &[], Source::Push).unwrap();
         assert_eq!(names(&p, &s.next(4)), ["start a", "start d"]);
         s.finished(0, false);
         assert_eq!(names(&p, &s.next(3)), ["skip b (a)", "skip c (b)"]);
@@ -185,7 +209,7 @@ mod tests {
     #[test]
     fn with_room_for_one_the_order_is_sequential() {
         let p = pipeline(&[("a", &["quire/push"]), ("c", &["quire/push"]), ("b", &["a"])]);
-        let mut s = Schedule::new(&p, &[]).unwrap();
+        let mut s = Schedule::new(&p, &[], Source::Push).unwrap();
         let mut seen = names(&p, &s.next(1));
         s.finished(0, false);
         seen.extend(names(&p, &s.next(1)));
@@ -197,9 +221,30 @@ mod tests {
     #[test]
     fn selection_keeps_the_named_jobs_and_their_ancestors() {
         let p = pipeline(DIAMOND);
-        let mut s = Schedule::new(&p, &[JobId::new("a").unwrap()]).unwrap();
+        let mut s = Schedule::new(&p, &[JobId::new("a").unwrap()], Source::Push).unwrap();
         assert_eq!(names(&p, &s.next(4)), ["start a"]);
-        let unknown = Schedule::new(&p, &[JobId::new("nope").unwrap()]).unwrap_err();
+        let unknown = Schedule::new(&p, &[JobId::new("nope").unwrap()], Source::Push).unwrap_err();
         assert_eq!(unknown.to_string(), "unknown job `nope` given to --job");
+    }
+
+    #[test]
+    fn only_the_jobs_of_the_runs_source_take_part() {
+        let p = pipeline(&[
+            ("build", &["quire/push"]),
+            ("nightly", &["quire/schedule"]),
+            ("both", &["quire/push", "quire/schedule"]),
+            ("report", &["nightly"]),
+            ("needs-build", &["nightly", "build"]),
+        ]);
+        let mut pushed = Schedule::new(&p, &[], Source::Push).unwrap();
+        assert_eq!(names(&p, &pushed.next(10)), ["start build", "start both"]);
+        let mut scheduled = Schedule::new(&p, &[], Source::Schedule).unwrap();
+        assert_eq!(names(&p, &scheduled.next(10)), ["start nightly", "start both"]);
+        scheduled.finished(1, true);
+        assert_eq!(
+            names(&p, &scheduled.next(10)),
+            ["start report"],
+            "needs-build waits on a push-only job: not part"
+        );
     }
 }

@@ -15,7 +15,7 @@ use quire_core::id::RunId;
 use quire_core::jobs::{Fold, JobSummary};
 use quire_core::run_dir::RunDir;
 
-use super::ApiError;
+use super::error::ApiError;
 use crate::ingest::{self, IngestReport};
 use crate::job_rows;
 use crate::root::DataRoot;

@@ -9,16 +9,18 @@
 //! the task appends under, so it gets each message exactly once: from the
 //! backlog or from the broadcast.
 //!
-//! Bounds, all from configuration: the number of concurrent streams
-//! ([`FeedLimits::max_streams`], a 503 past it), the backlog of each feed
-//! (events and log lines each up to [`FeedLimits::backlog_bytes`], oldest
-//! dropped first, with a `truncated` message to a new viewer), and what a
-//! slow viewer may fall behind by ([`BROADCAST_BATCHES`] polls; past that it
-//! gets `reset` and its stream ends, and the page reloads). Once the run
-//! has ended the task reads the files to their end, sends `end` and, if the
-//! run was followed while active, keeps the feed for [`LINGER`] so that a
-//! viewer reconnecting with `Last-Event-ID` resumes instead of starting
-//! over.
+//! Bounds, all from configuration: the number of concurrent streams and of
+//! feeds ([`FeedLimits::max_streams`], a 503 past it), the backlog of each
+//! feed (events and log lines each up to [`FeedLimits::backlog_bytes`],
+//! oldest dropped first, with a `truncated` message to a new viewer), and
+//! what a slow viewer may fall behind by ([`BROADCAST_BATCHES`] polls; past
+//! that it is told with a `gap` message and goes on from the newest). A
+//! poll's messages are framed once, into one buffer every viewer shares.
+//! A feed nobody has watched for [`IDLE`] stops. Once the run has ended
+//! the task reads the files to their end (paced by its slowest viewer),
+//! sends `end` and, if the run was followed while active, keeps the feed
+//! for [`LINGER`] so that a viewer reconnecting with `Last-Event-ID`
+//! resumes instead of starting over.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -39,8 +41,10 @@ use super::sse;
 pub const POLL: Duration = Duration::from_millis(100);
 /// How long a feed outlives the end of a run it followed while active.
 pub const LINGER: Duration = Duration::from_secs(60);
-/// How many polls' batches a viewer may be behind before it is reset.
-pub const BROADCAST_BATCHES: usize = 64;
+/// How many polls' batches a viewer may be behind before it skips ahead.
+pub const BROADCAST_BATCHES: usize = 16;
+/// A feed without viewers for this long stops (a new viewer starts another).
+pub const IDLE: Duration = Duration::from_secs(10);
 /// An idle stream gets a keep-alive comment this often.
 pub const KEEP_ALIVE: Duration = Duration::from_secs(15);
 
@@ -63,9 +67,9 @@ struct Message {
     bytes: Bytes,
 }
 
-/// What one poll produced, broadcast as one value.
+/// What one poll produced, framed once and broadcast as one value.
 struct Batch {
-    messages: Vec<Arc<Message>>,
+    bytes: Bytes,
     /// It holds the `end` message: the last batch of the feed.
     ends: bool,
 }
@@ -99,12 +103,29 @@ impl Backlog {
         }
     }
 
-    /// The kept messages after `seq`, in order.
-    fn after(&self, seq: u64) -> Vec<Arc<Message>> {
-        let mut out: Vec<Arc<Message>> =
-            self.events.iter().chain(&self.logs).filter(|m| m.seq > seq).cloned().collect();
-        out.sort_unstable_by_key(|m| m.seq);
-        out
+    /// The kept messages after `seq`, in order: the two queues are each
+    /// in order already, so this is a merge.
+    fn after(&self, seq: u64) -> Vec<Bytes> {
+        let skip = |queue: &VecDeque<Arc<Message>>| queue.partition_point(|m| m.seq <= seq);
+        let (mut events, mut logs) =
+            (self.events.range(skip(&self.events)..), self.logs.range(skip(&self.logs)..));
+        let (mut event, mut log) = (events.next(), logs.next());
+        let mut out = Vec::new();
+        loop {
+            let take_event = match (event, log) {
+                (Some(e), Some(l)) => e.seq < l.seq,
+                (Some(_), None) => true,
+                (None, Some(_)) => false,
+                (None, None) => return out,
+            };
+            if take_event {
+                out.extend(event.map(|m| m.bytes.clone()));
+                event = events.next();
+            } else {
+                out.extend(log.map(|m| m.bytes.clone()));
+                log = logs.next();
+            }
+        }
     }
 }
 
@@ -148,7 +169,7 @@ impl Feed {
             return;
         }
         let mut state = self.lock();
-        let mut messages = Vec::with_capacity(items.len() + 1);
+        let mut batch = Vec::new();
         let framed = items
             .iter()
             .map(|item| match item {
@@ -161,12 +182,12 @@ impl Feed {
             state.next_seq += 1;
             let id = format!("{}-{seq}", self.name);
             let message = Arc::new(Message { seq, bytes: sse::message(Some(&id), event, data) });
-            state.backlog.push(message.clone(), is_log, self.backlog_bytes);
-            messages.push(message);
+            batch.extend_from_slice(&message.bytes);
+            state.backlog.push(message, is_log, self.backlog_bytes);
         }
         state.ended |= end.is_some();
         // No receivers is not an error: the backlog has it.
-        let _ = self.sender.send(Arc::new(Batch { messages, ends: end.is_some() }));
+        let _ = self.sender.send(Arc::new(Batch { bytes: Bytes::from(batch), ends: end.is_some() }));
     }
 }
 
@@ -174,7 +195,7 @@ impl Feed {
 enum Start {
     /// These messages, then the broadcast; `omitted` when the start of the
     /// backlog was dropped.
-    Backlog { messages: Vec<Arc<Message>>, omitted: bool },
+    Backlog { messages: Vec<Bytes>, omitted: bool },
     /// The viewer's `Last-Event-ID` cannot be resumed from (another feed's,
     /// or dropped from the backlog): it must start over.
     Reset,
@@ -190,7 +211,7 @@ pub struct Feeds {
 
 /// A viewer's stream was refused.
 #[derive(Debug, thiserror::Error)]
-#[error("{0} live streams are open, the most `:http {{:max-live-streams}}` allows; try again later")]
+#[error("{0} live streams (or followed runs) are open, the most `:http {{:max-live-streams}}` allows; try again later")]
 pub struct TooManyStreams(pub usize);
 
 /// Counts for `/api/health`.
@@ -229,7 +250,10 @@ impl Feeds {
         last_event_id: Option<&str>,
     ) -> Result<impl Stream<Item = Result<Bytes, std::convert::Infallible>>, TooManyStreams> {
         let slot = StreamSlot::take(self.clone())?;
-        let feed = self.feed_of(run, dir);
+        // The registry stays locked until the viewer is subscribed, so an
+        // idle feed cannot stop between being found and being subscribed to.
+        let mut feeds = self.map();
+        let feed = self.feed_of(&mut feeds, run, dir)?;
         let (start, receiver) = {
             let state = feed.lock();
             let start = match last_event_id {
@@ -250,19 +274,28 @@ impl Feeds {
             let receiver = (!state.ended).then(|| feed.sender.subscribe());
             (start, receiver)
         };
+        drop(feeds);
         Ok(viewer_stream(start, receiver, slot))
     }
 
-    /// The run's feed, started if there is none.
-    fn feed_of(self: &Arc<Feeds>, run: RunId, dir: RunDir) -> Arc<Feed> {
-        let mut feeds = self.map();
+    /// The run's feed, started if there is none (and there is room).
+    fn feed_of(
+        self: &Arc<Feeds>,
+        feeds: &mut HashMap<RunId, Arc<Feed>>,
+        run: RunId,
+        dir: RunDir,
+    ) -> Result<Arc<Feed>, TooManyStreams> {
         if let Some(feed) = feeds.get(&run) {
-            return feed.clone();
+            return Ok(feed.clone());
+        }
+        if feeds.len() >= self.limits.max_streams {
+            return Err(TooManyStreams(self.limits.max_streams));
         }
         let feed = Arc::new(Feed::new(self.limits.backlog_bytes));
         feeds.insert(run, feed.clone());
-        tokio::spawn(follow(self.clone(), run, feed.clone(), Follower::new(dir)));
-        feed
+        let registered = Registered { feeds: self.clone(), run, feed: feed.clone() };
+        tokio::spawn(follow(registered, Follower::new(dir)));
+        Ok(feed)
     }
 
     fn remove(&self, run: RunId, feed: &Arc<Feed>) {
@@ -270,6 +303,32 @@ impl Feeds {
         if feeds.get(&run).is_some_and(|f| Arc::ptr_eq(f, feed)) {
             feeds.remove(&run);
         }
+    }
+
+    /// Removes a feed nobody watches; false if a viewer came meanwhile.
+    fn remove_if_unwatched(&self, run: RunId, feed: &Arc<Feed>) -> bool {
+        let mut feeds = self.map();
+        if feed.sender.receiver_count() > 0 {
+            return false;
+        }
+        if feeds.get(&run).is_some_and(|f| Arc::ptr_eq(f, feed)) {
+            feeds.remove(&run);
+        }
+        true
+    }
+}
+
+/// A feed's place in the registry, given back when its task ends, however
+/// it ends (a panic included).
+struct Registered {
+    feeds: Arc<Feeds>,
+    run: RunId,
+    feed: Arc<Feed>,
+}
+
+impl Drop for Registered {
+    fn drop(&mut self) {
+        self.feeds.remove(self.run, &self.feed);
     }
 }
 
@@ -294,31 +353,41 @@ impl Drop for StreamSlot {
 }
 
 /// The task behind a feed: poll and publish; once the run has ended, read
-/// the files to their end (a bounded amount at a time, without waiting
-/// between reads), publish `end`, linger, and leave the registry.
-async fn follow(feeds: Arc<Feeds>, run: RunId, feed: Arc<Feed>, mut follower: Follower) {
+/// the files to their end (a bounded amount at a time, waiting only while
+/// the slowest viewer is half a channel behind), publish `end`, linger,
+/// and leave the registry. A feed nobody watches for [`IDLE`] stops early.
+async fn follow(registered: Registered, mut follower: Follower) {
+    let (feeds, run, feed) = (registered.feeds.clone(), registered.run, registered.feed.clone());
     let mut followed_while_active = false;
+    let mut unwatched_since: Option<tokio::time::Instant> = None;
     let end = loop {
+        if feed.sender.receiver_count() == 0 {
+            let since = *unwatched_since.get_or_insert_with(tokio::time::Instant::now);
+            if since.elapsed() >= IDLE && feeds.remove_if_unwatched(run, &feed) {
+                return;
+            }
+        } else {
+            unwatched_since = None;
+        }
         let probe = feeds.probe.clone();
         let polled = tokio::task::spawn_blocking(move || {
             // Ask first, read second: once the run has ended its files are
             // complete, so reading after the answer misses nothing.
             let ended = probe(run);
-            let items = if ended.is_some() { follower.poll_to_end() } else { follower.poll() };
-            (follower, items, ended)
+            let polled = if ended.is_some() { follower.poll_to_end() } else { follower.poll() };
+            (follower, polled, ended)
         })
         .await;
-        let Ok((back, items, ended)) = polled else {
+        let Ok((back, polled, ended)) = polled else {
             break json!({ "error": "following the run failed; reload the page" }).to_string();
         };
         follower = back;
-        let read_all = items.is_empty();
-        feed.publish(items, None);
+        feed.publish(polled.items, None);
         match ended {
-            Some(end) if read_all => break end,
-            Some(_) => {}
-            None => {
-                followed_while_active = true;
+            Some(end) if !polled.progressed => break end,
+            Some(_) if feed.sender.len() < BROADCAST_BATCHES / 2 => {}
+            _ => {
+                followed_while_active |= ended.is_none();
                 tokio::time::sleep(POLL).await;
             }
         }
@@ -327,65 +396,66 @@ async fn follow(feeds: Arc<Feeds>, run: RunId, feed: Arc<Feed>, mut follower: Fo
     if followed_while_active {
         tokio::time::sleep(LINGER).await;
     }
-    feeds.remove(run, &feed);
 }
 
 /// One viewer's stream: the start, then batches, keep-alives while idle,
-/// until `end` (or a `reset` when it cannot keep up).
+/// until `end`. A viewer that falls behind is told how much it missed
+/// (`gap`) and goes on from the oldest batch still there.
 fn viewer_stream(
     start: Start,
     receiver: Option<broadcast::Receiver<Arc<Batch>>>,
     slot: StreamSlot,
 ) -> impl Stream<Item = Result<Bytes, std::convert::Infallible>> {
-    let first = match start {
+    let (first, receiver): (VecDeque<Bytes>, _) = match start {
         Start::Backlog { messages, omitted } => {
-            let mut chunk = Vec::new();
+            let mut first = VecDeque::with_capacity(messages.len() + 1);
             if omitted {
                 let note = json!({ "reason": "the start of this run's output is not kept for live viewers; the raw logs have it" });
-                chunk.extend_from_slice(&sse::message(None, "truncated", &note.to_string()));
+                first.push_back(sse::message(None, "truncated", &note.to_string()));
             }
-            for message in &messages {
-                chunk.extend_from_slice(&message.bytes);
-            }
-            (Bytes::from(chunk), receiver)
+            first.extend(messages);
+            (first, receiver)
         }
         Start::Reset => {
             let note = json!({ "reason": "cannot resume from that Last-Event-ID; start over" });
-            (sse::message(None, "reset", &note.to_string()), None)
+            (VecDeque::from([sse::message(None, "reset", &note.to_string())]), None)
         }
     };
-    futures_util::stream::unfold(
-        (Some(first.0), first.1, Some(slot)),
-        |(pending, mut receiver, slot)| async move {
-            let slot = slot?;
-            if let Some(bytes) = pending {
-                return Some((Ok(bytes), (None, receiver, Some(slot))));
-            }
-            let rx = receiver.as_mut()?;
-            match tokio::time::timeout(KEEP_ALIVE, rx.recv()).await {
-                Err(_) => Some((Ok(sse::keep_alive()), (None, receiver, Some(slot)))),
-                Ok(Ok(batch)) => {
-                    let bytes: Vec<u8> =
-                        batch.messages.iter().flat_map(|m| m.bytes.iter().copied()).collect();
-                    let next = if batch.ends { None } else { receiver };
-                    Some((Ok(Bytes::from(bytes)), (None, next, Some(slot))))
+    futures_util::stream::unfold((first, receiver, slot), |(mut pending, mut receiver, slot)| async move {
+        if let Some(bytes) = pending.pop_front() {
+            return Some((Ok(bytes), (pending, receiver, slot)));
+        }
+        let rx = receiver.as_mut()?;
+        let next = match tokio::time::timeout(KEEP_ALIVE, rx.recv()).await {
+            Err(_) => sse::keep_alive(),
+            Ok(Ok(batch)) => {
+                if batch.ends {
+                    receiver = None;
                 }
-                Ok(Err(broadcast::error::RecvError::Lagged(_))) => {
-                    let note = json!({ "reason": "this viewer fell too far behind; start over" });
-                    Some((Ok(sse::message(None, "reset", &note.to_string())), (None, None, Some(slot))))
-                }
-                Ok(Err(broadcast::error::RecvError::Closed)) => None,
+                batch.bytes.clone()
             }
-        },
-    )
+            Ok(Err(broadcast::error::RecvError::Lagged(missed))) => {
+                let note = json!({ "reason": "this viewer fell behind; some output was skipped (the raw logs have it)", "missed_polls": missed });
+                sse::message(None, "gap", &note.to_string())
+            }
+            Ok(Err(broadcast::error::RecvError::Closed)) => return None,
+        };
+        Some((Ok(next), (pending, receiver, slot)))
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    /// A message of 10 bytes that names its number.
+    fn body(seq: u64) -> Bytes {
+        Bytes::from(format!("{seq:>10}"))
+    }
+
     fn message(seq: u64, len: usize) -> Arc<Message> {
-        Arc::new(Message { seq, bytes: Bytes::from(vec![b'x'; len]) })
+        let bytes = if len == 10 { body(seq) } else { Bytes::from(vec![b'x'; len]) };
+        Arc::new(Message { seq, bytes })
     }
 
     #[test]
@@ -397,10 +467,11 @@ mod tests {
         }
         assert_eq!(backlog.log_bytes, 100);
         assert_eq!(backlog.dropped_through, 20);
-        let kept: Vec<u64> = backlog.after(0).iter().map(|m| m.seq).collect();
-        assert_eq!(kept, [1, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30], "the one event survives the flood");
-        let tail: Vec<u64> = backlog.after(28).iter().map(|m| m.seq).collect();
-        assert_eq!(tail, [29, 30]);
+        let kept: Vec<Bytes> = backlog.after(0);
+        let expected: Vec<Bytes> =
+            [1, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30].iter().map(|&n| body(n)).collect();
+        assert_eq!(kept, expected, "the one event survives the flood, in order");
+        assert_eq!(backlog.after(28), [body(29), body(30)]);
     }
 
     #[test]

@@ -10,8 +10,10 @@ use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
 use std::path::Path;
 
+use std::collections::HashSet;
+
 use quire_core::cri;
-use quire_core::event::Event;
+use quire_core::event::{Event, EventKind};
 use quire_core::id::JobId;
 use quire_core::jobs::{Applied, Fold};
 use quire_core::run_dir::{LogFile, RunDir};
@@ -95,99 +97,163 @@ impl Tail {
     }
 }
 
+/// A log the events announced, with how far it has been read.
+struct Followed {
+    job: JobId,
+    file: LogFile,
+    tail: Tail,
+    /// Its writer is done with it (the command or the job has finished):
+    /// once read to its end it is dropped from the polls.
+    done: bool,
+}
+
+/// What one poll found.
+pub struct Polled {
+    pub items: Vec<Item>,
+    /// Whether any file was read further (a poll can consume bytes and
+    /// yield nothing, say a line that does not decode).
+    pub progressed: bool,
+}
+
 /// The follower of one run's files.
 pub struct Follower {
     dir: RunDir,
     events: Tail,
-    /// The logs the events announced, in the order to read them, each
-    /// with its tail.
-    logs: Vec<((JobId, LogFile), Tail)>,
+    /// The logs still being followed, in the order to read them. A finished
+    /// command's log leaves the list once read, so a poll costs the logs
+    /// still being written, not every log the run ever had.
+    logs: Vec<Followed>,
+    /// Every log ever announced, so none is followed twice.
+    announced: HashSet<(JobId, LogFile)>,
     /// The same fold ingest and the run page use: it numbers the commands.
     fold: Fold,
 }
 
 impl Follower {
     pub fn new(dir: RunDir) -> Follower {
-        Follower { dir, events: Tail::default(), logs: Vec::new(), fold: Fold::new() }
+        Follower {
+            dir,
+            events: Tail::default(),
+            logs: Vec::new(),
+            announced: HashSet::new(),
+            fold: Fold::new(),
+        }
     }
 
     /// What is new since the last poll, up to [`POLL_BUDGET`]; the rest
     /// waits for the next poll.
-    pub fn poll(&mut self) -> Vec<Item> {
+    pub fn poll(&mut self) -> Polled {
         self.read(false)
     }
 
     /// The same, for a run that has ended: a last line without its newline
-    /// counts too. Call until it returns nothing to read everything.
-    pub fn poll_to_end(&mut self) -> Vec<Item> {
+    /// counts too. Call until nothing progresses to read everything.
+    pub fn poll_to_end(&mut self) -> Polled {
         self.read(true)
     }
 
-    fn read(&mut self, to_end: bool) -> Vec<Item> {
+    fn read(&mut self, to_end: bool) -> Polled {
         let mut out = Vec::new();
-        let mut read = 0;
         let before = self.events.offset;
         for piece in self.events.read(&self.dir.events(), to_end) {
             // An overlong or undecodable line is no event: the page would
             // not know what to do with it.
             let Piece::Line(line) = piece else { continue };
             let Ok(event) = Event::from_line(&line) else { continue };
-            match self.fold.apply(&event) {
-                Applied::JobStarted { job } => self.follow(job, LogFile::Job),
-                Applied::CommandStarted { job, seq } => self.follow(job, LogFile::Command(seq)),
-                Applied::Other => {}
-            }
+            self.note(&event);
             out.push(Item::Event(line.trim().to_string()));
         }
-        read += self.events.offset - before;
-        for ((job, file), tail) in &mut self.logs {
-            if read >= POLL_BUDGET {
-                break;
-            }
-            let before = tail.offset;
-            let pieces = tail.read(&self.dir.log(job, *file), to_end);
-            read += tail.offset - before;
-            for piece in pieces {
-                let data = match piece {
-                    Piece::Line(line) => {
-                        let Ok(parsed) = cri::Line::parse(&line) else { continue };
-                        json!({
-                            "job": job,
-                            "file": file.file_name(),
-                            "stream": parsed.stream.as_str(),
-                            "partial": parsed.tag == cri::Tag::Partial,
-                            "time": parsed.timestamp,
-                            "text": parsed.content,
-                        })
-                    }
-                    Piece::Overlong => json!({
-                        "job": job,
-                        "file": file.file_name(),
-                        "stream": "stderr",
-                        "partial": false,
-                        "time": "",
-                        "text": "[quire: a line too long for the live view was left out; see the raw log]",
-                    }),
-                };
-                out.push(Item::Log(data.to_string()));
+        let mut read = self.events.offset - before;
+        let mut progressed = read > 0;
+        let mut index = 0;
+        while index < self.logs.len() && read < POLL_BUDGET {
+            let followed = &mut self.logs[index];
+            let before = followed.tail.offset;
+            let pieces =
+                followed.tail.read(&self.dir.log(&followed.job, followed.file), to_end || followed.done);
+            let advanced = followed.tail.offset - before;
+            read += advanced;
+            progressed |= advanced > 0;
+            out.extend(
+                pieces
+                    .into_iter()
+                    .filter_map(|piece| log_item(&followed.job, followed.file, piece))
+                    .map(Item::Log),
+            );
+            if followed.done && advanced == 0 {
+                self.logs.remove(index);
+            } else {
+                index += 1;
             }
         }
-        out
+        Polled { items: out, progressed }
+    }
+
+    /// Follows the logs an event announces, and lets go of those it ends.
+    fn note(&mut self, event: &Event) {
+        match self.fold.apply(event) {
+            Applied::JobStarted { job } => self.follow(job, LogFile::Job),
+            Applied::CommandStarted { job, seq } => self.follow(job, LogFile::Command(seq)),
+            Applied::Other => {}
+        }
+        match &event.kind {
+            // A command's log is complete when it finishes: the executor
+            // writes the log before the event.
+            EventKind::ShFinished { job_id, .. } => {
+                let seq =
+                    self.fold.jobs().iter().find(|j| &j.job_id == job_id).map_or(0, |j| j.commands.len());
+                self.finish(job_id, |file| file == LogFile::Command(seq as u32));
+            }
+            EventKind::JobFinished { job_id, .. } | EventKind::JobSkipped { job_id } => {
+                self.finish(job_id, |_| true);
+            }
+            _ => {}
+        }
+    }
+
+    fn finish(&mut self, job: &JobId, which: impl Fn(LogFile) -> bool) {
+        for followed in self.logs.iter_mut().filter(|f| &f.job == job && which(f.file)) {
+            followed.done = true;
+        }
     }
 
     fn follow(&mut self, job: JobId, file: LogFile) {
+        if !self.announced.insert((job.clone(), file)) {
+            return;
+        }
         // job.log is appended once at the end of a job: keep it after the
         // job's commands so its lines arrive after their output.
-        let key = (job, file);
-        if !self.logs.iter().any(|(k, _)| *k == key) {
-            let at = self
-                .logs
-                .iter()
-                .position(|((j, f), _)| *j == key.0 && *f == LogFile::Job)
-                .unwrap_or(self.logs.len());
-            self.logs.insert(at, (key, Tail::default()));
-        }
+        let at =
+            self.logs.iter().position(|f| f.job == job && f.file == LogFile::Job).unwrap_or(self.logs.len());
+        self.logs.insert(at, Followed { job, file, tail: Tail::default(), done: false });
     }
+}
+
+/// A log piece as the JSON object the live view reads; `None` for a line
+/// that is not CRI (quire-ci writes none).
+fn log_item(job: &JobId, file: LogFile, piece: Piece) -> Option<String> {
+    let data = match piece {
+        Piece::Line(line) => {
+            let parsed = cri::Line::parse(&line).ok()?;
+            json!({
+                "job": job,
+                "file": file.file_name(),
+                "stream": parsed.stream.as_str(),
+                "partial": parsed.tag == cri::Tag::Partial,
+                "time": parsed.timestamp,
+                "text": parsed.content,
+            })
+        }
+        Piece::Overlong => json!({
+            "job": job,
+            "file": file.file_name(),
+            "stream": "stderr",
+            "partial": false,
+            "time": "",
+            "text": "[quire: a line too long for the live view was left out; see the raw log]",
+        }),
+    };
+    Some(data.to_string())
 }
 
 #[cfg(test)]
@@ -217,16 +283,40 @@ mod tests {
         .unwrap();
 
         let mut follower = Follower::new(RunDir::new(dir.path()));
-        let first = follower.poll();
+        let first = follower.poll().items;
         assert_eq!(first.len(), 3, "{first:?}");
         assert!(matches!(&first[0], Item::Event(e) if e.starts_with("{\"at_ms\":1")));
         assert!(matches!(&first[2], Item::Log(l) if l.contains("\"text\":\"hi\"")), "{first:?}");
-        assert!(follower.poll().is_empty(), "partial lines wait for their newline");
+        assert!(follower.poll().items.is_empty(), "partial lines wait for their newline");
 
         writeln!(f, r#"ished","job_id":"b","exit_code":0}}"#).unwrap();
-        let next = follower.poll();
+        let next = follower.poll().items;
         assert_eq!(next.len(), 1);
         assert!(text(&next[0]).contains("\"exit_code\":0"));
+    }
+
+    #[test]
+    fn a_finished_commands_log_is_read_to_its_end_then_no_longer_polled() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut events = File::create(dir.path().join("events.jsonl")).unwrap();
+        std::fs::create_dir_all(dir.path().join("jobs/b")).unwrap();
+        writeln!(events, r#"{{"at_ms":1,"type":"job_started","job_id":"b"}}"#).unwrap();
+        for n in 1..=3 {
+            std::fs::write(
+                dir.path().join(format!("jobs/b/sh-{n}.log")),
+                format!("2026-11-22T10:00:00.000000001Z stdout F out-{n}\n"),
+            )
+            .unwrap();
+            writeln!(events, r#"{{"at_ms":2,"type":"sh_started","job_id":"b","cmd":"x"}}"#).unwrap();
+            writeln!(events, r#"{{"at_ms":3,"type":"sh_finished","job_id":"b","exit_code":0}}"#).unwrap();
+        }
+        let mut follower = Follower::new(RunDir::new(dir.path()));
+        let items = follower.poll().items;
+        let logs: Vec<&str> = items.iter().filter(|i| matches!(i, Item::Log(_))).map(text).collect();
+        assert_eq!(logs.len(), 3, "{logs:?}");
+        follower.poll();
+        assert_eq!(follower.logs.len(), 1, "only job.log is still followed");
+        assert_eq!(follower.logs[0].file, LogFile::Job);
     }
 
     #[test]
@@ -244,7 +334,7 @@ mod tests {
         let mut follower = Follower::new(RunDir::new(dir.path()));
         let mut seen = Vec::new();
         for _ in 0..10 {
-            seen.extend(follower.poll());
+            seen.extend(follower.poll().items);
         }
         let logs: Vec<&str> = seen.iter().filter(|i| matches!(i, Item::Log(_))).map(text).collect();
         assert_eq!(logs.len(), 2, "{logs:?}");
@@ -269,11 +359,11 @@ mod tests {
         let mut polls = 0;
         loop {
             let more = follower.poll_to_end();
-            if more.is_empty() {
+            if !more.progressed {
                 break;
             }
             polls += 1;
-            items.extend(more);
+            items.extend(more.items);
         }
         assert!(polls > 1, "one poll reads a bounded amount");
         let logs: Vec<&str> = items.iter().filter(|i| matches!(i, Item::Log(_))).map(text).collect();

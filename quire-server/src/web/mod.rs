@@ -5,6 +5,9 @@
 //! small script follows `/api/runs/{id}/events` and rebuilds the job list
 //! live. What it shares with the API is in `http`.
 
+pub mod ansi;
+pub mod graph;
+pub mod history;
 pub mod layout;
 pub mod raw_log;
 pub mod run_page;

@@ -44,6 +44,9 @@ pub async fn raw_log(
     match web::block(move || File::open(path)).await {
         Ok(Ok(file)) => HttpResponse::Ok()
             .content_type("text/plain; charset=utf-8")
+            // A log is whatever a pipeline printed: never let a browser
+            // guess it is HTML.
+            .insert_header(("X-Content-Type-Options", "nosniff"))
             .streaming(futures_util::stream::unfold(Some(Reader::new(file)), next_chunk)),
         Ok(Err(_)) => not_found_page().await,
         Err(e) => error_page(ApiError::internal(e)),

@@ -90,7 +90,9 @@ fn render_run(view: &LoadedRun, from: usize) -> Markup {
             Some(FailureKind::ProcessCrashed | FailureKind::Orphaned | FailureKind::Timeout)
         );
     let executor_log = view.dir.executor_log();
-    let total: usize = view.jobs.iter().map(|j| j.commands.len()).sum();
+    // A page shows a window of "places": each command is one, and a job
+    // without commands one too, so a run of many empty jobs pages as well.
+    let total: usize = view.jobs.iter().map(places).sum();
     let from = from.min(total.saturating_sub(1) / COMMANDS_PER_PAGE * COMMANDS_PER_PAGE);
     let window = from..(from + COMMANDS_PER_PAGE).min(total);
     let mut budget = Budget { left: PAGE_LOG_BUDGET };
@@ -100,10 +102,10 @@ fn render_run(view: &LoadedRun, from: usize) -> Markup {
     let jobs: Vec<Markup> = view
         .jobs
         .iter()
-        .map(|job| {
-            let shown = render_job(view, job, first, &window, &mut budget);
-            first += job.commands.len();
-            shown
+        .filter_map(|job| {
+            let at = first;
+            first += places(job);
+            (at < window.end && first > window.start).then(|| render_job(view, job, at, &window, &mut budget))
         })
         .collect();
     html! {
@@ -150,8 +152,14 @@ fn command_pages(run: RunId, window: &std::ops::Range<usize>, total: usize) -> M
     }
 }
 
+/// The places a job takes on the pages: one per command, at least one.
+fn places(job: &JobSummary) -> usize {
+    job.commands.len().max(1)
+}
+
 /// A job with those of its commands inside the window; `first` is the
-/// run-wide index of its first command.
+/// run-wide index of its first place. Its own log goes on the page of its
+/// last place.
 fn render_job(
     view: &LoadedRun,
     job: &JobSummary,
@@ -181,7 +189,7 @@ fn render_job(
                     (render_log(&view.dir.log(&job.job_id, LogFile::Command(command.seq)), &format!("log-{}-{}", job.job_id, LogFile::Command(command.seq)), budget))
                 }
             }
-            @if job_log.exists() {
+            @if window.contains(&(first + places(job) - 1)) && job_log.exists() {
                 div.cmd { div.cmdline { span.muted { "job" } } (render_log(&job_log, &format!("log-{}-{}", job.job_id, LogFile::Job), budget)) }
             }
         }
@@ -282,9 +290,12 @@ const LIVE_SCRIPT: &str = r#"
       var rs = document.getElementById('run-state'); rs.textContent = ''; rs.appendChild(state(e.outcome === 'success' ? 'complete' : 'failed'));
     }
   });
+  function note(text) { section.parentNode.insertBefore(el('p', 'muted', text), section); }
   source.addEventListener('truncated', function () {
-    var note = el('p', 'muted', 'The start of this run\u2019s output is not kept for live viewers: the raw logs have all of it.');
-    section.parentNode.insertBefore(note, section);
+    note('The start of this run\u2019s output is not kept for live viewers: the raw logs have all of it.');
+  });
+  source.addEventListener('gap', function () {
+    note('This page fell behind the run and skipped some output: the raw logs have all of it.');
   });
   // The server cannot resume this stream (it restarted, or this page fell
   // too far behind): the page, rendered afresh, starts a new one.
