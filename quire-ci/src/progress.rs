@@ -85,7 +85,7 @@ impl Reporter {
                     "{verdict} in {took}: {complete} complete, {failed} failed, {skipped} skipped"
                 ));
             }
-            EventKind::Unknown => {}
+            EventKind::Pipeline { .. } | EventKind::Unknown => {}
         }
     }
 }

@@ -165,6 +165,7 @@ fn run_inner(args: RunArgs) -> Result<(), Fatal> {
         Ok(pipeline) => pipeline,
         Err(error) => return finish_unloadable(&mut reporter, &error),
     };
+    let announce_pipeline = server.is_some();
     let secrets: Arc<dyn SecretSource> = match server {
         Some(server) => Arc::new(server),
         None => Arc::new(EnvSecrets),
@@ -173,6 +174,7 @@ fn run_inner(args: RunArgs) -> Result<(), Fatal> {
         workspace,
         run_dir: RunDir::new(&out_dir),
         only: args.jobs,
+        announce_pipeline,
         parallel: args.parallel,
         job_timeout: args.job_timeout,
         base_env: std::env::vars_os()

@@ -45,9 +45,47 @@ pub enum EventKind {
     RunFinished {
         outcome: RunOutcome,
     },
+    /// The pipeline's jobs and their inputs, in declaration order, before
+    /// any job starts: what the server draws the job graph from. Written
+    /// in server runs only (a Quire addition to SPEC §5.1; readers skip
+    /// types they do not know). Bounded: once the line would pass
+    /// [`MAX_DECLARED_BYTES`] the remaining jobs are left out and
+    /// `truncated` is set.
+    Pipeline {
+        jobs: Vec<DeclaredJob>,
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        truncated: bool,
+    },
     /// An event type this build does not know. Never produced.
     #[serde(other, skip_serializing)]
     Unknown,
+}
+
+/// A job as declared: its id and its inputs (job ids and sources).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeclaredJob {
+    pub job_id: JobId,
+    pub inputs: Vec<String>,
+}
+
+/// The most a `pipeline` event's jobs take, well under every reader's
+/// line limit.
+pub const MAX_DECLARED_BYTES: usize = 128 * 1024;
+
+impl EventKind {
+    /// The `pipeline` event for these jobs, cut at [`MAX_DECLARED_BYTES`].
+    pub fn pipeline(jobs: impl IntoIterator<Item = DeclaredJob>) -> EventKind {
+        let mut kept = Vec::new();
+        let mut size = 0;
+        for job in jobs {
+            size += job.job_id.as_str().len() + job.inputs.iter().map(|i| i.len() + 3).sum::<usize>() + 24;
+            if size > MAX_DECLARED_BYTES {
+                return EventKind::Pipeline { jobs: kept, truncated: true };
+            }
+            kept.push(job);
+        }
+        EventKind::Pipeline { jobs: kept, truncated: false }
+    }
 }
 
 /// How a job that ran ended.
@@ -94,7 +132,7 @@ impl Event {
             | EventKind::ShFinished { job_id, .. }
             | EventKind::JobFinished { job_id, .. }
             | EventKind::JobSkipped { job_id } => Some(job_id),
-            EventKind::RunFinished { .. } | EventKind::Unknown => None,
+            EventKind::RunFinished { .. } | EventKind::Pipeline { .. } | EventKind::Unknown => None,
         }
     }
 }
@@ -102,6 +140,24 @@ impl Event {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_pipeline_event_lists_jobs_and_is_bounded() {
+        let job = |id: &str, inputs: &[&str]| DeclaredJob {
+            job_id: JobId::new(id).unwrap(),
+            inputs: inputs.iter().map(|i| i.to_string()).collect(),
+        };
+        let event = Event::new(1, EventKind::pipeline([job("a", &["quire/push"]), job("b", &["a"])]));
+        assert_eq!(
+            event.to_line(),
+            r#"{"at_ms":1,"type":"pipeline","jobs":[{"job_id":"a","inputs":["quire/push"]},{"job_id":"b","inputs":["a"]}]}"#
+        );
+        assert_eq!(Event::from_line(&event.to_line()).unwrap(), event);
+        let many = (0..100_000).map(|i| job(&format!("job-{i}"), &["quire/push"]));
+        let big = Event::new(1, EventKind::pipeline(many));
+        assert!(big.to_line().len() < 2 * MAX_DECLARED_BYTES);
+        assert!(matches!(big.kind, EventKind::Pipeline { truncated: true, .. }));
+    }
 
     fn job(id: &str) -> JobId {
         JobId::new(id).unwrap()

@@ -18,7 +18,7 @@ use std::collections::{HashMap, VecDeque};
 
 use serde::Serialize;
 
-use crate::event::{Event, EventKind, JobOutcome, RunOutcome};
+use crate::event::{DeclaredJob, Event, EventKind, JobOutcome, RunOutcome};
 use crate::id::JobId;
 
 /// Where a job is in its life (docs/CI-STATE.md, "Job states").
@@ -130,6 +130,8 @@ pub struct Fold {
     orphans: usize,
     /// Set while the last known event is `run_finished`.
     run_finished: Option<RunOutcome>,
+    /// The jobs the pipeline declared, from its `pipeline` event.
+    declared: Vec<DeclaredJob>,
 }
 
 impl Fold {
@@ -143,6 +145,9 @@ impl Fold {
                 EventKind::RunFinished { outcome } => Some(outcome),
                 _ => None,
             };
+        }
+        if let EventKind::Pipeline { jobs, .. } = &event.kind {
+            self.declared = jobs.clone();
         }
         let Some(job_id) = event.job_id() else { return Applied::Other };
         let slot = match self.index.get(job_id) {
@@ -195,9 +200,15 @@ impl Fold {
                     None => self.orphans += 1,
                 }
             }
-            EventKind::RunFinished { .. } | EventKind::Unknown => {}
+            EventKind::RunFinished { .. } | EventKind::Pipeline { .. } | EventKind::Unknown => {}
         }
         Applied::Other
+    }
+
+    /// The jobs the pipeline declared (empty when its stream has no
+    /// `pipeline` event).
+    pub fn declared(&self) -> &[DeclaredJob] {
+        &self.declared
     }
 
     /// The jobs so far, for a stream that is still growing.

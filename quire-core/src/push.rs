@@ -91,6 +91,10 @@ impl Trigger {
         [Trigger::Push, Trigger::Schedule, Trigger::Manual].into_iter().find(|t| t.as_str() == s)
     }
 
+    pub fn is_scheduled(self) -> bool {
+        self == Trigger::Schedule
+    }
+
     /// The source whose jobs run.
     pub fn source(self) -> Source {
         match self {

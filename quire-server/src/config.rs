@@ -13,6 +13,7 @@ use quire_core::id::RepoName;
 use quire_core::source::SourceFile;
 
 use crate::retention::Retention;
+use crate::schedule::Schedule;
 use serde_json::{Map, Value};
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:3000";
@@ -26,6 +27,8 @@ pub struct Config {
     pub sentry_dsn: Option<String>,
     pub web: WebConfig,
     pub http: HttpConfig,
+    /// Runs started by the clock.
+    pub schedules: Vec<Schedule>,
 }
 
 #[derive(Debug, Clone)]
@@ -173,6 +176,7 @@ impl Default for Config {
             sentry_dsn: None,
             web: WebConfig::default(),
             http: HttpConfig::default(),
+            schedules: Vec::new(),
         }
     }
 }
@@ -256,6 +260,7 @@ impl Reader<'_> {
                         }
                     }
                 }
+                "schedules" => config.schedules = self.schedules(value)?,
                 "http" => {
                     for (k, v) in self.table(value, "http")? {
                         match k.as_str() {
@@ -291,7 +296,7 @@ impl Reader<'_> {
                     return Err(self.unknown(
                         key,
                         "the config",
-                        &["listen", "ci", "secrets", "sentry", "web", "http"],
+                        &["listen", "ci", "secrets", "sentry", "web", "http", "schedules"],
                     ))
                 }
             }
@@ -376,6 +381,48 @@ impl Reader<'_> {
     }
 
     /// `"value"`, or `{:value "…" :repos ["app.git" …]}`.
+    /// `[{:repo "app.git" :ref "refs/heads/main" :cron "0 3 * * *"} …]`.
+    fn schedules(&self, value: &Value) -> Result<Vec<Schedule>, Diagnostic> {
+        let Some(items) = value.as_array() else {
+            return Err(self.error(
+                "schedules",
+                format!(":schedules must be a list of {{:repo :ref :cron}} tables, got {}", kind(value)),
+            ));
+        };
+        let mut schedules = Vec::with_capacity(items.len());
+        for item in items {
+            let (mut repo, mut ref_name, mut pattern) = (None, None, None);
+            for (k, v) in self.table(item, "schedules")? {
+                match k.as_str() {
+                    "repo" => {
+                        repo = Some(
+                            self.string(v, k)?
+                                .parse::<RepoName>()
+                                .map_err(|e| self.error(k, e.to_string()))?,
+                        )
+                    }
+                    "ref" => {
+                        let name = self.string(v, k)?;
+                        if !name.starts_with("refs/") || name.len() <= 5 {
+                            return Err(self.error(
+                                k,
+                                format!(":ref must be a full ref such as refs/heads/main, got {name:?}"),
+                            ));
+                        }
+                        ref_name = Some(name.to_string());
+                    }
+                    "cron" => pattern = Some(self.string(v, k)?.to_string()),
+                    _ => return Err(self.unknown(k, "a schedule", &["repo", "ref", "cron"])),
+                }
+            }
+            let (Some(repo), Some(ref_name), Some(pattern)) = (repo, ref_name, pattern) else {
+                return Err(self.error("schedules", "each schedule needs :repo, :ref and :cron".to_string()));
+            };
+            schedules.push(Schedule::new(repo, ref_name, &pattern).map_err(|e| self.error("cron", e))?);
+        }
+        Ok(schedules)
+    }
+
     fn secret(&self, name: &str, value: &Value) -> Result<Secret, Diagnostic> {
         if let Some(text) = value.as_str() {
             return Ok(Secret { value: text.to_string(), repos: None });

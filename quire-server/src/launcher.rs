@@ -138,6 +138,7 @@ impl Launcher {
                 .map_err(classify)?
                 .into_iter()
                 .filter(|run| run.pushed_at_ms <= new.pushed_at_ms)
+                .filter(|run| run.trigger.is_scheduled() == new.trigger.is_scheduled())
                 .map(|run| run.id)
                 .collect();
             let (id, _pending) = runs::enqueue(&mut conn, &new).map_err(classify)?;

@@ -19,6 +19,8 @@ pub mod repos;
 pub mod retention;
 pub mod root;
 pub mod runs;
+pub mod schedule;
+pub mod scheduler;
 pub mod serve;
 pub mod socket;
 pub mod spool;

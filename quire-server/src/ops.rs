@@ -81,17 +81,18 @@ pub fn list_runs(root: &DataRoot, repo: Option<&RepoName>) -> Result<String, Ops
     }
     let _ = writeln!(
         out,
-        "{:<36}  {:<20}  {:<24}  {:<10}  {:<10}  {:<16}  DURATION",
-        "RUN", "REPO", "REF", "SHA", "STATE", "FAILURE"
+        "{:<36}  {:<20}  {:<24}  {:<10}  {:<8}  {:<10}  {:<16}  DURATION",
+        "RUN", "REPO", "REF", "SHA", "TRIGGER", "STATE", "FAILURE"
     );
     for run in runs {
         let _ = writeln!(
             out,
-            "{:<36}  {:<20}  {:<24}  {:<10}  {:<10}  {:<16}  {}",
+            "{:<36}  {:<20}  {:<24}  {:<10}  {:<8}  {:<10}  {:<16}  {}",
             run.id,
             run.repo,
             run.ref_name,
             run.short_sha(),
+            run.trigger.as_str(),
             run.state.as_str(),
             run.failure_kind.as_ref().map_or("-", |k| k.as_str()),
             format_duration_ms(run.duration_ms(now)),
@@ -108,6 +109,17 @@ pub fn show_run(root: &DataRoot, id: &str) -> Result<String, OpsError> {
     let mut out = String::new();
     let _ = writeln!(out, "run       {}", run.id);
     let _ = writeln!(out, "repo      {} {} at {}", run.repo, run.ref_name, run.sha);
+    if let Some(subject) = &run.subject {
+        let _ = writeln!(out, "commit    {subject} ({})", run.author.as_deref().unwrap_or("unknown author"));
+    }
+    match run.scheduled_at_ms {
+        Some(at) => {
+            let _ = writeln!(out, "trigger   schedule (tick {})", timestamp(at));
+        }
+        None => {
+            let _ = writeln!(out, "trigger   {}", run.trigger.as_str());
+        }
+    }
     let state = match &run.failure_kind {
         Some(kind) => format!("{} ({kind})", run.state.as_str()),
         None => run.state.as_str().to_string(),

@@ -235,19 +235,23 @@ impl NewRun {
 /// Queues a run, first superseding the ref's pending runs asked for no
 /// later than it (their ids are returned with the new one). A run asked
 /// for before the ref's newest one (a push replayed from the spool after a
-/// later push) is recorded, but as superseded at once. Active runs of the
-/// ref are the caller's to stop: they have processes.
+/// later push) is recorded, but as superseded at once. Scheduled runs and
+/// push runs supersede only their own kind: a nightly run does not stop
+/// the run of a push, nor a push the nightly run. Active runs of the ref
+/// are the caller's to stop: they have processes.
 pub fn enqueue(conn: &mut Connection, new: &NewRun) -> rusqlite::Result<(RunId, Vec<RunId>)> {
     let tx = conn.transaction()?;
     let now = now_ms();
     let superseded = {
         let mut stmt = tx.prepare(
             "UPDATE runs SET state = 'superseded', finished_at_ms = max(?3, queued_at_ms)
-             WHERE repo = ?1 AND ref_name = ?2 AND state = 'pending' AND pushed_at_ms <= ?4 RETURNING id",
+             WHERE repo = ?1 AND ref_name = ?2 AND state = 'pending' AND pushed_at_ms <= ?4
+               AND (trigger = 'schedule') = ?5 RETURNING id",
         )?;
-        let ids = stmt.query_map(params![new.repo.as_str(), new.ref_name, now, new.pushed_at_ms], |r| {
-            r.get::<_, String>(0)
-        })?;
+        let ids = stmt.query_map(
+            params![new.repo.as_str(), new.ref_name, now, new.pushed_at_ms, new.trigger.is_scheduled()],
+            |r| r.get::<_, String>(0),
+        )?;
         ids.filter_map(|id| id.ok()?.parse().ok()).collect()
     };
     let id = RunId::generate();
@@ -270,8 +274,9 @@ pub fn enqueue(conn: &mut Connection, new: &NewRun) -> rusqlite::Result<(RunId, 
         ],
     )?;
     let stale: bool = tx.query_row(
-        "SELECT EXISTS (SELECT 1 FROM runs WHERE repo = ?1 AND ref_name = ?2 AND pushed_at_ms > ?3)",
-        params![new.repo.as_str(), new.ref_name, new.pushed_at_ms],
+        "SELECT EXISTS (SELECT 1 FROM runs WHERE repo = ?1 AND ref_name = ?2 AND pushed_at_ms > ?3
+                        AND (trigger = 'schedule') = ?4)",
+        params![new.repo.as_str(), new.ref_name, new.pushed_at_ms, new.trigger.is_scheduled()],
         |r| r.get(0),
     )?;
     if stale {

@@ -16,7 +16,7 @@ use crate::http::{self, ApiError, AppState};
 use crate::launcher::{self, Launcher};
 use crate::live::feed::{FeedLimits, Feeds};
 use crate::root::DataRoot;
-use crate::{api, runs, socket, web as pages};
+use crate::{api, runs, scheduler, socket, web as pages};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
@@ -81,7 +81,7 @@ pub async fn serve(root: DataRoot, config: Config, listen: Option<SocketAddr>) -
     let bound = http.addrs().first().copied().unwrap_or(addr);
     let url = format!("http://{bound}");
 
-    let launcher = Launcher::new(root.clone(), pool, config.clone(), url.clone());
+    let launcher = Launcher::new(root.clone(), pool.clone(), config.clone(), url.clone());
     tracing::info!(
         root = %root.path().display(),
         %url,
@@ -107,6 +107,7 @@ pub async fn serve(root: DataRoot, config: Config, listen: Option<SocketAddr>) -
     }
     tokio::spawn(socket::serve(listener, launcher.clone()));
     tokio::spawn(launcher.clone().keep_replaying_spool());
+    tokio::spawn(scheduler::run(config.schedules.clone(), launcher.clone(), pool.clone(), root.clone()));
     tokio::spawn(launcher.run_queue());
     let result = http.disable_signals().run().await.map_err(ServeError::Http);
     let _ = std::fs::remove_file(&socket_path);

@@ -56,6 +56,9 @@ pub struct RunContext {
     pub run_dir: RunDir,
     /// Run only these jobs and their ancestors; empty means all.
     pub only: Vec<JobId>,
+    /// Start the stream with a `pipeline` event (server runs, whose pages
+    /// draw the job graph from it).
+    pub announce_pipeline: bool,
     /// How many jobs may run at once (at least 1).
     pub parallel: usize,
     /// How long one job (its Lua code and its commands) may take.

@@ -39,9 +39,9 @@ pub use schedule::UnknownJob;
 
 use crate::clock::format_duration_ms;
 use crate::cri::{self, Stream};
-use crate::event::{EventKind, JobOutcome, RunOutcome};
+use crate::event::{DeclaredJob, EventKind, JobOutcome, RunOutcome};
 use crate::id::JobId;
-use crate::pipeline::Pipeline;
+use crate::pipeline::{Input, Pipeline};
 use crate::run_dir::{LogFile, RunDir};
 use job::{JobStart, Report};
 use recorder::Recorder;
@@ -70,6 +70,14 @@ struct Running {
     give_up_at: Instant,
 }
 
+/// An input as the pipeline wrote it.
+fn input_name(input: &Input) -> String {
+    match input {
+        Input::Job(id) => id.to_string(),
+        source => source.source().map_or_else(String::new, |s| s.name().to_string()),
+    }
+}
+
 /// Runs the pipeline to its outcome. Always ends with a `run_finished`
 /// event unless the sink fails or logs cannot be written.
 pub fn execute(
@@ -79,6 +87,12 @@ pub fn execute(
 ) -> Result<RunOutcome, RunError> {
     let sink = Arc::new(Recorder::new(sink, pipeline.jobs().len()));
     let mut schedule = Schedule::new(&pipeline, &ctx.only, ctx.push.source)?;
+    if ctx.announce_pipeline {
+        sink.emit(EventKind::pipeline(pipeline.jobs().iter().map(|job| DeclaredJob {
+            job_id: job.id.clone(),
+            inputs: job.inputs.iter().map(input_name).collect(),
+        })))?;
+    }
     let redactor = Arc::new(Redactor::default());
     let (reports, received) = mpsc::channel::<(usize, Report)>();
     let mut outputs: HashMap<usize, serde_json::Value> = HashMap::new();

@@ -288,8 +288,9 @@ pub fn direct_command(
     extra_env: &[(String, String)],
     limits: &Limits,
 ) -> Command {
+    let colour = COLOUR_ENV.iter().map(|(k, v)| (OsString::from(k), OsString::from(v)));
     let extra = extra_env.iter().map(|(k, v)| (OsString::from(k), OsString::from(v)));
-    let merged = overlay(env.to_vec(), extra);
+    let merged = overlay(overlay(env.to_vec(), colour), extra);
     command_for(&program.argv(), cwd, &merged, limits)
 }
 
@@ -316,15 +317,21 @@ pub fn command_for(argv: &[OsString], cwd: &Path, env: &[(OsString, OsString)], 
     command
 }
 
+/// What every command sees so that tools keep their colours in logs (the
+/// web UI renders them); a pipeline's `:env` can still change them.
+pub const COLOUR_ENV: [(&str, &str); 2] = [("TERM", "xterm-256color"), ("CLICOLOR_FORCE", "1")];
+
 /// The whole environment of a sandboxed command: a few of the host's
-/// variables, `HOME` and `TMPDIR` in its private `/tmp`, and its `:env`.
+/// variables, `HOME` and `TMPDIR` in its private `/tmp`, the colour
+/// variables, and its `:env`.
 pub fn sandboxed_env(env: &[(OsString, OsString)], extra_env: &[(String, String)]) -> Vec<(String, String)> {
     let allowed = env
         .iter()
         .filter(|(name, _)| ALLOWED_ENV.iter().any(|a| name == a))
         .map(|(k, v)| (k.to_string_lossy().into_owned(), v.to_string_lossy().into_owned()));
-    let fixed = [("HOME", "/tmp"), ("TMPDIR", "/tmp")].map(|(k, v)| (k.to_string(), v.to_string()));
-    overlay(allowed.chain(fixed).collect(), extra_env.iter().cloned())
+    let fixed = [("HOME", "/tmp"), ("TMPDIR", "/tmp")].into_iter().chain(COLOUR_ENV);
+    let base = overlay(allowed.collect(), fixed.map(|(k, v)| (k.to_string(), v.to_string())));
+    overlay(base, extra_env.iter().cloned())
 }
 
 /// Sets `limits` on the process `command` will start.
@@ -394,8 +401,15 @@ mod tests {
         let env = sandboxed_env(&host, &[("PATH".into(), "/opt/bin".into()), ("A".into(), "1".into())]);
         assert_eq!(
             env,
-            [("HOME", "/tmp"), ("TMPDIR", "/tmp"), ("PATH", "/opt/bin"), ("A", "1")]
-                .map(|(k, v)| (k.to_string(), v.to_string()))
+            [
+                ("HOME", "/tmp"),
+                ("TMPDIR", "/tmp"),
+                ("TERM", "xterm-256color"),
+                ("CLICOLOR_FORCE", "1"),
+                ("PATH", "/opt/bin"),
+                ("A", "1")
+            ]
+            .map(|(k, v)| (k.to_string(), v.to_string()))
         );
     }
 

@@ -7,10 +7,11 @@
 
 use std::collections::HashMap;
 use std::fs::File;
-use std::io::{BufReader, Seek, SeekFrom};
+use std::io::{BufRead, BufReader, Read, Seek, SeekFrom};
 use std::path::Path;
 use std::sync::{Arc, Mutex, PoisonError};
 
+use quire_core::event::{DeclaredJob, Event, EventKind, MAX_DECLARED_BYTES};
 use quire_core::id::RunId;
 use quire_core::jobs::{Fold, JobSummary};
 use quire_core::run_dir::RunDir;
@@ -25,6 +26,10 @@ use crate::runs::{self, Run};
 pub struct LoadedRun {
     pub run: Run,
     pub jobs: Vec<JobSummary>,
+    /// The jobs the pipeline declared, with their inputs (empty when its
+    /// stream has no `pipeline` event: a run from the first release, or one
+    /// that never got to evaluate its pipeline).
+    pub declared: Vec<DeclaredJob>,
     pub dir: RunDir,
 }
 
@@ -36,13 +41,28 @@ pub fn load_run(
 ) -> Result<Option<LoadedRun>, ApiError> {
     let Some(run) = runs::get(conn, id).map_err(ApiError::internal)? else { return Ok(None) };
     let dir = root.run_dir(&run.repo, id);
-    let jobs = if run.state.is_finished() {
+    let (jobs, declared) = if run.state.is_finished() {
         progress.forget(id);
-        job_rows::of_run(conn, id).map_err(ApiError::internal)?
+        (job_rows::of_run(conn, id).map_err(ApiError::internal)?, declared_jobs(&dir.events()))
     } else {
-        progress.jobs_so_far(id, &dir.events())
+        progress.so_far(id, &dir.events())
     };
-    Ok(Some(LoadedRun { run, jobs, dir }))
+    Ok(Some(LoadedRun { run, jobs, declared, dir }))
+}
+
+/// The `pipeline` event's jobs, from the first line of a finished run's
+/// events (read no further than a `pipeline` line can be long).
+fn declared_jobs(events: &Path) -> Vec<DeclaredJob> {
+    let Ok(file) = File::open(events) else { return Vec::new() };
+    let mut first = Vec::new();
+    let limit = 2 * MAX_DECLARED_BYTES as u64 + 4096;
+    if BufReader::new(file).take(limit).read_until(b'\n', &mut first).is_err() {
+        return Vec::new();
+    }
+    match std::str::from_utf8(&first).ok().map(Event::from_line) {
+        Some(Ok(Event { kind: EventKind::Pipeline { jobs, .. }, .. })) => jobs,
+        _ => Vec::new(),
+    }
 }
 
 /// How many unfinished runs' folds are kept; past it one is dropped (and
@@ -64,10 +84,10 @@ struct Partial {
 }
 
 impl Progress {
-    /// The jobs of a run that is still going, from its events so far.
-    /// Lines that do not decode are passed over; a last line still being
-    /// written waits for the next request.
-    pub fn jobs_so_far(&self, id: RunId, events: &Path) -> Vec<JobSummary> {
+    /// The jobs of a run that is still going, from its events so far, and
+    /// the jobs its pipeline declared. Lines that do not decode are passed
+    /// over; a last line still being written waits for the next request.
+    pub fn so_far(&self, id: RunId, events: &Path) -> (Vec<JobSummary>, Vec<DeclaredJob>) {
         let partial = {
             let mut folds = self.folds.lock().unwrap_or_else(PoisonError::into_inner);
             if folds.len() >= KEPT_FOLDS && !folds.contains_key(&id) {
@@ -89,7 +109,7 @@ impl Progress {
                 }
             }
         }
-        fold.jobs().to_vec()
+        (fold.jobs().to_vec(), fold.declared().to_vec())
     }
 
     /// Drops a run's fold once it has finished (its rows say it all).
@@ -113,13 +133,13 @@ mod tests {
         let progress = Progress::default();
         let id: RunId = "01a00000-0000-7000-8000-000000000001".parse().unwrap();
 
-        let jobs = progress.jobs_so_far(id, &events);
+        let (jobs, _) = progress.so_far(id, &events);
         assert_eq!(jobs.len(), 1);
         assert!(jobs[0].commands.is_empty(), "a half-written line waits");
         let first_read = progress.folds.lock().unwrap()[&id].lock().unwrap().read;
 
         writeln!(file, r#""cmd":"make"}}"#).unwrap();
-        let jobs = progress.jobs_so_far(id, &events);
+        let (jobs, _) = progress.so_far(id, &events);
         assert_eq!(jobs[0].commands.len(), 1);
         assert_eq!(jobs[0].commands[0].cmd, "make");
         let second_read = progress.folds.lock().unwrap()[&id].lock().unwrap().read;

@@ -10,6 +10,8 @@ use quire_core::clock::{format_duration_ms, now_ms};
 use crate::http::ApiError;
 use crate::runs::Run;
 
+use super::history;
+
 fn page(status: StatusCode, markup: Markup) -> HttpResponse {
     HttpResponse::build(status).content_type("text/html; charset=utf-8").body(markup.into_string())
 }
@@ -76,6 +78,17 @@ pub fn when(ms: Option<i64>) -> Markup {
     }
 }
 
+/// A moment as "3 min ago", with the exact time on hover.
+pub fn ago(ms: Option<i64>) -> Markup {
+    match ms.and_then(|ms| Some((ms, jiff::Timestamp::from_millisecond(ms).ok()?))) {
+        Some((ms, ts)) => {
+            let iso = ts.to_string();
+            html! { time datetime=(iso) title=(iso) { (history::relative(ms, now_ms())) } }
+        }
+        None => html! { span.muted { "—" } },
+    }
+}
+
 /// A span for the pages; `—` when it is not known.
 pub fn duration(ms: Option<i64>) -> String {
     ms.map_or_else(|| "—".to_string(), format_duration_ms)
@@ -109,6 +122,13 @@ dl.facts dt { color: #777; } dl.facts dd { margin: 0; }
 .cmdline { margin: .4rem 0 .2rem; } .cmdline .exit { font-size: .85rem; font-weight: 600; } a.raw { font-size: .8rem; }
 pre.log { background: #111; color: #ddd; padding: .5rem .7rem; margin: 0; overflow-x: auto; max-height: 30rem; font: 12.5px/1.4 ui-monospace, monospace; white-space: pre-wrap; word-break: break-all; }
 pre.log .stderr { color: #ff8a80; }
+pre.log .line { position: relative; } pre.log .line:target { background: #3a3a10; }
+pre.log a.ln { position: absolute; left: -1.1rem; width: 1rem; text-decoration: none; color: #777; }
+pre.log .line:hover a.ln::before { content: '#'; }
+#graph { overflow-x: auto; margin: .8rem 0; } #graph svg { max-width: none; }
+.history { display: block; margin: .6rem 0 1rem; }
+.subject { color: #333; } .author { font-size: .85rem; }
+td.subject { max-width: 22rem; overflow: hidden; text-overflow: ellipsis; white-space: nowrap; }
 pre.log:empty { display: none; }
 nav.pages { margin: .8rem 0; }
 details { margin: 1rem 0; } summary { cursor: pointer; color: #555; }

@@ -14,20 +14,21 @@ pub mod run_page;
 
 use actix_web::{get, web, HttpResponse};
 use bytes::Bytes;
-use maud::html;
+use maud::{html, Markup};
 use quire_core::id::RepoName;
 use serde::Deserialize;
 
 use crate::http::paging::{PageQuery, PAGE_SIZE};
 use crate::http::{with_db, ApiError, AppState, REPO_PATTERN};
 use crate::repos;
-use crate::runs::{self, RunState, Start};
+use crate::runs::{self, Run, RunState, Start};
 pub use layout::not_found_page;
-use layout::{duration, error_page, layout, run_duration, run_state, when};
+use layout::{ago, duration, error_page, layout, run_duration, run_state};
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(index)
         .service(run_page::run_page)
+        .service(run_page::graph_svg)
         .service(raw_log::raw_log)
         .route(&format!("/{REPO_PATTERN}/badge.svg"), web::get().to(badge))
         .route(&format!("/{REPO_PATTERN}"), web::get().to(repo_page));
@@ -63,8 +64,8 @@ async fn render_index(state: web::Data<AppState>) -> Result<String, HttpResponse
                                     @if let Some(run) = latest {
                                         td { a href={ "/runs/" (run.id) } { (run_state(run)) } }
                                         td { code { (run.ref_name) } }
-                                        td { code { (run.short_sha()) } }
-                                        td { (when(run.finished_at_ms)) }
+                                        td.subject { code { (run.short_sha()) } @if let Some(subject) = &run.subject { " " (subject) } }
+                                        td { (ago(run.finished_at_ms)) }
                                     } @else {
                                         td.muted colspan="4" { "no runs yet" }
                                     }
@@ -118,18 +119,20 @@ async fn render_repo_page(
                 @if runs.is_empty() {
                     p.muted { "No runs yet: push to the repository to start one." }
                 } @else {
+                    (history_chart(&runs))
                     table.runs {
-                        thead { tr { th { "run" } th { "state" } th { "ref" } th { "commit" } th { "queued" } th { "started" } th { "finished" } th { "duration" } } }
+                        thead { tr { th { "run" } th { "state" } th { "trigger" } th { "ref" } th { "commit" } th { "queued" } th { "started" } th { "finished" } th { "duration" } } }
                         tbody {
                             @for run in &runs {
                                 tr {
                                     td { a href={ "/runs/" (run.id) } { code { (run.id.short()) } } }
                                     td { (run_state(run)) }
+                                    td.trigger { (run.trigger.as_str()) }
                                     td { code { (run.ref_name) } }
-                                    td { code { (run.short_sha()) } }
-                                    td { (when(Some(run.queued_at_ms))) }
-                                    td { (when(run.started_at_ms)) }
-                                    td { (when(run.finished_at_ms)) }
+                                    td.subject title=[run.author.as_deref()] { code { (run.short_sha()) } @if let Some(subject) = &run.subject { " " (subject) } }
+                                    td { (ago(Some(run.queued_at_ms))) }
+                                    td { (ago(run.started_at_ms)) }
+                                    td { (ago(run.finished_at_ms)) }
                                     td { (duration(run_duration(run))) }
                                 }
                             }
@@ -145,6 +148,30 @@ async fn render_repo_page(
             },
     )
     .into_string())
+}
+
+/// The runs of a page (newest first) as a chart of durations, oldest left.
+fn history_chart(runs: &[Run]) -> Markup {
+    let ids: Vec<String> = runs.iter().rev().map(|run| run.id.short()).collect();
+    let bars: Vec<history::Bar<'_>> = runs
+        .iter()
+        .rev()
+        .zip(&ids)
+        .map(|(run, id)| history::Bar {
+            run_id: id,
+            href: format!("/runs/{}", run.id),
+            state: run.state.as_str(),
+            duration_ms: run_duration(run),
+            label: format!(
+                "{} {} {}{}",
+                run.id.short(),
+                run.state.as_str(),
+                duration(run_duration(run)),
+                run.subject.as_deref().map(|s| format!(": {s}")).unwrap_or_default()
+            ),
+        })
+        .collect();
+    history::chart(&bars)
 }
 
 /// Serves `key` from the page cache, or renders it with `render` (whose

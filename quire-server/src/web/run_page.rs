@@ -15,7 +15,7 @@ use actix_web::http::StatusCode;
 use actix_web::{get, web, HttpRequest, HttpResponse};
 use maud::{html, Markup, PreEscaped};
 use quire_core::cri;
-use quire_core::id::RunId;
+use quire_core::id::{JobId, RunId};
 use quire_core::jobs::{JobState, JobSummary};
 use quire_core::run_dir::LogFile;
 use serde::Deserialize;
@@ -23,6 +23,7 @@ use serde::Deserialize;
 use super::layout::{
     duration, error_page, layout, not_found_page, run_duration, run_state, state_badge, when,
 };
+use super::{ansi, graph};
 use crate::http::run::{load_run, LoadedRun};
 use crate::http::{require_user, with_db, ApiError, AppState};
 use crate::runs::{FailureKind, RunState};
@@ -114,11 +115,22 @@ fn render_run(view: &LoadedRun, from: usize) -> Markup {
             dl.facts {
                 dt { "repository" } dd { a href={ "/" (run.repo) } { (run.repo) } }
                 dt { "ref" } dd { code { (run.ref_name) } }
-                dt { "commit" } dd { code { (run.sha) } }
+                dt { "commit" } dd {
+                    code { (run.sha) }
+                    @if let Some(subject) = &run.subject { " " span.subject { (subject) } }
+                    @if let Some(author) = &run.author { " " span.muted.author { "by " (author) } }
+                }
+                dt { "trigger" } dd.trigger {
+                    (run.trigger.as_str())
+                    @if let Some(at) = run.scheduled_at_ms { " (tick " (when(Some(at))) ")" }
+                }
                 dt { "queued" } dd { (when(Some(run.queued_at_ms))) }
                 dt { "started" } dd { (when(run.started_at_ms)) }
                 dt { "finished" } dd { (when(run.finished_at_ms)) }
                 dt { "duration" } dd { (duration(run_duration(run))) }
+            }
+            @if !view.declared.is_empty() {
+                div #graph { (job_graph(view)) }
             }
             @if total > COMMANDS_PER_PAGE { (command_pages(run.id, &window, total)) }
             section #jobs data-run=(run.id) data-live=(live) {
@@ -186,11 +198,11 @@ fn render_job(
                         " " span.muted { (duration(command.duration_ms())) }
                         " " a.raw href={ "/runs/" (view.run.id) "/logs/" (job.job_id) "/" (command.seq) } { "raw" }
                     }
-                    (render_log(&view.dir.log(&job.job_id, LogFile::Command(command.seq)), &format!("log-{}-{}", job.job_id, LogFile::Command(command.seq)), budget))
+                    (render_log(&view.dir.log(&job.job_id, LogFile::Command(command.seq)), &job.job_id, LogFile::Command(command.seq), budget))
                 }
             }
             @if window.contains(&(first + places(job) - 1)) && job_log.exists() {
-                div.cmd { div.cmdline { span.muted { "job" } } (render_log(&job_log, &format!("log-{}-{}", job.job_id, LogFile::Job), budget)) }
+                div.cmd { div.cmdline { span.muted { "job" } } (render_log(&job_log, &job.job_id, LogFile::Job, budget)) }
             }
         }
     }
@@ -204,9 +216,12 @@ fn shorten(cmd: &str) -> String {
     }
 }
 
-/// The end of a CRI log as lines; stderr is marked, timestamps are in each
-/// line's title. With the budget spent, only a note.
-fn render_log(path: &Path, element_id: &str, budget: &mut Budget) -> Markup {
+/// The end of a CRI log as lines: colours and bold as styles (`ansi`),
+/// stderr marked, each line's timestamp in its title and an anchor of its
+/// own, `#<job>-<n>-<line>` (`n` 0 for the job's own log; lines counted
+/// from the first one shown). With the budget spent, only a note.
+fn render_log(path: &Path, job: &JobId, file: LogFile, budget: &mut Budget) -> Markup {
+    let element_id = format!("log-{job}-{file}");
     let len = std::fs::metadata(path).map_or(0, |m| m.len());
     let granted = budget.take(len.min(LOG_TAIL));
     if granted == 0 && len > 0 {
@@ -214,13 +229,66 @@ fn render_log(path: &Path, element_id: &str, budget: &mut Budget) -> Markup {
     }
     let (text, cut) = read_tail(path, granted);
     let lines = cri::read_lines(&text);
+    let n = match file {
+        LogFile::Command(n) => n,
+        LogFile::Job => 0,
+    };
     html! {
         pre.log id=(element_id) {
             @if cut { span.muted { "… earlier output omitted (see raw)\n" } }
-            @for line in &lines {
-                span class={ "line " (line.stream.as_str()) } title=(line.timestamp) { (line.content) "\n" }
+            @for (at, line) in lines.iter().enumerate() {
+                @let anchor = format!("{job}-{n}-{}", at + 1);
+                span class={ "line " (line.stream.as_str()) } id=(anchor) title=(line.timestamp) {
+                    a.ln href={ "#" (anchor) } aria-hidden="true" {}
+                    (ansi::render(&line.content)) "\n"
+                }
             }
         }
+    }
+}
+
+/// The run's job graph: the declared jobs, each in its state so far.
+fn job_graph(view: &LoadedRun) -> Markup {
+    let live = !view.run.state.is_finished();
+    let nodes: Vec<graph::Node<'_>> = view
+        .declared
+        .iter()
+        .map(|declared| {
+            let state = match view.jobs.iter().find(|j| j.job_id == declared.job_id) {
+                Some(job) => job.state.as_str(),
+                None if live => "pending",
+                None => "not-run",
+            };
+            graph::Node { id: declared.job_id.as_str(), inputs: &declared.inputs, state }
+        })
+        .collect();
+    graph::render(&nodes)
+}
+
+/// `/runs/{id}/graph.svg`: the job graph alone, which the live page
+/// fetches again as jobs start and finish.
+#[get("/runs/{id}/graph.svg")]
+pub async fn graph_svg(
+    state: web::Data<AppState>,
+    request: HttpRequest,
+    id: web::Path<String>,
+) -> HttpResponse {
+    if let Err(e) = require_user(&state, &request) {
+        return error_page(e);
+    }
+    let Ok(id) = id.parse::<RunId>() else { return not_found_page().await };
+    let shared = state.clone();
+    let view = match with_db(&state, move |conn| load_run(conn, &shared.root, &shared.progress, id)).await {
+        Ok(Some(view)) => view,
+        Ok(None) => return not_found_page().await,
+        Err(e) => return error_page(e),
+    };
+    match web::block(move || job_graph(&view).into_string()).await {
+        Ok(svg) => HttpResponse::Ok()
+            .content_type("image/svg+xml")
+            .insert_header(("Cache-Control", "no-cache"))
+            .body(svg),
+        Err(e) => error_page(ApiError::internal(e)),
     }
 }
 
@@ -270,9 +338,26 @@ const LIVE_SCRIPT: &str = r#"
     if (!pre) { var wrap = el('div', 'cmd'); wrap.appendChild(el('div', 'cmdline muted', 'job')); pre = el('pre', 'log'); pre.id = id; wrap.appendChild(pre); job(jobId).appendChild(wrap); }
     return pre;
   }
+  // The graph is drawn by the server: fetched again as jobs move, one
+  // request at a time.
+  var graph = document.getElementById('graph'), fetching = false, stale = false;
+  function refreshGraph() {
+    if (!graph) { graph = el('div'); graph.id = 'graph'; section.parentNode.insertBefore(graph, section); }
+    if (fetching) { stale = true; return; }
+    fetching = true;
+    fetch('/runs/' + run + '/graph.svg').then(function (r) { return r.ok ? r.text() : null; })
+      .then(function (svg) { if (svg) graph.innerHTML = svg; })
+      .catch(function () {})
+      .then(function () { fetching = false; if (stale) { stale = false; refreshGraph(); } });
+  }
+  // Colour codes are drawn when the page is rendered; live, they are left out.
+  function plain(t) {
+    return t.replace(/\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)?|\x1b\[[0-9;:?<=>]*[ -\/]*[@-~]?|\x1b[@-_]?|[\x00-\x08\x0b-\x1f\x7f]/g, '');
+  }
   source.addEventListener('event', function (m) {
     if (!started) { started = true; section.textContent = ''; }
     var e = JSON.parse(m.data);
+    if (e.type === 'job_started' || e.type === 'job_finished' || e.type === 'job_skipped' || e.type === 'pipeline') refreshGraph();
     if (e.type === 'job_started') { job(e.job_id); setState(e.job_id, 'active'); }
     else if (e.type === 'job_finished') { setState(e.job_id, e.outcome); }
     else if (e.type === 'job_skipped') { job(e.job_id); setState(e.job_id, 'skipped'); }
@@ -302,11 +387,12 @@ const LIVE_SCRIPT: &str = r#"
   source.addEventListener('reset', function () { source.close(); location.reload(); });
   source.addEventListener('log', function (m) {
     var l = JSON.parse(m.data);
-    var span = el('span', 'line ' + l.stream, l.text + (l.partial ? '' : '\n')); span.title = l.time;
+    var span = el('span', 'line ' + l.stream, plain(l.text) + (l.partial ? '' : '\n')); span.title = l.time;
     log(l.job, l.file).appendChild(span);
   });
   source.addEventListener('end', function (m) {
     source.close();
+    refreshGraph();
     var e = JSON.parse(m.data); var rs = document.getElementById('run-state'); rs.textContent = '';
     rs.appendChild(state(e.state)); if (e.failure_kind) rs.appendChild(el('span', 'kind', ' ' + e.failure_kind));
   });
