@@ -66,6 +66,10 @@ struct RunCommand {
     /// directory is used and printed when not given.
     #[arg(long, value_name = "DIR")]
     out_dir: Option<PathBuf>,
+    /// The cache directory commands see as $QUIRE_CACHE_DIR (writable in
+    /// the sandbox); default: a new empty temporary directory.
+    #[arg(long, value_name = "DIR")]
+    cache_dir: Option<PathBuf>,
     /// The commit the run is for (local mode; default: HEAD).
     #[arg(long)]
     sha: Option<String>,
@@ -141,6 +145,7 @@ impl RunCommand {
             workspace: self.workspace,
             events: self.events,
             out_dir: self.out_dir,
+            cache_dir: self.cache_dir,
             sha: self.sha,
             ref_name: self.ref_name,
             trigger: match self.trigger {

@@ -15,7 +15,9 @@ use quire_core::id::JobId;
 use quire_core::pipeline::{self, LoadError, LuaLimits, Pipeline, PIPELINE_PATH};
 use quire_core::push::{PushFacts, Trigger};
 use quire_core::run_dir::RunDir;
-use quire_core::runtime::{self, Bwrap, Limits, RunAs, RunContext, RunError, Sandbox, SecretSource, Sink};
+use quire_core::runtime::{
+    self, Bwrap, Limits, RunAs, RunContext, RunError, Sandbox, SecretSource, Sink, CACHE_VARIABLE,
+};
 
 use crate::local::{self, EnvSecrets};
 use crate::progress::Reporter;
@@ -64,6 +66,8 @@ pub struct RunArgs {
     pub workspace: PathBuf,
     pub events: EventsTarget,
     pub out_dir: Option<PathBuf>,
+    /// `$QUIRE_CACHE_DIR`; a temporary directory when not given.
+    pub cache_dir: Option<PathBuf>,
     pub sha: Option<String>,
     pub ref_name: Option<String>,
     /// What started a local run.
@@ -116,6 +120,7 @@ fn run_inner(args: RunArgs) -> Result<(), Fatal> {
         .canonicalize()
         .map_err(|e| Fatal::usage(format!("workspace {}: {e}", args.workspace.display())))?;
     let server = Server::from_env();
+    let cache = Cache::open(args.cache_dir.as_deref())?;
     let sandbox = match args.sandbox {
         SandboxChoice::None => Sandbox::None,
         SandboxChoice::Bwrap { network, hide, tmp_size } => {
@@ -126,12 +131,13 @@ fn run_inner(args: RunArgs) -> Result<(), Fatal> {
             // to `nobody`; a local checkout is the user's and is never
             // changed.
             let run_as = if server.is_some() { RunAs::Nobody } else { RunAs::WorkspaceOwner };
-            let bwrap = Bwrap::new(program, network, hide, run_as, &workspace, tmp_size).map_err(|e| {
-                Fatal::failed(format!(
-                    "cannot prepare the workspace {} for the sandbox: {e}",
-                    workspace.display()
-                ))
-            })?;
+            let bwrap = Bwrap::new(program, network, hide, run_as, &workspace, Some(cache.path()), tmp_size)
+                .map_err(|e| {
+                    Fatal::failed(format!(
+                        "cannot prepare the workspace {} for the sandbox: {e}",
+                        workspace.display()
+                    ))
+                })?;
             Sandbox::Bwrap(bwrap)
         }
     };
@@ -178,7 +184,10 @@ fn run_inner(args: RunArgs) -> Result<(), Fatal> {
         parallel: args.parallel,
         job_timeout: args.job_timeout,
         base_env: std::env::vars_os()
-            .filter(|(name, _)| !runtime::is_private_variable(&name.to_string_lossy()))
+            .filter(|(name, _)| {
+                !runtime::is_private_variable(&name.to_string_lossy()) && name != CACHE_VARIABLE
+            })
+            .chain([(CACHE_VARIABLE.into(), cache.path().into())])
             .collect(),
         push,
         secrets,
@@ -231,6 +240,37 @@ fn describe_start(push: &PushFacts, workspace: &Path) -> String {
 
 /// The log directory: `--out-dir`, or a fresh temporary one that is kept
 /// (and announced at the end, since nobody chose where it is).
+/// The run's cache directory: the one given, or a temporary one removed
+/// when the run ends.
+struct Cache {
+    path: PathBuf,
+    _temporary: Option<tempfile::TempDir>,
+}
+
+impl Cache {
+    fn open(given: Option<&Path>) -> Result<Cache, Fatal> {
+        match given {
+            Some(dir) => {
+                let cannot =
+                    |e: io::Error| Fatal::failed(format!("cannot use --cache-dir {}: {e}", dir.display()));
+                std::fs::create_dir_all(dir).map_err(cannot)?;
+                Ok(Cache { path: dir.canonicalize().map_err(cannot)?, _temporary: None })
+            }
+            None => {
+                let dir = tempfile::Builder::new()
+                    .prefix("quire-ci-cache-")
+                    .tempdir()
+                    .map_err(|e| Fatal::failed(format!("cannot create a temporary cache directory: {e}")))?;
+                Ok(Cache { path: dir.path().to_path_buf(), _temporary: Some(dir) })
+            }
+        }
+    }
+
+    fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
 fn prepare_out_dir(out_dir: Option<&Path>) -> Result<(PathBuf, bool), Fatal> {
     match out_dir {
         Some(dir) => {

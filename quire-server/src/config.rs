@@ -80,6 +80,8 @@ pub struct CiConfig {
     pub max_parallel_jobs: u64,
     /// How much history each repository keeps.
     pub retention: Retention,
+    /// What each repository's caches may take, MiB.
+    pub cache_mb: u64,
 }
 
 /// Where runs' commands execute.
@@ -118,6 +120,9 @@ pub struct Limits {
     /// file system (see [`Limits::disk_floor_mb`]).
     pub min_free_disk_mb: Option<u64>,
 }
+
+/// What each repository's caches may take when config.fnl says nothing.
+pub const DEFAULT_CACHE_MB: u64 = 2048;
 
 /// The free-space floor when config.fnl sets none.
 pub const DEFAULT_MIN_FREE_DISK_MB: u64 = 1024;
@@ -171,6 +176,7 @@ impl Default for Config {
                 limits: Limits::default(),
                 max_parallel_jobs: std::thread::available_parallelism().map_or(1, |n| n.get() as u64),
                 retention: Retention::default(),
+                cache_mb: DEFAULT_CACHE_MB,
             },
             secrets: BTreeMap::new(),
             sentry_dsn: None,
@@ -344,6 +350,7 @@ impl Reader<'_> {
                 "lua-memory-mb" => ci.limits.lua_memory_mb = self.positive(value, key)?,
                 "min-free-disk-mb" => ci.limits.min_free_disk_mb = Some(self.positive(value, key)?),
                 "max-parallel-jobs" => ci.max_parallel_jobs = self.positive(value, key)?.min(256),
+                "cache-mb" => ci.cache_mb = self.positive(value, key)?,
                 "retention" => {
                     for (k, v) in self.table(value, "retention")? {
                         match k.as_str() {
@@ -372,6 +379,7 @@ impl Reader<'_> {
                             "min-free-disk-mb",
                             "max-parallel-jobs",
                             "retention",
+                            "cache-mb",
                         ],
                     ))
                 }

@@ -5,7 +5,7 @@
 //! ingest and the final transition when a process exits. The state changes
 //! themselves are `runs`' statements.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
@@ -22,7 +22,7 @@ use crate::config::{Config, SandboxMode};
 use crate::db::Pool;
 use crate::root::DataRoot;
 use crate::runs::{self, Ending, FailureKind, NewRun, Run};
-use crate::{db, ingest, repos, retention, spool, token};
+use crate::{caches, db, ingest, repos, retention, spool, token};
 
 /// The longest wait between two attempts to record a run's end.
 const MAX_FINISH_RETRY: Duration = Duration::from_secs(30);
@@ -55,6 +55,22 @@ enum Stop {
     Timeout,
 }
 
+/// What a run's executor is started with, besides its run.
+struct ExecutorSettings {
+    token: String,
+    /// The size of the file system runs are written to, for the disk floor.
+    fs_size_mb: u64,
+    cache_dir: Option<PathBuf>,
+}
+
+/// The cache a run holds.
+struct RunCache {
+    ref_name: String,
+    path: PathBuf,
+    /// The ref's own cache (else a private copy, removed after the run).
+    shared: bool,
+}
+
 /// A quire-ci process the runner is waiting for.
 struct Running {
     group: Pid,
@@ -74,6 +90,8 @@ struct Inner {
     server_url: String,
     wake: Notify,
     running: Mutex<HashMap<RunId, Running>>,
+    /// The ref caches runs hold now.
+    caches_held: Mutex<HashSet<(RepoName, String)>>,
 }
 
 /// Where the executor binary is: `$QUIRE_CI_BIN`, else next to `quire`.
@@ -98,6 +116,7 @@ impl Launcher {
                 server_url,
                 wake: Notify::new(),
                 running: Mutex::new(HashMap::new()),
+                caches_held: Mutex::new(HashSet::new()),
             }),
         }
     }
@@ -321,16 +340,93 @@ impl Launcher {
         let runs_dir = self.inner.root.runs_dir();
         let fs_size_mb =
             tokio::task::spawn_blocking(move || file_system_size_mb(&runs_dir)).await.unwrap_or(u64::MAX);
-        match self.spawn(id, &repo, &run_dir, &workspace, &token, fs_size_mb) {
+        let cache = self.take_cache(&repo, &run.ref_name, &run_dir).await;
+        let settings =
+            ExecutorSettings { token, fs_size_mb, cache_dir: cache.as_ref().map(|c| c.path.clone()) };
+        match self.spawn(id, &repo, &run_dir, &workspace, &settings) {
             Ok(child) => {
                 let launcher = self.clone();
-                tokio::spawn(async move { launcher.supervise(id, repo, run_dir, workspace, child).await });
+                tokio::spawn(async move {
+                    launcher.supervise(id, repo.clone(), run_dir, workspace, child).await;
+                    launcher.release_cache(&repo, cache).await;
+                });
             }
             Err(reason) => {
                 tracing::error!(run = %id, %reason, "spawning quire-ci failed");
                 let _ = tokio::fs::remove_dir_all(&workspace).await;
+                self.release_cache(&repo, cache).await;
                 self.finish_without_process(id, &run_dir, &reason).await;
             }
+        }
+    }
+
+    /// The cache a run of `ref_name` gets: the ref's own when no other run
+    /// holds it, else a private copy in the run's directory. `None` (the
+    /// run then gets an empty temporary one) when it cannot be made.
+    async fn take_cache(&self, repo: &RepoName, ref_name: &str, run_dir: &RunDir) -> Option<RunCache> {
+        let key = (repo.clone(), ref_name.to_string());
+        let shared = self.inner.caches_held.lock().expect("caches lock").insert(key.clone());
+        let (root, repo_owned, ref_owned) = (self.inner.root.clone(), repo.clone(), ref_name.to_string());
+        let private_path = run_dir.path().join("cache");
+        let made = tokio::task::spawn_blocking(move || {
+            if shared {
+                caches::prepare(&root, &repo_owned, &ref_owned)
+            } else {
+                caches::private_copy(&root, &repo_owned, &ref_owned, &private_path)
+            }
+        })
+        .await;
+        match made {
+            Ok(Ok(path)) => Some(RunCache { ref_name: ref_name.to_string(), path, shared }),
+            failed => {
+                let error = failed
+                    .map_or_else(|e| e.to_string(), |r| r.err().map(|e| e.to_string()).unwrap_or_default());
+                tracing::warn!(%repo, r#ref = ref_name, %error, "cannot prepare the run's cache; it gets an empty one");
+                if shared {
+                    self.inner.caches_held.lock().expect("caches lock").remove(&key);
+                }
+                None
+            }
+        }
+    }
+
+    /// Gives a run's cache back: a shared one is released and the
+    /// repository's caches are brought under `:ci {:cache-mb}`; a private
+    /// copy is removed.
+    async fn release_cache(&self, repo: &RepoName, cache: Option<RunCache>) {
+        let Some(cache) = cache else { return };
+        if cache.shared {
+            self.inner
+                .caches_held
+                .lock()
+                .expect("caches lock")
+                .remove(&(repo.clone(), cache.ref_name.clone()));
+        }
+        let held: Vec<String> = self
+            .inner
+            .caches_held
+            .lock()
+            .expect("caches lock")
+            .iter()
+            .filter(|(r, _)| r == repo)
+            .map(|(_, name)| name.clone())
+            .collect();
+        let (root, repo) = (self.inner.root.clone(), repo.clone());
+        let cap = self.inner.config.ci.cache_mb.saturating_mul(1024 * 1024);
+        let done = tokio::task::spawn_blocking(move || {
+            if !cache.shared {
+                std::fs::remove_dir_all(&cache.path)?;
+            }
+            caches::evict(&root, &repo, cap, &held)
+        })
+        .await;
+        match done {
+            Ok(Ok(evicted)) if !evicted.is_empty() => {
+                tracing::info!(evicted = evicted.len(), "caches evicted to stay under :ci {{:cache-mb}}")
+            }
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "cannot tidy the caches"),
+            Err(e) => tracing::warn!(error = %e, "cache task failed"),
         }
     }
 
@@ -377,8 +473,7 @@ impl Launcher {
         repo: &RepoName,
         run_dir: &RunDir,
         workspace: &Path,
-        token: &str,
-        fs_size_mb: u64,
+        settings: &ExecutorSettings,
     ) -> Result<tokio::process::Child, String> {
         let log_path = run_dir.executor_log();
         let log = std::fs::File::create(&log_path)
@@ -394,7 +489,7 @@ impl Launcher {
             .arg("--out-dir")
             .arg(run_dir.path())
             .env("QUIRE__SERVER_URL", &self.inner.server_url)
-            .env("QUIRE__RUN_TOKEN", token)
+            .env("QUIRE__RUN_TOKEN", &settings.token)
             .env_remove("QUIRE_ROOT")
             .stdin(Stdio::null())
             .stdout(Stdio::from(log))
@@ -404,7 +499,10 @@ impl Launcher {
         if let Some(dsn) = &self.inner.config.sentry_dsn {
             command.env("QUIRE__SENTRY_DSN", dsn);
         }
-        self.sandbox_arguments(&mut command, repo, fs_size_mb);
+        if let Some(cache) = &settings.cache_dir {
+            command.arg("--cache-dir").arg(cache);
+        }
+        self.sandbox_arguments(&mut command, repo, settings.fs_size_mb);
         // SAFETY: only calls prctl, which is async-signal-safe.
         unsafe {
             command.pre_exec(|| {

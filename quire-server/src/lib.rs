@@ -5,6 +5,7 @@
 //! has the map.
 
 pub mod api;
+pub mod caches;
 pub mod config;
 pub mod db;
 pub mod hook;

@@ -59,6 +59,14 @@ enum HookCommand {
 }
 
 #[derive(Subcommand)]
+enum CacheCommand {
+    /// List the caches (one repository's, or all), with sizes and last use.
+    List { repo: Option<RepoName> },
+    /// Remove a repository's caches, or one ref's (a branch name or a full ref).
+    Clear { repo: RepoName, r#ref: Option<String> },
+}
+
+#[derive(Subcommand)]
 enum CiCommand {
     /// List runs, newest first.
     Runs { repo: Option<RepoName> },
@@ -70,6 +78,9 @@ enum CiCommand {
     Cancel { run: String },
     /// Queue a new run of a ref's current commit.
     Retrigger { repo: RepoName, r#ref: String },
+    /// Run caches (QUIRE_CACHE_DIR) kept per repository and ref.
+    #[command(subcommand)]
+    Cache(CacheCommand),
     /// Delete the runs `:ci {:retention …}` no longer keeps (one repository, or all).
     Prune {
         repo: Option<RepoName>,
@@ -138,6 +149,10 @@ fn run(root: DataRoot, command: Command) -> miette::Result<ExitCode> {
                 CiCommand::Cancel { run } => ops::cancel(&root, &run),
                 CiCommand::Retrigger { repo, r#ref } => ops::retrigger(&root, &repo, &r#ref),
                 CiCommand::Prune { repo, dry_run } => ops::prune(&root, repo.as_ref(), dry_run),
+                CiCommand::Cache(CacheCommand::List { repo }) => ops::cache_list(&root, repo.as_ref()),
+                CiCommand::Cache(CacheCommand::Clear { repo, r#ref }) => {
+                    ops::cache_clear(&root, &repo, r#ref.as_deref())
+                }
             }
             .into_diagnostic()?;
             let _ = std::io::stdout().write_all(out.as_bytes());

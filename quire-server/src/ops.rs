@@ -16,9 +16,9 @@ use crate::db;
 use crate::hook::{self, HookOutcome};
 use crate::job_rows;
 use crate::protocol::{self, Message, RefUpdate, SendError, ZERO_SHA};
-use crate::retention;
 use crate::root::DataRoot;
 use crate::runs::{self, Run};
+use crate::{caches, retention};
 
 #[derive(Debug, thiserror::Error)]
 pub enum OpsError {
@@ -227,8 +227,7 @@ pub fn retrigger(root: &DataRoot, repo: &RepoName, ref_name: &str) -> Result<Str
     if !path.is_dir() {
         return Err(OpsError::NoSuchRepo(repo.clone()));
     }
-    let full_ref =
-        if ref_name.starts_with("refs/") { ref_name.to_string() } else { format!("refs/heads/{ref_name}") };
+    let full_ref = full_ref_name(ref_name);
     let out = Command::new("git")
         .arg("--git-dir")
         .arg(&path)
@@ -254,6 +253,60 @@ pub fn retrigger(root: &DataRoot, repo: &RepoName, ref_name: &str) -> Result<Str
         ),
         HookOutcome::NothingToRun => String::new(),
     })
+}
+
+/// `main` as `refs/heads/main`; a full ref as it is.
+fn full_ref_name(ref_name: &str) -> String {
+    if ref_name.starts_with("refs/") {
+        ref_name.to_string()
+    } else {
+        format!("refs/heads/{ref_name}")
+    }
+}
+
+/// `quire ci cache list [REPO]`: each ref cache, its size and last use.
+pub fn cache_list(root: &DataRoot, repo: Option<&RepoName>) -> Result<String, OpsError> {
+    let listed =
+        caches::list(root, repo).map_err(|e| OpsError::Refused(format!("cannot read the caches: {e}")))?;
+    if listed.is_empty() {
+        return Ok("no caches\n".to_string());
+    }
+    let mut out = format!("{:<24}  {:<32}  {:>10}  LAST-USED\n", "REPO", "REF", "SIZE");
+    for cache in listed {
+        let used = cache.last_used_ms.map_or_else(|| "-".to_string(), timestamp);
+        let _ = writeln!(
+            out,
+            "{:<24}  {:<32}  {:>10}  {used}",
+            cache.repo,
+            cache.ref_name,
+            mebibytes(cache.bytes)
+        );
+    }
+    Ok(out)
+}
+
+/// `quire ci cache clear REPO [REF]`: removes a ref's cache, or all of the
+/// repository's.
+pub fn cache_clear(root: &DataRoot, repo: &RepoName, ref_name: Option<&str>) -> Result<String, OpsError> {
+    let full = ref_name.map(full_ref_name);
+    let removed = caches::clear(root, repo, full.as_deref())
+        .map_err(|e| OpsError::Refused(format!("cannot remove the caches: {e}")))?;
+    let mut out = String::new();
+    for cache in &removed {
+        let _ = writeln!(
+            out,
+            "removed the cache of {} {} ({})",
+            cache.repo,
+            cache.ref_name,
+            mebibytes(cache.bytes)
+        );
+    }
+    let _ = writeln!(out, "removed {} cache(s)", removed.len());
+    Ok(out)
+}
+
+fn mebibytes(bytes: u64) -> String {
+    format!("{:.1} MiB", bytes as f64 / (1024.0 * 1024.0))
 }
 
 fn timestamp(ms: i64) -> String {

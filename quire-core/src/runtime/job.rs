@@ -263,8 +263,12 @@ impl JobRun<'_> {
         let value = if name == PUSH_SOURCE {
             self.ctx.push.outputs()
         } else if name == SCHEDULE_SOURCE {
-            // nil in a run no schedule started.
-            self.ctx.push.schedule_outputs().unwrap_or(serde_json::Value::Null)
+            match self.ctx.push.schedule_outputs() {
+                Some(outputs) => outputs,
+                // A plain nil (JSON null would become a truthy sentinel):
+                // no schedule started this run.
+                None => return Ok(Value::Nil),
+            }
         } else {
             self.start.ancestors.get(name.as_str()).cloned().ok_or_else(|| {
                 mlua::Error::runtime(format!(

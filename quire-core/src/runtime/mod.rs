@@ -34,7 +34,7 @@ use std::time::{Duration, Instant};
 pub use context::{Note, RunContext, RunError, SecretError, SecretSource, Sink};
 pub use limits::Limits;
 pub use reaper::{become_subreaper, stop_everything, sweep_children, sweep_orphans};
-pub use sandbox::{find_bwrap, Bwrap, RunAs, Sandbox, HELPER_COMMAND};
+pub use sandbox::{find_bwrap, Bwrap, RunAs, Sandbox, CACHE_VARIABLE, HELPER_COMMAND};
 pub use schedule::UnknownJob;
 
 use crate::clock::format_duration_ms;

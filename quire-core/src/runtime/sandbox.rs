@@ -34,7 +34,11 @@ use super::program::Program;
 pub const UNPRIVILEGED_ID: u32 = 65534;
 
 /// Host variables a sandboxed command may see (besides its `:env`).
-const ALLOWED_ENV: &[&str] = &["PATH", "LANG", "LC_ALL", "TERM", "TZ"];
+const ALLOWED_ENV: &[&str] = &["PATH", "LANG", "LC_ALL", "TERM", "TZ", CACHE_VARIABLE];
+
+/// The variable naming the run's cache directory (writable, kept between
+/// runs of a ref by the server).
+pub const CACHE_VARIABLE: &str = "QUIRE_CACHE_DIR";
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Sandbox {
@@ -57,6 +61,8 @@ pub struct Bwrap {
     pub run_as: Option<(u32, u32)>,
     /// Size of the private `/tmp`, bytes.
     pub tmp_size: u64,
+    /// The cache directory, writable inside like the workspace.
+    pub cache: Option<PathBuf>,
 }
 
 /// Where `setpriv` is looked for: the system's own directories, never the
@@ -104,6 +110,7 @@ impl Bwrap {
         hide: Vec<PathBuf>,
         run_as: RunAs,
         workspace: &Path,
+        cache: Option<&Path>,
         tmp_size: u64,
     ) -> std::io::Result<Bwrap> {
         use std::os::unix::fs::MetadataExt;
@@ -121,9 +128,14 @@ impl Bwrap {
         } else {
             None
         };
+        // The cache must be writable by whoever the commands run as.
+        if let (Some(cache), Some((uid, gid))) = (cache, run_as) {
+            chown_tree(cache, uid, gid)?;
+        }
         // A hidden path given through a symlink is hidden where it really is.
         let hide = hide.into_iter().map(|p| p.canonicalize().unwrap_or(p)).collect();
-        Ok(Bwrap { program, network, hide, run_as, tmp_size })
+        let cache = cache.map(|c| c.canonicalize().unwrap_or_else(|_| c.to_path_buf()));
+        Ok(Bwrap { program, network, hide, run_as, tmp_size, cache })
     }
 
     fn arguments(&self, workspace: &Path, helper: &Path) -> Vec<OsString> {
@@ -140,37 +152,49 @@ impl Bwrap {
         push(&[&"--ro-bind", &helper, &HELPER_PATH]);
         // The private /tmp is a cover too: a workspace under /tmp is bound
         // into it.
-        let mut covers: Vec<&Path> = vec![Path::new("/tmp")];
-        let closed = self.closed_ancestor(workspace);
-        if let Some(closed) = &closed {
-            // The unprivileged user could not reach the workspace through
-            // this directory; an empty one in its place can be traversed
-            // (and what it hid was unreadable to that user anyway).
-            push(&[&"--perms", &"0755", &"--tmpfs", &closed]);
-            covers.push(closed);
+        let writable: Vec<&Path> = std::iter::once(workspace).chain(self.cache.as_deref()).collect();
+        let mut covers: Vec<PathBuf> = vec![PathBuf::from("/tmp")];
+        for path in &writable {
+            if let Some(closed) = self.closed_ancestor(path) {
+                // The unprivileged user could not reach the path through
+                // this directory; an empty one in its place can be traversed
+                // (and what it hid was unreadable to that user anyway).
+                if !covers.contains(&closed) {
+                    push(&[&"--perms", &"0755", &"--tmpfs", &closed]);
+                    covers.push(closed);
+                }
+            }
         }
         for hidden in &self.hide {
             if hidden.is_dir() {
                 push(&[&"--perms", &"0755", &"--tmpfs", hidden]);
-                covers.push(hidden);
+                covers.push(hidden.clone());
             } else if hidden.exists() {
                 push(&[&"--ro-bind", &"/dev/null", hidden]);
             }
         }
-        // Directories between an empty cover and the workspace are made in
-        // the cover; they must be traversable (bubblewrap would make them
-        // private to root), so that a command can reach its workspace by
-        // its path.
-        for cover in covers {
-            if let Ok(below) = workspace.strip_prefix(cover) {
-                let mut dir = cover.to_path_buf();
-                for part in below.parent().into_iter().flat_map(Path::components) {
-                    dir.push(part);
-                    push(&[&"--perms", &"0755", &"--dir", &dir]);
+        // Directories between an empty cover and a writable path are made
+        // in the cover; they must be traversable (bubblewrap would make
+        // them private to root), so that a command can reach the path.
+        let mut made: Vec<PathBuf> = Vec::new();
+        for cover in &covers {
+            for path in &writable {
+                if let Ok(below) = path.strip_prefix(cover) {
+                    let mut dir = cover.clone();
+                    for part in below.parent().into_iter().flat_map(Path::components) {
+                        dir.push(part);
+                        if !made.contains(&dir) {
+                            push(&[&"--perms", &"0755", &"--dir", &dir]);
+                            made.push(dir.clone());
+                        }
+                    }
                 }
             }
         }
-        // Last, so that it shows through hidden parents and /tmp.
+        // Last, so that they show through hidden parents and /tmp.
+        if let Some(cache) = &self.cache {
+            push(&[&"--bind", cache, cache]);
+        }
         push(&[&"--bind", &workspace, &workspace, &"--chdir", &workspace]);
         push(&[&"--unshare-pid", &"--unshare-ipc", &"--unshare-uts", &"--unshare-cgroup-try"]);
         if !self.network {
@@ -223,12 +247,12 @@ impl Bwrap {
         Ok(command)
     }
 
-    /// The highest ancestor of the workspace that the unprivileged user
-    /// cannot traverse, if commands run as one.
-    fn closed_ancestor(&self, workspace: &Path) -> Option<PathBuf> {
+    /// The highest ancestor of `path` that the unprivileged user cannot
+    /// traverse, if commands run as one.
+    fn closed_ancestor(&self, path: &Path) -> Option<PathBuf> {
         use std::os::unix::fs::PermissionsExt;
         self.run_as?;
-        let mut ancestors: Vec<&Path> = workspace.ancestors().skip(1).collect();
+        let mut ancestors: Vec<&Path> = path.ancestors().skip(1).collect();
         ancestors.reverse();
         ancestors
             .into_iter()
@@ -359,7 +383,7 @@ mod tests {
     use super::*;
 
     fn bwrap(run_as: Option<(u32, u32)>, hide: Vec<PathBuf>) -> Bwrap {
-        Bwrap { program: "/usr/bin/bwrap".into(), network: false, hide, run_as, tmp_size: 1024 }
+        Bwrap { program: "/usr/bin/bwrap".into(), network: false, hide, run_as, tmp_size: 1024, cache: None }
     }
 
     #[test]
