@@ -7,42 +7,9 @@ use std::process::{Command, Output};
 
 use serde_json::Value;
 
-/// A git checkout with a pipeline, committed on branch `main`.
-struct Checkout {
-    dir: tempfile::TempDir,
-}
-
-impl Checkout {
-    fn new(pipeline: &str) -> Checkout {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::create_dir(dir.path().join(".quire")).unwrap();
-        std::fs::write(dir.path().join(".quire/ci.fnl"), pipeline).unwrap();
-        for args in [
-            &["init", "-q", "-b", "main"][..],
-            &["config", "user.email", "t@example.com"],
-            &["config", "user.name", "T"],
-            &["add", "-A"],
-            &["commit", "-q", "-m", "pipeline"],
-        ] {
-            git(dir.path(), args);
-        }
-        Checkout { dir }
-    }
-
-    fn path(&self) -> &Path {
-        self.dir.path()
-    }
-
-    fn head(&self) -> String {
-        git(self.path(), &["rev-parse", "HEAD"]).trim().to_string()
-    }
-}
-
-fn git(dir: &Path, args: &[&str]) -> String {
-    let out = Command::new("git").current_dir(dir).args(args).output().unwrap();
-    assert!(out.status.success(), "git {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8(out.stdout).unwrap()
-}
+#[path = "support/checkout.rs"]
+mod checkout;
+use checkout::Checkout;
 
 /// One finished `quire-ci run --events stdout --out-dir <tmp>`.
 struct Run {

@@ -25,33 +25,9 @@ const SOURCES: &str = r#"(local ci (require :quire.ci))
 (ci.job :after-both [:both] (fn [{: sh}] (sh "echo after-both")))
 "#;
 
-/// A git checkout with a pipeline, committed on branch `main`.
-struct Checkout {
-    dir: tempfile::TempDir,
-}
-
-impl Checkout {
-    fn new(pipeline: &str) -> Checkout {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::create_dir(dir.path().join(".quire")).unwrap();
-        std::fs::write(dir.path().join(".quire/ci.fnl"), pipeline).unwrap();
-        for args in [
-            &["init", "-q", "-b", "main"][..],
-            &["config", "user.email", "t@example.com"],
-            &["config", "user.name", "T"],
-            &["add", "-A"],
-            &["commit", "-q", "-m", "pipeline"],
-        ] {
-            let out = Command::new("git").current_dir(dir.path()).args(args).output().unwrap();
-            assert!(out.status.success(), "git {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-        }
-        Checkout { dir }
-    }
-
-    fn path(&self) -> &Path {
-        self.dir.path()
-    }
-}
+#[path = "support/checkout.rs"]
+mod checkout;
+use checkout::Checkout;
 
 /// One finished `quire-ci run --events stdout --out-dir <tmp> EXTRA…`.
 struct Run {

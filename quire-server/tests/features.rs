@@ -11,9 +11,9 @@
 mod common;
 
 use std::path::PathBuf;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
-use common::{Root, Work};
+use common::{get, Root, Work};
 
 /// A job of each kind: one of the push, one of the schedule, one of both.
 /// `both` says which source started its run; `nightly` prints the tick.
@@ -31,17 +31,6 @@ const DAY_MS: i64 = 86_400_000;
 
 fn now_ms() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as i64
-}
-
-fn get(url: &str) -> (u16, String) {
-    let response = reqwest::blocking::Client::builder()
-        .timeout(Duration::from_secs(60))
-        .build()
-        .unwrap()
-        .get(url)
-        .send()
-        .unwrap_or_else(|e| panic!("GET {url} failed: {e}"));
-    (response.status().as_u16(), response.text().unwrap())
 }
 
 fn run_dir(root: &Root, repo: &str, id: &str) -> PathBuf {

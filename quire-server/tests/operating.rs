@@ -18,7 +18,7 @@ use std::net::TcpStream;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use common::{Root, Server, Work};
+use common::{get, Root, Server, Work};
 
 const TRIVIAL: &str =
     "(local ci (require :quire.ci))\n(ci.job :a [:quire/push] (fn [{: sh}] (sh \"echo hi\")))\n";
@@ -31,17 +31,6 @@ const GATED: &str = r#"(local ci (require :quire.ci))
   (fn [{: sh}]
     (sh "echo first; while [ -d \"$GATE\" ] && [ ! -e \"$GATE/open\" ]; do sleep 0.05; done; echo second")))
 "#;
-
-fn get(url: &str) -> (u16, String) {
-    let response = reqwest::blocking::Client::builder()
-        .timeout(Duration::from_secs(60))
-        .build()
-        .unwrap()
-        .get(url)
-        .send()
-        .unwrap_or_else(|e| panic!("GET {url} failed: {e}"));
-    (response.status().as_u16(), response.text().unwrap())
-}
 
 /// `/api/health`'s JSON.
 fn health(server: &Server) -> serde_json::Value {

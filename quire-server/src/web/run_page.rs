@@ -51,20 +51,31 @@ pub async fn run_page(
     id: web::Path<String>,
     query: web::Query<RunPageQuery>,
 ) -> HttpResponse {
-    if let Err(e) = require_user(&state, &request) {
-        return error_page(e);
-    }
-    let Ok(id) = id.parse::<RunId>() else { return not_found_page().await };
-    let shared = state.clone();
-    let view = match with_db(&state, move |conn| load_run(conn, &shared.root, &shared.progress, id)).await {
-        Ok(Some(view)) => view,
-        Ok(None) => return not_found_page().await,
-        Err(e) => return error_page(e),
+    let view = match readable_run(&state, &request, &id).await {
+        Ok(view) => view,
+        Err(response) => return response,
     };
     let from = query.from.unwrap_or(0);
     match web::block(move || render_run(&view, from).into_string()).await {
         Ok(html) => HttpResponse::build(StatusCode::OK).content_type("text/html; charset=utf-8").body(html),
         Err(e) => error_page(ApiError::internal(e)),
+    }
+}
+
+/// The run named in the path, loaded, once the reader may see runs; else
+/// the page to answer with.
+async fn readable_run(
+    state: &web::Data<AppState>,
+    request: &HttpRequest,
+    id: &str,
+) -> Result<LoadedRun, HttpResponse> {
+    require_user(state, request).map_err(error_page)?;
+    let Ok(id) = id.parse::<RunId>() else { return Err(not_found_page().await) };
+    let shared = state.clone();
+    match with_db(state, move |conn| load_run(conn, &shared.root, &shared.progress, id)).await {
+        Ok(Some(view)) => Ok(view),
+        Ok(None) => Err(not_found_page().await),
+        Err(e) => Err(error_page(e)),
     }
 }
 

@@ -309,3 +309,15 @@ impl Root {
         stmt.query_map([run, job], |r| r.get(0)).unwrap().map(Result::unwrap).collect()
     }
 }
+
+/// `GET url` with a minute's timeout: the status and the body.
+pub fn get(url: &str) -> (u16, String) {
+    let response = reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(60))
+        .build()
+        .unwrap()
+        .get(url)
+        .send()
+        .unwrap_or_else(|e| panic!("GET {url} failed: {e}"));
+    (response.status().as_u16(), response.text().unwrap())
+}
