@@ -38,13 +38,15 @@ pub fn ref_dir(root: &DataRoot, repo: &RepoName, ref_name: &str) -> PathBuf {
     repo_dir(root, repo).join(encode_ref(ref_name))
 }
 
-/// Every byte outside `[A-Za-z0-9._-]` as `%XX`: a ref name becomes one
+/// Every byte outside `[A-Za-z0-9_-]` as `%XX`: a ref name becomes one
 /// path component that decodes back to it, and `refs/heads/a-b` and
-/// `refs/heads/a/b` stay apart.
+/// `refs/heads/a/b` stay apart. A `.` is encoded too, so no encoded name
+/// ends like a stamp (`<name>.used`): a branch named `x.used` cannot take
+/// the place of branch `x`'s stamp.
 pub fn encode_ref(ref_name: &str) -> String {
     let mut out = String::with_capacity(ref_name.len() + 8);
     for byte in ref_name.bytes() {
-        if byte.is_ascii_alphanumeric() || matches!(byte, b'.' | b'_' | b'-') {
+        if byte.is_ascii_alphanumeric() || matches!(byte, b'_' | b'-') {
             out.push(byte as char);
         } else {
             out.push_str(&format!("%{byte:02X}"));
@@ -277,6 +279,16 @@ mod tests {
             assert_eq!(decode_ref(&encoded).as_deref(), Some(name));
         }
         assert_ne!(encode_ref("refs/heads/a-b"), encode_ref("refs/heads/a/b"));
+    }
+
+    #[test]
+    fn a_branch_named_like_a_stamp_does_not_break_its_namesake() {
+        let (_dir, root, repo) = root();
+        prepare(&root, &repo, "refs/heads/x.used").unwrap();
+        let x = prepare(&root, &repo, "refs/heads/x").unwrap();
+        assert!(last_used(&x).is_some());
+        let refs: Vec<String> = list(&root, Some(&repo)).unwrap().into_iter().map(|c| c.ref_name).collect();
+        assert_eq!(refs, ["refs/heads/x", "refs/heads/x.used"]);
     }
 
     #[test]
