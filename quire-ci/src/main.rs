@@ -109,6 +109,9 @@ struct RunCommand {
     /// after a line saying so.
     #[arg(long, value_name = "MIB", default_value_t = 64)]
     max_log_mb: u64,
+    /// Most commands the whole run may start; past it `sh` fails.
+    #[arg(long, value_name = "N", default_value_t = quire_core::jobs::MAX_COMMANDS as u64)]
+    max_commands: u64,
     /// With --sandbox bwrap: the size of the private /tmp, in MiB.
     #[arg(long, value_name = "MIB", default_value_t = 512)]
     max_tmp_mb: u64,
@@ -168,6 +171,7 @@ impl RunCommand {
             limits: self.limits.limits(),
             lua: self.lua.limits(),
             log_cap: self.max_log_mb.max(1) * 1024 * 1024,
+            max_commands: self.max_commands,
             disk_floor: self.min_free_disk_mb.map(|mb| mb * 1024 * 1024),
         }
     }

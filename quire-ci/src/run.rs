@@ -81,6 +81,8 @@ pub struct RunArgs {
     pub lua: LuaLimits,
     /// Bytes of output each command's log keeps.
     pub log_cap: u64,
+    /// Commands the run may start.
+    pub max_commands: u64,
     /// Free bytes the workspace's file system must keep.
     pub disk_floor: Option<u64>,
 }
@@ -194,6 +196,8 @@ fn run_inner(args: RunArgs) -> Result<(), Fatal> {
         sandbox,
         limits: args.limits,
         log_cap: args.log_cap,
+        max_commands: args.max_commands,
+        commands_started: std::sync::atomic::AtomicU64::new(0),
         disk_floor: args.disk_floor,
     };
     let pipeline = Arc::new(pipeline);

@@ -1285,6 +1285,29 @@ fn a_printing_loop_is_cut_to_a_budget() {
     assert!(run.stderr().contains("the rest of its print output is discarded"));
 }
 
+/// Class 8: a run that loops on `sh` is stopped at its command budget
+/// (`--max-commands`): the job fails saying so, and the run goes on.
+#[test]
+fn a_run_looping_on_sh_is_stopped_at_its_command_budget() {
+    let ws = workspace(
+        r#"(local ci (require :quire.ci))
+(ci.job :looping [:quire/push] (fn [{: sh}] (while true (sh ["true"]))))
+(ci.job :after [:quire/push] (fn [] nil))
+"#,
+    );
+    let run = run(ws.path(), &["--max-commands", "25", "--jobs", "1"], &[]);
+    run.assert_finished("pipeline_failure");
+    run.assert_job("looping", "failed");
+    run.assert_job("after", "complete");
+    let started = run.events().iter().filter(|e| e["type"] == "sh_started").count();
+    assert_eq!(started, 25, "exactly the budget ran");
+    assert!(
+        run.log("looping", "job.log").contains("its limit (--max-commands"),
+        "{}",
+        run.log("looping", "job.log")
+    );
+}
+
 /// Class 8: a `ci.fnl` of more than 1 MiB is refused before it is read
 /// whole; the run is a pipeline failure and quire-ci exits 0.
 #[test]

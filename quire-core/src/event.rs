@@ -88,6 +88,22 @@ impl EventKind {
     }
 }
 
+/// The longest command line (or printed line) the stream carries.
+pub const SHOWN_COMMAND: usize = 4096;
+
+/// `command`, cut at [`SHOWN_COMMAND`] bytes (on a character boundary)
+/// with a note of its full length: what events and messages show of it.
+pub fn shown_command(command: &str) -> String {
+    if command.len() <= SHOWN_COMMAND {
+        return command.to_string();
+    }
+    let mut cut = SHOWN_COMMAND;
+    while !command.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    format!("{}… ({} bytes in all)", &command[..cut], command.len())
+}
+
 /// How a job that ran ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

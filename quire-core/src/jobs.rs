@@ -18,7 +18,7 @@ use std::collections::{HashMap, VecDeque};
 
 use serde::Serialize;
 
-use crate::event::{DeclaredJob, Event, EventKind, JobOutcome, RunOutcome};
+use crate::event::{shown_command, DeclaredJob, Event, EventKind, JobOutcome, RunOutcome};
 use crate::id::JobId;
 
 /// Where a job is in its life (docs/CI-STATE.md, "Job states").
@@ -120,6 +120,11 @@ pub enum Applied {
     Other,
 }
 
+/// The most commands a fold keeps for one run (and quire-ci's default
+/// `--max-commands`): what a run costs whoever folds it is bounded, however
+/// its stream was made. Commands past it are counted as orphans.
+pub const MAX_COMMANDS: usize = 50_000;
+
 /// The fold itself: feed it events in stream order.
 #[derive(Debug, Default)]
 pub struct Fold {
@@ -132,6 +137,8 @@ pub struct Fold {
     run_finished: Option<RunOutcome>,
     /// The jobs the pipeline declared, from its `pipeline` event.
     declared: Vec<DeclaredJob>,
+    /// Commands kept, over all jobs.
+    commands: usize,
 }
 
 impl Fold {
@@ -178,11 +185,17 @@ impl Fold {
                 job.finished_at_ms = Some(event.at_ms);
             }
             EventKind::ShStarted { cmd, .. } => {
+                if self.commands >= MAX_COMMANDS {
+                    self.orphans += 1;
+                    return Applied::Other;
+                }
+                self.commands += 1;
                 let seq = job.commands.len() as u32 + 1;
                 self.open.entry(job_id.clone()).or_default().push_back(job.commands.len());
                 job.commands.push(CommandSummary {
                     seq,
-                    cmd: cmd.clone(),
+                    // Cut as quire-ci cuts it, whoever wrote the stream.
+                    cmd: shown_command(cmd),
                     exit_code: None,
                     started_at_ms: event.at_ms,
                     finished_at_ms: None,
@@ -266,6 +279,20 @@ pub fn fold<'e>(events: impl IntoIterator<Item = &'e Event>) -> Fold {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_fold_keeps_at_most_its_budget_of_commands_each_cut_short() {
+        let job = JobId::new("j").unwrap();
+        let mut fold = Fold::new();
+        fold.apply(&Event::new(1, EventKind::JobStarted { job_id: job.clone() }));
+        let long = "x".repeat(100_000);
+        for _ in 0..MAX_COMMANDS + 3 {
+            fold.apply(&Event::new(2, EventKind::ShStarted { job_id: job.clone(), cmd: long.clone() }));
+        }
+        assert_eq!(fold.jobs()[0].commands.len(), MAX_COMMANDS);
+        assert_eq!(fold.orphans(), 3);
+        assert!(fold.jobs()[0].commands[0].cmd.len() < 5_000, "a command line is kept cut");
+    }
 
     fn job(id: &str) -> JobId {
         JobId::new(id).unwrap()

@@ -82,6 +82,8 @@ pub struct CiConfig {
     pub retention: Retention,
     /// What each repository's caches may take, MiB.
     pub cache_mb: u64,
+    /// Commands one run may start.
+    pub max_commands: u64,
 }
 
 /// Where runs' commands execute.
@@ -177,6 +179,7 @@ impl Default for Config {
                 max_parallel_jobs: std::thread::available_parallelism().map_or(1, |n| n.get() as u64),
                 retention: Retention::default(),
                 cache_mb: DEFAULT_CACHE_MB,
+                max_commands: quire_core::jobs::MAX_COMMANDS as u64,
             },
             secrets: BTreeMap::new(),
             sentry_dsn: None,
@@ -351,6 +354,9 @@ impl Reader<'_> {
                 "min-free-disk-mb" => ci.limits.min_free_disk_mb = Some(self.positive(value, key)?),
                 "max-parallel-jobs" => ci.max_parallel_jobs = self.positive(value, key)?.min(256),
                 "cache-mb" => ci.cache_mb = self.positive(value, key)?,
+                "max-commands" => {
+                    ci.max_commands = self.positive(value, key)?.min(quire_core::jobs::MAX_COMMANDS as u64)
+                }
                 "retention" => {
                     for (k, v) in self.table(value, "retention")? {
                         match k.as_str() {
@@ -380,6 +386,7 @@ impl Reader<'_> {
                             "max-parallel-jobs",
                             "retention",
                             "cache-mb",
+                            "max-commands",
                         ],
                     ))
                 }

@@ -449,6 +449,8 @@ impl Launcher {
             .arg(ci.max_parallel_jobs.to_string())
             .arg("--max-log-mb")
             .arg(limits.max_log_mb.to_string())
+            .arg("--max-commands")
+            .arg(ci.max_commands.to_string())
             .arg("--max-tmp-mb")
             .arg(limits.max_tmp_mb.to_string())
             .arg("--lua-memory-mb")

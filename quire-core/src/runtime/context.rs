@@ -69,6 +69,10 @@ pub struct RunContext {
     pub limits: Limits,
     /// Bytes of output each command's log keeps.
     pub log_cap: u64,
+    /// Commands the whole run may start; past it `sh` fails.
+    pub max_commands: u64,
+    /// Commands started so far, by every job.
+    pub commands_started: std::sync::atomic::AtomicU64,
     /// A command is killed when the workspace's file system has less free
     /// than this, in bytes.
     pub disk_floor: Option<u64>,

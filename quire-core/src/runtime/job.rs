@@ -19,6 +19,7 @@ use super::recorder::Recorder;
 use super::redact::Redactor;
 use super::sh;
 use crate::clock::format_duration_ms;
+use crate::event::shown_command;
 use crate::event::EventKind;
 use crate::id::JobId;
 use crate::lua::limits;
@@ -171,7 +172,7 @@ impl JobRun<'_> {
             return Ok(());
         }
         let line: Vec<String> = args.iter().map(|v| v.to_string().unwrap_or_else(|_| "?".into())).collect();
-        let text = shown(&self.redactor.redact(&line.join("\t")));
+        let text = shown_command(&self.redactor.redact(&line.join("\t")));
         self.printed.set(printed + text.len());
         let text = if printed + text.len() > PRINT_BUDGET {
             format!(
@@ -191,9 +192,18 @@ impl JobRun<'_> {
             sh::resolve_cwd(&self.ctx.workspace, request.cwd.as_deref()).map_err(mlua::Error::runtime)?;
         // What events, logs and messages show of the command: bounded, so a
         // huge command line cannot flood the event stream.
-        let display = shown(&self.redactor.redact(&request.program.display()));
+        let display = shown_command(&self.redactor.redact(&request.program.display()));
         if let Some(reason) = sh::disk_below_floor(&self.ctx.workspace, self.ctx.disk_floor) {
             return Err(mlua::Error::runtime(format!("sh: not started: {reason}")));
+        }
+        // Every command is events, a log and a row: a run that loops on
+        // `sh` is stopped here, not when something downstream runs out.
+        let started = self.ctx.commands_started.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if started >= self.ctx.max_commands {
+            return Err(mlua::Error::runtime(format!(
+                "sh: not started: this run has started {} commands, its limit (--max-commands, :ci {{:max-commands}})",
+                self.ctx.max_commands
+            )));
         }
         let number = self.commands.get() + 1;
         self.commands.set(number);
@@ -302,22 +312,6 @@ impl JobRun<'_> {
 
 /// What a job's `print`s may show in all.
 const PRINT_BUDGET: usize = 1024 * 1024;
-
-/// The longest command line events and messages show.
-const SHOWN_COMMAND: usize = 4096;
-
-/// `command`, cut at [`SHOWN_COMMAND`] bytes (on a character boundary)
-/// with a note of its full length.
-fn shown(command: &str) -> String {
-    if command.len() <= SHOWN_COMMAND {
-        return command.to_string();
-    }
-    let mut cut = SHOWN_COMMAND;
-    while !command.is_char_boundary(cut) {
-        cut -= 1;
-    }
-    format!("{}… ({} bytes in all)", &command[..cut], command.len())
-}
 
 /// The one string argument of a runtime function, or an error saying what
 /// `function` expected.
