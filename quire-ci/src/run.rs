@@ -122,7 +122,7 @@ fn run_inner(args: RunArgs) -> Result<(), Fatal> {
         .canonicalize()
         .map_err(|e| Fatal::usage(format!("workspace {}: {e}", args.workspace.display())))?;
     let server = Server::from_env();
-    let cache = Cache::open(args.cache_dir.as_deref())?;
+    let mut cache = Cache::open(args.cache_dir.as_deref())?;
     let sandbox = match args.sandbox {
         SandboxChoice::None => Sandbox::None,
         SandboxChoice::Bwrap { network, hide, tmp_size } => {
@@ -133,13 +133,28 @@ fn run_inner(args: RunArgs) -> Result<(), Fatal> {
             // to `nobody`; a local checkout is the user's and is never
             // changed.
             let run_as = if server.is_some() { RunAs::Nobody } else { RunAs::WorkspaceOwner };
-            let bwrap = Bwrap::new(program, network, hide, run_as, &workspace, Some(cache.path()), tmp_size)
-                .map_err(|e| {
-                    Fatal::failed(format!(
-                        "cannot prepare the workspace {} for the sandbox: {e}",
-                        workspace.display()
-                    ))
-                })?;
+            let prepare = |cache: &Path| {
+                Bwrap::new(program.clone(), network, hide.clone(), run_as, &workspace, Some(cache), tmp_size)
+            };
+            let bwrap = match prepare(cache.path()) {
+                Ok(bwrap) => bwrap,
+                // A cache a pipeline left unusable (too deep to hand over,
+                // say) must not stop every later run: start from an empty
+                // one; the workspace itself must be usable.
+                Err(e) => {
+                    eprintln!(
+                        "quire-ci: warning: the cache {} cannot be used ({e}); this run gets an empty one",
+                        cache.path().display()
+                    );
+                    cache = Cache::open(None)?;
+                    prepare(cache.path()).map_err(|e| {
+                        Fatal::failed(format!(
+                            "cannot prepare the workspace {} for the sandbox: {e}",
+                            workspace.display()
+                        ))
+                    })?
+                }
+            };
             Sandbox::Bwrap(bwrap)
         }
     };

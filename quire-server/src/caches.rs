@@ -3,11 +3,15 @@
 //! ref's runs. A ref's first run starts from a copy of the default branch's
 //! cache (copy-on-write where the file system allows), so a branch never
 //! changes what the default branch sees; a run of a ref whose cache another
-//! run holds gets a private copy, dropped when it ends. `:ci {:cache-mb N}`
-//! caps each repository's caches, least recently used refs evicted first.
-//! Which runs hold which cache is the launcher's; this module only lays the
-//! directories out, copies, measures and removes them, never following a
-//! symlink a pipeline left in a cache.
+//! run holds gets an empty private one, dropped when it ends. A cache that
+//! a run holds is never copied: the run could be changing it under the
+//! copy (swapping a directory for a symlink to the host, say).
+//! `:ci {:cache-mb N}` caps each repository's caches, least recently used
+//! refs evicted first; a cache that cannot be measured (too many entries,
+//! an unreadable directory) counts as over the cap. Which runs hold which
+//! cache is the launcher's; this module only lays the directories out,
+//! copies, measures and removes them, never following a symlink a pipeline
+//! left in a cache.
 
 use std::fs;
 use std::io;
@@ -82,15 +86,23 @@ pub fn default_ref(root: &DataRoot, repo: &RepoName) -> String {
 }
 
 /// Makes the ref's cache ready: there already, else a copy of the default
-/// branch's, else empty. Marks it used now.
-pub fn prepare(root: &DataRoot, repo: &RepoName, ref_name: &str) -> io::Result<PathBuf> {
+/// branch's when `may_copy_default` (no run holds it) and it fits under
+/// `cap_bytes`, else empty. Marks it used now.
+pub fn prepare(
+    root: &DataRoot,
+    repo: &RepoName,
+    ref_name: &str,
+    may_copy_default: bool,
+    cap_bytes: u64,
+) -> io::Result<PathBuf> {
     let dir = ref_dir(root, repo, ref_name);
     if !dir.is_dir() {
         fs::create_dir_all(repo_dir(root, repo))?;
         let default = ref_dir(root, repo, &default_ref(root, repo));
-        if default != dir && default.is_dir() {
-            copy_tree(&default, &dir)?;
-        } else {
+        let copy = may_copy_default && default != dir && default.is_dir() && size_of(&default) <= cap_bytes;
+        if !copy || copy_tree(&default, &dir).is_err() {
+            // A failed copy leaves nothing half made: start empty.
+            let _ = fs::remove_dir_all(&dir);
             fs::create_dir(&dir)?;
         }
     }
@@ -98,15 +110,11 @@ pub fn prepare(root: &DataRoot, repo: &RepoName, ref_name: &str) -> io::Result<P
     Ok(dir)
 }
 
-/// A private copy of the ref's cache (or of the default branch's, or an
-/// empty one) at `into`, for a run whose ref cache another run holds.
-pub fn private_copy(root: &DataRoot, repo: &RepoName, ref_name: &str, into: &Path) -> io::Result<PathBuf> {
-    let own = ref_dir(root, repo, ref_name);
-    let default = ref_dir(root, repo, &default_ref(root, repo));
-    match [own, default].into_iter().find(|d| d.is_dir()) {
-        Some(source) => copy_tree(&source, into)?,
-        None => fs::create_dir_all(into)?,
-    }
+/// An empty private cache at `into`, for a run whose ref cache another run
+/// holds (or whose cache could not be made).
+pub fn private_empty(into: &Path) -> io::Result<PathBuf> {
+    let _ = fs::remove_dir_all(into);
+    fs::create_dir_all(into)?;
     Ok(into.to_path_buf())
 }
 
@@ -144,18 +152,36 @@ fn last_used(dir: &Path) -> Option<i64> {
     fs::read_to_string(stamp(dir)).ok()?.trim().parse().ok()
 }
 
-/// Bytes of the regular files below `dir`, symlinks not followed.
+/// Entries a cache is measured through at most; one with more counts as
+/// over any cap.
+const MAX_ENTRIES: usize = 200_000;
+
+/// What `dir` takes on disk (allocated blocks, so directories and sparse
+/// files count for what they really use), symlinks not followed. A tree
+/// that cannot be walked whole (more than [`MAX_ENTRIES`] entries, an
+/// entry that cannot be read) is `u64::MAX`: over every cap.
 fn size_of(dir: &Path) -> u64 {
-    let mut total = 0;
+    size_within(dir, MAX_ENTRIES)
+}
+
+/// [`size_of`], walking at most `max_entries`.
+fn size_within(dir: &Path, max_entries: usize) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    let mut total: u64 = 0;
+    let mut entries = 0;
     let mut stack = vec![dir.to_path_buf()];
     while let Some(at) = stack.pop() {
-        let Ok(entries) = fs::read_dir(&at) else { continue };
-        for entry in entries.flatten() {
-            let Ok(meta) = entry.path().symlink_metadata() else { continue };
+        let Ok(listing) = fs::read_dir(&at) else { return u64::MAX };
+        for entry in listing {
+            entries += 1;
+            let Ok(entry) = entry else { return u64::MAX };
+            let Ok(meta) = entry.path().symlink_metadata() else { return u64::MAX };
+            if entries > max_entries {
+                return u64::MAX;
+            }
+            total = total.saturating_add(meta.blocks().saturating_mul(512));
             if meta.is_dir() {
                 stack.push(entry.path());
-            } else if meta.is_file() {
-                total += meta.len();
             }
         }
     }
@@ -271,6 +297,42 @@ mod tests {
     }
 
     #[test]
+    fn a_symlink_in_mains_cache_is_copied_as_a_symlink_never_followed() {
+        let (_dir, root, repo) = root();
+        let main = prepare(&root, &repo, "refs/heads/main", true, u64::MAX).unwrap();
+        std::os::unix::fs::symlink("/etc", main.join("etc")).unwrap();
+        std::os::unix::fs::symlink("/etc/passwd", main.join("passwd")).unwrap();
+        let topic = prepare(&root, &repo, "refs/heads/topic", true, u64::MAX).unwrap();
+        for name in ["etc", "passwd"] {
+            let meta = topic.join(name).symlink_metadata().unwrap();
+            assert!(meta.file_type().is_symlink(), "{name} stays a link");
+        }
+        assert!(size_of(&topic) < 64 * 1024, "the links' targets are not counted");
+        clear(&root, &repo, None).unwrap();
+        assert!(Path::new("/etc/passwd").exists(), "removing a cache never follows its links");
+    }
+
+    #[test]
+    fn a_cache_too_big_to_measure_counts_as_over_every_cap() {
+        let (_dir, root, repo) = root();
+        let dir = prepare(&root, &repo, "refs/heads/many", true, u64::MAX).unwrap();
+        fs::create_dir(dir.join("d")).unwrap();
+        for i in 0..50 {
+            fs::write(dir.join("d").join(format!("f{i}")), "").unwrap();
+        }
+        assert!(size_within(&dir, 100) < u64::MAX);
+        assert_eq!(size_within(&dir, 40), u64::MAX, "past the entry budget");
+        // An unreadable directory cannot be measured either (as root it
+        // can still be read, so only the mode is tried here).
+        let locked = dir.join("locked");
+        fs::create_dir(&locked).unwrap();
+        fs::set_permissions(&locked, std::os::unix::fs::PermissionsExt::from_mode(0o000)).unwrap();
+        let readable = fs::read_dir(&locked).is_ok();
+        assert_eq!(size_within(&dir, 100) == u64::MAX, !readable);
+        fs::set_permissions(&locked, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    }
+
+    #[test]
     fn refs_encode_to_one_component_and_back() {
         for name in ["refs/heads/main", "refs/heads/a-b", "refs/heads/a/b", "refs/tags/v1.0", "refs/heads/é%"]
         {
@@ -284,8 +346,8 @@ mod tests {
     #[test]
     fn a_branch_named_like_a_stamp_does_not_break_its_namesake() {
         let (_dir, root, repo) = root();
-        prepare(&root, &repo, "refs/heads/x.used").unwrap();
-        let x = prepare(&root, &repo, "refs/heads/x").unwrap();
+        prepare(&root, &repo, "refs/heads/x.used", true, u64::MAX).unwrap();
+        let x = prepare(&root, &repo, "refs/heads/x", true, u64::MAX).unwrap();
         assert!(last_used(&x).is_some());
         let refs: Vec<String> = list(&root, Some(&repo)).unwrap().into_iter().map(|c| c.ref_name).collect();
         assert_eq!(refs, ["refs/heads/x", "refs/heads/x.used"]);
@@ -294,28 +356,35 @@ mod tests {
     #[test]
     fn a_branch_starts_from_a_copy_of_main_and_never_writes_back() {
         let (_dir, root, repo) = root();
-        let main = prepare(&root, &repo, "refs/heads/main").unwrap();
+        let main = prepare(&root, &repo, "refs/heads/main", true, u64::MAX).unwrap();
         fs::write(main.join("from-main"), "m").unwrap();
-        let topic = prepare(&root, &repo, "refs/heads/topic").unwrap();
+        let topic = prepare(&root, &repo, "refs/heads/topic", true, u64::MAX).unwrap();
         assert_eq!(fs::read_to_string(topic.join("from-main")).unwrap(), "m");
         fs::write(topic.join("from-topic"), "t").unwrap();
         assert!(!main.join("from-topic").exists());
-        let private = private_copy(&root, &repo, "refs/heads/main", &root.path().join("private")).unwrap();
-        fs::write(private.join("scratch"), "p").unwrap();
-        assert!(!main.join("scratch").exists());
+        // While main's cache is held, a new branch starts empty: a held
+        // cache is never copied.
+        let held = prepare(&root, &repo, "refs/heads/other", false, u64::MAX).unwrap();
+        assert!(!held.join("from-main").exists());
+        // Nor is one over the cap.
+        let big = prepare(&root, &repo, "refs/heads/big", true, 1).unwrap();
+        assert!(!big.join("from-main").exists());
+        let private = private_empty(&root.path().join("private")).unwrap();
+        assert_eq!(fs::read_dir(&private).unwrap().count(), 0);
     }
 
     #[test]
     fn eviction_drops_the_least_recently_used_first_and_spares_held_ones() {
         let (_dir, root, repo) = root();
         for (name, used) in [("refs/heads/old", 1), ("refs/heads/mid", 2), ("refs/heads/new", 3)] {
-            let dir = prepare(&root, &repo, name).unwrap();
-            fs::write(dir.join("blob"), vec![0u8; 1000]).unwrap();
+            let dir = prepare(&root, &repo, name, false, u64::MAX).unwrap();
+            fs::write(dir.join("blob"), vec![1u8; 10_000]).unwrap();
             fs::write(stamp(&dir), used.to_string()).unwrap();
         }
         // A symlink out of the cache counts for nothing and is not followed.
         std::os::unix::fs::symlink("/etc", ref_dir(&root, &repo, "refs/heads/new").join("etc")).unwrap();
-        let evicted = evict(&root, &repo, 1500, &["refs/heads/old".to_string()]).unwrap();
+        let one = list(&root, Some(&repo)).unwrap()[0].bytes;
+        let evicted = evict(&root, &repo, one + one / 2, &["refs/heads/old".to_string()]).unwrap();
         let gone: Vec<&str> = evicted.iter().map(|c| c.ref_name.as_str()).collect();
         assert_eq!(gone, ["refs/heads/mid", "refs/heads/new"], "old is held; mid then new go");
         assert!(Path::new("/etc/passwd").exists());

@@ -60,7 +60,7 @@ struct ExecutorSettings {
     token: String,
     /// The size of the file system runs are written to, for the disk floor.
     fs_size_mb: u64,
-    cache_dir: Option<PathBuf>,
+    cache_dir: PathBuf,
 }
 
 /// The cache a run holds.
@@ -341,8 +341,7 @@ impl Launcher {
         let fs_size_mb =
             tokio::task::spawn_blocking(move || file_system_size_mb(&runs_dir)).await.unwrap_or(u64::MAX);
         let cache = self.take_cache(&repo, &run.ref_name, &run_dir).await;
-        let settings =
-            ExecutorSettings { token, fs_size_mb, cache_dir: cache.as_ref().map(|c| c.path.clone()) };
+        let settings = ExecutorSettings { token, fs_size_mb, cache_dir: cache.path.clone() };
         match self.spawn(id, &repo, &run_dir, &workspace, &settings) {
             Ok(child) => {
                 let launcher = self.clone();
@@ -361,23 +360,35 @@ impl Launcher {
     }
 
     /// The cache a run of `ref_name` gets: the ref's own when no other run
-    /// holds it, else a private copy in the run's directory. `None` (the
-    /// run then gets an empty temporary one) when it cannot be made.
-    async fn take_cache(&self, repo: &RepoName, ref_name: &str, run_dir: &RunDir) -> Option<RunCache> {
+    /// holds it (a new ref's starts from the default branch's unless a run
+    /// holds that one), else an empty private one in the run's directory;
+    /// an empty private one too when the ref's cannot be made.
+    async fn take_cache(&self, repo: &RepoName, ref_name: &str, run_dir: &RunDir) -> RunCache {
+        let default = {
+            let (root, repo) = (self.inner.root.clone(), repo.clone());
+            tokio::task::spawn_blocking(move || caches::default_ref(&root, &repo))
+                .await
+                .unwrap_or_else(|_| "refs/heads/main".to_string())
+        };
         let key = (repo.clone(), ref_name.to_string());
-        let shared = self.inner.caches_held.lock().expect("caches lock").insert(key.clone());
+        let (shared, default_held) = {
+            let mut held = self.inner.caches_held.lock().expect("caches lock");
+            let shared = held.insert(key.clone());
+            (shared, held.contains(&(repo.clone(), default)))
+        };
         let (root, repo_owned, ref_owned) = (self.inner.root.clone(), repo.clone(), ref_name.to_string());
         let private_path = run_dir.path().join("cache");
+        let cap = self.inner.config.ci.cache_mb.saturating_mul(1024 * 1024);
         let made = tokio::task::spawn_blocking(move || {
             if shared {
-                caches::prepare(&root, &repo_owned, &ref_owned)
+                caches::prepare(&root, &repo_owned, &ref_owned, !default_held, cap)
             } else {
-                caches::private_copy(&root, &repo_owned, &ref_owned, &private_path)
+                caches::private_empty(&private_path)
             }
         })
         .await;
         match made {
-            Ok(Ok(path)) => Some(RunCache { ref_name: ref_name.to_string(), path, shared }),
+            Ok(Ok(path)) => RunCache { ref_name: ref_name.to_string(), path, shared },
             failed => {
                 let error = failed
                     .map_or_else(|e| e.to_string(), |r| r.err().map(|e| e.to_string()).unwrap_or_default());
@@ -385,16 +396,21 @@ impl Launcher {
                 if shared {
                     self.inner.caches_held.lock().expect("caches lock").remove(&key);
                 }
-                None
+                let private_path = run_dir.path().join("cache");
+                let _ = tokio::task::spawn_blocking({
+                    let private_path = private_path.clone();
+                    move || caches::private_empty(&private_path)
+                })
+                .await;
+                RunCache { ref_name: ref_name.to_string(), path: private_path, shared: false }
             }
         }
     }
 
     /// Gives a run's cache back: a shared one is released and the
     /// repository's caches are brought under `:ci {:cache-mb}`; a private
-    /// copy is removed.
-    async fn release_cache(&self, repo: &RepoName, cache: Option<RunCache>) {
-        let Some(cache) = cache else { return };
+    /// one is removed.
+    async fn release_cache(&self, repo: &RepoName, cache: RunCache) {
         if cache.shared {
             self.inner
                 .caches_held
@@ -415,7 +431,9 @@ impl Launcher {
         let cap = self.inner.config.ci.cache_mb.saturating_mul(1024 * 1024);
         let done = tokio::task::spawn_blocking(move || {
             if !cache.shared {
-                std::fs::remove_dir_all(&cache.path)?;
+                if let Err(e) = std::fs::remove_dir_all(&cache.path) {
+                    tracing::warn!(error = %e, "cannot remove a run's private cache");
+                }
             }
             caches::evict(&root, &repo, cap, &held)
         })
@@ -501,9 +519,7 @@ impl Launcher {
         if let Some(dsn) = &self.inner.config.sentry_dsn {
             command.env("QUIRE__SENTRY_DSN", dsn);
         }
-        if let Some(cache) = &settings.cache_dir {
-            command.arg("--cache-dir").arg(cache);
-        }
+        command.arg("--cache-dir").arg(&settings.cache_dir);
         self.sandbox_arguments(&mut command, repo, settings.fs_size_mb);
         // SAFETY: only calls prctl, which is async-signal-safe.
         unsafe {

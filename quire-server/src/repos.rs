@@ -120,8 +120,15 @@ pub fn commit_summary(bare: &Path, sha: &str) -> CommitSummary {
     let Some(out) = out.ok().filter(|o| o.status.success()) else { return CommitSummary::default() };
     let text = String::from_utf8_lossy(&out.stdout);
     let mut parts = text.trim_end_matches('\n').splitn(2, '\0');
+    // Control characters and the invisible ones that reorder or hide text
+    // (bidi overrides, zero-width marks) go: a pusher must not be able to
+    // make a subject look like another.
+    let shown = |c: &char| {
+        !c.is_control()
+            && !matches!(c, '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}' | '\u{FEFF}')
+    };
     let clean = |s: Option<&str>| {
-        let s: String = s?.chars().filter(|c| !c.is_control()).take(200).collect();
+        let s: String = s?.chars().filter(shown).take(200).collect();
         (!s.trim().is_empty()).then_some(s)
     };
     CommitSummary { subject: clean(parts.next()), author: clean(parts.next()) }

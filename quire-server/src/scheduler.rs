@@ -96,7 +96,9 @@ async fn fire(schedule: &Schedule, tick: i64, launcher: &Launcher, pool: &Pool, 
                     tracing::info!(run = %id, repo = %schedule.repo, cron = %schedule.pattern, "scheduled run queued")
                 }
                 Err(e) => {
-                    tracing::error!(repo = %schedule.repo, cron = %schedule.pattern, error = %e, "cannot queue a scheduled run")
+                    // Not recorded: the next start fires it as missed.
+                    tracing::error!(repo = %schedule.repo, cron = %schedule.pattern, error = %e, "cannot queue a scheduled run");
+                    return;
                 }
             }
         }

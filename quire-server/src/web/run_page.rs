@@ -261,12 +261,14 @@ fn render_log(path: &Path, job: &JobId, file: LogFile, budget: &mut Budget) -> M
 /// The run's job graph: the declared jobs, each in its state so far.
 fn job_graph(view: &LoadedRun) -> Markup {
     let live = !view.run.state.is_finished();
+    let states: std::collections::HashMap<&JobId, &str> =
+        view.jobs.iter().map(|job| (&job.job_id, job.state.as_str())).collect();
     let nodes: Vec<graph::Node<'_>> = view
         .declared
         .iter()
         .map(|declared| {
-            let state = match view.jobs.iter().find(|j| j.job_id == declared.job_id) {
-                Some(job) => job.state.as_str(),
+            let state = match states.get(&declared.job_id) {
+                Some(state) => state,
                 None if live => "pending",
                 None => "not-run",
             };
