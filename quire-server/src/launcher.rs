@@ -63,6 +63,25 @@ struct ExecutorSettings {
     cache_dir: PathBuf,
 }
 
+/// Marks a held ref cache free when dropped early (the run's task
+/// panicked); disarmed (`shared` false) once the cache is given back in
+/// order.
+struct HeldCache {
+    launcher: Launcher,
+    key: (RepoName, String),
+    shared: bool,
+}
+
+impl Drop for HeldCache {
+    fn drop(&mut self) {
+        if self.shared {
+            if let Ok(mut held) = self.launcher.inner.caches_held.lock() {
+                held.remove(&self.key);
+            }
+        }
+    }
+}
+
 /// The cache a run holds.
 struct RunCache {
     ref_name: String,
@@ -346,7 +365,17 @@ impl Launcher {
             Ok(child) => {
                 let launcher = self.clone();
                 tokio::spawn(async move {
+                    // Should supervising panic, the ref's cache is not left
+                    // marked held until a restart.
+                    let mut held = HeldCache {
+                        launcher: launcher.clone(),
+                        key: (repo.clone(), cache.ref_name.clone()),
+                        shared: cache.shared,
+                    };
                     launcher.supervise(id, repo.clone(), run_dir, workspace, child).await;
+                    // Given back below, in order; the guard must not free
+                    // the ref again once a later run may hold it.
+                    held.shared = false;
                     launcher.release_cache(&repo, cache).await;
                 });
             }

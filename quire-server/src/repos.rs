@@ -113,7 +113,9 @@ pub fn commit_summary(bare: &Path, sha: &str) -> CommitSummary {
     let out = Command::new("git")
         .arg("--git-dir")
         .arg(bare)
-        .args(["log", "-1", "--no-show-signature", "--format=%s%x00%an", sha, "--"])
+        // git cuts both to 200 columns itself, so a huge subject is never
+        // read whole here (it pads them to 200; the padding is trimmed).
+        .args(["log", "-1", "--no-show-signature", "--format=%<(200,trunc)%s%x00%<(200,trunc)%an", sha, "--"])
         .stdin(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .output();
@@ -129,6 +131,7 @@ pub fn commit_summary(bare: &Path, sha: &str) -> CommitSummary {
     };
     let clean = |s: Option<&str>| {
         let s: String = s?.chars().filter(shown).take(200).collect();
+        let s = s.trim_end().to_string();
         (!s.trim().is_empty()).then_some(s)
     };
     CommitSummary { subject: clean(parts.next()), author: clean(parts.next()) }
