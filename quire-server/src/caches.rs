@@ -20,6 +20,7 @@ use std::process::{Command, Stdio};
 
 use quire_core::id::RepoName;
 
+use crate::repos;
 use crate::root::DataRoot;
 
 /// One ref's cache as `quire ci cache list` shows it.
@@ -193,7 +194,7 @@ pub fn list(root: &DataRoot, repo: Option<&RepoName>) -> io::Result<Vec<CacheInf
     let base = root.path().join("cache");
     let repos: Vec<RepoName> = match repo {
         Some(repo) => vec![repo.clone()],
-        None => repo_names(&base),
+        None => repos::names_under(&base)?,
     };
     let mut out = Vec::new();
     for repo in repos {
@@ -215,25 +216,6 @@ pub fn list(root: &DataRoot, repo: Option<&RepoName>) -> io::Result<Vec<CacheInf
     }
     out.sort_by(|a, b| (&a.repo, &a.ref_name).cmp(&(&b.repo, &b.ref_name)));
     Ok(out)
-}
-
-/// Repository names with caches: `name.git` and `group/name.git`.
-fn repo_names(base: &Path) -> Vec<RepoName> {
-    let mut names = Vec::new();
-    for entry in fs::read_dir(base).into_iter().flatten().flatten() {
-        let name = entry.file_name().to_string_lossy().into_owned();
-        match name.parse::<RepoName>() {
-            Ok(repo) => names.push(repo),
-            Err(_) => {
-                for inner in fs::read_dir(entry.path()).into_iter().flatten().flatten() {
-                    if let Ok(repo) = format!("{name}/{}", inner.file_name().to_string_lossy()).parse() {
-                        names.push(repo);
-                    }
-                }
-            }
-        }
-    }
-    names
 }
 
 /// Removes one ref's cache, or all of a repository's; what was removed.

@@ -73,10 +73,17 @@ fn shell_quote(s: &str) -> String {
 /// Every hosted repository, sorted.
 pub fn list(root: &DataRoot) -> Result<Vec<RepoName>, RepoError> {
     let base = root.repos_dir();
+    names_under(&base).map_err(io("cannot read", &base))
+}
+
+/// The repository names laid out below `base` (`name.git` and
+/// `group/name.git` directories), sorted; none when `base` does not exist.
+/// The data root keeps repositories and their caches this way.
+pub fn names_under(base: &Path) -> std::io::Result<Vec<RepoName>> {
     let mut names = Vec::new();
-    let Ok(entries) = fs::read_dir(&base) else { return Ok(names) };
+    let Ok(entries) = fs::read_dir(base) else { return Ok(names) };
     for entry in entries {
-        let entry = entry.map_err(io("cannot read", &base))?;
+        let entry = entry?;
         let file_name = entry.file_name().to_string_lossy().into_owned();
         // The entry's own type (no extra stat per repository on every page
         // that lists them); only a symlink is followed.

@@ -6,8 +6,6 @@
 //! are UTC. Parsing the pattern is croner's; firing is `scheduler`'s; what
 //! a scheduled run runs is the pipeline's (`:quire/schedule`).
 
-use std::str::FromStr;
-
 use croner::parser::{CronParser, Seconds, Year};
 use croner::Cron;
 use jiff::tz::TimeZone;
@@ -58,19 +56,6 @@ impl Schedule {
     }
 }
 
-impl FromStr for Schedule {
-    type Err = String;
-
-    /// `repo ref pattern…`, for tests and messages.
-    fn from_str(s: &str) -> Result<Schedule, String> {
-        let mut parts = s.splitn(3, ' ');
-        let (Some(repo), Some(ref_name), Some(pattern)) = (parts.next(), parts.next(), parts.next()) else {
-            return Err(format!("expected `repo ref pattern`, got {s:?}"));
-        };
-        Schedule::new(repo.parse().map_err(|e| format!("{e}"))?, ref_name.to_string(), pattern)
-    }
-}
-
 /// When the schedule last fired, if it ever did.
 fn last_fired(conn: &Connection, schedule: &Schedule) -> rusqlite::Result<Option<i64>> {
     conn.query_row(
@@ -107,8 +92,11 @@ pub fn missed_at_start(conn: &Connection, schedule: &Schedule, now: i64) -> rusq
 mod tests {
     use super::*;
 
+    /// `repo ref pattern…`.
     fn schedule(text: &str) -> Schedule {
-        text.parse().unwrap()
+        let mut parts = text.splitn(3, ' ');
+        let (repo, ref_name, pattern) = (parts.next().unwrap(), parts.next().unwrap(), parts.next().unwrap());
+        Schedule::new(repo.parse().unwrap(), ref_name.to_string(), pattern).unwrap()
     }
 
     #[test]
