@@ -10,10 +10,13 @@
 //! ```
 //!
 //! This is the only place those names are joined; the runtime writes
-//! through it, the server reads through it. Where the directory itself
+//! through it, the server reads through it ([`RunDir::open`], which never
+//! follows a symlink inside the directory). Where the directory itself
 //! lives (the server's data root, `--out-dir`) is the caller's business.
 
 use std::fmt;
+use std::fs::File;
+use std::io;
 use std::path::{Path, PathBuf};
 
 use crate::id::JobId;
@@ -54,6 +57,35 @@ impl RunDir {
         RunDir { path: path.into() }
     }
 
+    /// Opens a file of this directory for reading, refusing any symlink
+    /// below the directory itself: the server reads (and serves) what the
+    /// executor wrote there, and an executor that has been taken over must
+    /// not make it read a host file through `jobs/b -> /etc` or
+    /// `sh-1.log -> /etc/shadow`.
+    pub fn open(&self, path: &Path) -> io::Result<File> {
+        use rustix::fs::{Mode, OFlags, ResolveFlags};
+        let inside = path
+            .strip_prefix(&self.path)
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "not a path of this run directory"))?;
+        let dir = File::open(&self.path)?;
+        let flags = OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NOCTTY;
+        let opened = rustix::fs::openat2(
+            &dir,
+            inside,
+            flags,
+            Mode::empty(),
+            ResolveFlags::NO_SYMLINKS | ResolveFlags::BENEATH,
+        );
+        let fd = match opened {
+            // Kernels before 5.6: at least the file itself is no symlink.
+            Err(rustix::io::Errno::NOSYS) => {
+                rustix::fs::openat(&dir, inside, flags | OFlags::NOFOLLOW, Mode::empty())?
+            }
+            other => other?,
+        };
+        Ok(File::from(fd))
+    }
+
     pub fn path(&self) -> &Path {
         &self.path
     }
@@ -83,6 +115,27 @@ impl RunDir {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn opening_never_follows_a_symlink_inside_the_run_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let run = RunDir::new(dir.path());
+        let job = JobId::new("b").unwrap();
+        std::fs::create_dir_all(run.job_dir(&job)).unwrap();
+        std::fs::write(run.log(&job, LogFile::Command(1)), "fine\n").unwrap();
+        assert!(run.open(&run.log(&job, LogFile::Command(1))).is_ok());
+
+        let secret = dir.path().join("outside-secret");
+        std::fs::write(&secret, "host file").unwrap();
+        std::os::unix::fs::symlink(&secret, run.log(&job, LogFile::Command(2))).unwrap();
+        assert!(run.open(&run.log(&job, LogFile::Command(2))).is_err(), "a symlinked log");
+        let evil = JobId::new("evil").unwrap();
+        std::os::unix::fs::symlink(dir.path().join("elsewhere"), run.job_dir(&evil)).unwrap();
+        std::fs::create_dir_all(dir.path().join("elsewhere")).unwrap();
+        std::fs::write(dir.path().join("elsewhere/sh-1.log"), "host file").unwrap();
+        assert!(run.open(&run.log(&evil, LogFile::Command(1))).is_err(), "a symlinked job directory");
+        assert!(run.open(Path::new("/etc/passwd")).is_err(), "only paths of the directory");
+    }
 
     #[test]
     fn paths_follow_the_spec_layout() {

@@ -366,3 +366,40 @@ fn the_configured_tmp_cap_fails_a_command_filling_tmp() {
     assert_ne!(codes[0], 0, "{}", log(&root, "app.git", &run, "fill", "sh-1.log"));
     assert_eq!(job_state(&root, &run, "after").as_deref(), Some("complete"));
 }
+
+/// An executor that was taken over (a Lua escape in quire-ci) could leave
+/// symlinks in the run directory it writes. The server never reads through
+/// them: the raw log, the run page and the live stream all refuse a
+/// symlinked log or job directory, so no host file is served.
+#[test]
+fn symlinks_left_in_a_run_directory_never_make_the_server_serve_host_files() {
+    let root = Root::new();
+    let server = root.serve();
+    let (run, finished) = push_and_finish(
+        &root,
+        "app.git",
+        "(local ci (require :quire.ci))\n(ci.job :a [:quire/push] (fn [{: sh}] (sh \"echo one\") (sh \"echo two\")))\n",
+    );
+    assert_eq!(finished.0, "complete", "{}", root.server_log());
+    let canary = root.path().join("host-canary.txt");
+    std::fs::write(&canary, "2026-11-22T10:00:00.000000001Z stdout F host-canary-91f3\n").unwrap();
+    let dir = run_dir(&root, "app.git", &run);
+    // The log itself a link, and a whole job directory a link.
+    let log = dir.join("jobs/a/sh-1.log");
+    std::fs::remove_file(&log).unwrap();
+    std::os::unix::fs::symlink(&canary, &log).unwrap();
+    let elsewhere = root.path().join("elsewhere");
+    std::fs::create_dir_all(&elsewhere).unwrap();
+    std::fs::copy(&canary, elsewhere.join("sh-2.log")).unwrap();
+    std::fs::rename(dir.join("jobs/a"), root.path().join("moved-job")).unwrap();
+    std::fs::create_dir_all(dir.join("jobs")).unwrap();
+    std::os::unix::fs::symlink(&elsewhere, dir.join("jobs/a")).unwrap();
+
+    for path in [format!("/runs/{run}/logs/a/1"), format!("/runs/{run}/logs/a/2"), format!("/runs/{run}")] {
+        let (status, body) = common::get(&format!("{}{path}", server.url));
+        assert!(!body.contains("host-canary-91f3"), "{path} served a host file ({status}):\n{body}");
+    }
+    let (_, events) = common::get(&format!("{}/api/runs/{run}/events", server.url));
+    assert!(events.contains("event: end"), "{events}");
+    assert!(!events.contains("host-canary-91f3"), "the live stream read through a link:\n{events}");
+}

@@ -6,7 +6,6 @@
 //! very end ([`Follower::drain`]), when the run is over and a last line
 //! without a newline is all there will ever be.
 
-use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
 use std::path::Path;
 
@@ -54,8 +53,8 @@ struct Tail {
 impl Tail {
     /// New pieces since the last call. With `to_end`, a last line without
     /// its newline counts too.
-    fn read(&mut self, path: &Path, to_end: bool) -> Vec<Piece> {
-        let Ok(mut file) = File::open(path) else { return Vec::new() };
+    fn read(&mut self, dir: &RunDir, path: &Path, to_end: bool) -> Vec<Piece> {
+        let Ok(mut file) = dir.open(path) else { return Vec::new() };
         if file.seek(SeekFrom::Start(self.offset)).is_err() {
             return Vec::new();
         }
@@ -155,7 +154,7 @@ impl Follower {
     fn read(&mut self, to_end: bool) -> Polled {
         let mut out = Vec::new();
         let before = self.events.offset;
-        for piece in self.events.read(&self.dir.events(), to_end) {
+        for piece in self.events.read(&self.dir, &self.dir.events(), to_end) {
             // An overlong or undecodable line is no event: the page would
             // not know what to do with it.
             let Piece::Line(line) = piece else { continue };
@@ -169,8 +168,11 @@ impl Follower {
         while index < self.logs.len() && read < POLL_BUDGET {
             let followed = &mut self.logs[index];
             let before = followed.tail.offset;
-            let pieces =
-                followed.tail.read(&self.dir.log(&followed.job, followed.file), to_end || followed.done);
+            let pieces = followed.tail.read(
+                &self.dir,
+                &self.dir.log(&followed.job, followed.file),
+                to_end || followed.done,
+            );
             let advanced = followed.tail.offset - before;
             read += advanced;
             progressed |= advanced > 0;
@@ -259,6 +261,7 @@ fn log_item(job: &JobId, file: LogFile, piece: Piece) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs::File;
     use std::io::Write;
 
     fn text(item: &Item) -> &str {

@@ -40,8 +40,9 @@ pub async fn raw_log(
         Err(e) => return error_page(e),
     };
     let file = if n == 0 { LogFile::Job } else { LogFile::Command(n) };
-    let path = root.run_dir(&run.repo, id).log(&job, file);
-    match web::block(move || File::open(path)).await {
+    let dir = root.run_dir(&run.repo, id);
+    let path = dir.log(&job, file);
+    match web::block(move || dir.open(&path)).await {
         Ok(Ok(file)) => HttpResponse::Ok()
             .content_type("text/plain; charset=utf-8")
             // A log is whatever a pipeline printed: never let a browser
@@ -153,6 +154,21 @@ mod tests {
         }
         assert!(steps >= 1);
         String::from_utf8(text).unwrap()
+    }
+
+    #[test]
+    fn a_line_without_end_streams_in_bounded_pieces_and_loses_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sh-1.log");
+        // No newline anywhere: what a writer other than quire-ci could leave.
+        std::fs::write(&path, "z".repeat(3 * cri::MAX_JOINED)).unwrap();
+        let mut reader = Reader::new(File::open(&path).unwrap());
+        let mut total = 0;
+        while let Some(piece) = reader.step().unwrap() {
+            assert!(piece.len() <= cri::MAX_JOINED + 2 * CHUNK + 64, "a piece of {} bytes", piece.len());
+            total += piece.iter().filter(|&&b| b == b'z').count();
+        }
+        assert_eq!(total, 3 * cri::MAX_JOINED);
     }
 
     #[test]

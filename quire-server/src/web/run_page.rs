@@ -7,7 +7,6 @@
 //! blocking pool. While the run is active a small script follows its event
 //! stream and rebuilds the jobs live.
 
-use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
 use std::path::Path;
 
@@ -17,7 +16,7 @@ use maud::{html, Markup, PreEscaped};
 use quire_core::cri;
 use quire_core::id::{JobId, RunId};
 use quire_core::jobs::{JobState, JobSummary};
-use quire_core::run_dir::LogFile;
+use quire_core::run_dir::{LogFile, RunDir};
 use serde::Deserialize;
 
 use super::layout::{
@@ -109,7 +108,7 @@ fn render_run(view: &LoadedRun, from: usize) -> Markup {
     let window = from..(from + COMMANDS_PER_PAGE).min(total);
     let mut budget = Budget { left: PAGE_LOG_BUDGET };
     // The executor's own log first: when a run crashed it says why.
-    let executor_tail = read_tail(&executor_log, budget.take(LOG_TAIL));
+    let executor_tail = read_tail(&view.dir, &executor_log, budget.take(LOG_TAIL));
     let mut first = 0;
     let jobs: Vec<Markup> = view
         .jobs
@@ -209,11 +208,11 @@ fn render_job(
                         " " span.muted { (duration(command.duration_ms())) }
                         " " a.raw href={ "/runs/" (view.run.id) "/logs/" (job.job_id) "/" (command.seq) } { "raw" }
                     }
-                    (render_log(&view.dir.log(&job.job_id, LogFile::Command(command.seq)), &job.job_id, LogFile::Command(command.seq), budget))
+                    (render_log(&view.dir, &job.job_id, LogFile::Command(command.seq), budget))
                 }
             }
             @if window.contains(&(first + places(job) - 1)) && job_log.exists() {
-                div.cmd { div.cmdline { span.muted { "job" } } (render_log(&job_log, &job.job_id, LogFile::Job, budget)) }
+                div.cmd { div.cmdline { span.muted { "job" } } (render_log(&view.dir, &job.job_id, LogFile::Job, budget)) }
             }
         }
     }
@@ -231,14 +230,16 @@ fn shorten(cmd: &str) -> String {
 /// stderr marked, each line's timestamp in its title and an anchor of its
 /// own, `#<job>-<n>-<line>` (`n` 0 for the job's own log; lines counted
 /// from the first one shown). With the budget spent, only a note.
-fn render_log(path: &Path, job: &JobId, file: LogFile, budget: &mut Budget) -> Markup {
+fn render_log(dir: &RunDir, job: &JobId, file: LogFile, budget: &mut Budget) -> Markup {
+    let path = &dir.log(job, file);
     let element_id = format!("log-{job}-{file}");
-    let len = std::fs::metadata(path).map_or(0, |m| m.len());
+    // The link's own size, never its target's: `read_tail` refuses links.
+    let len = std::fs::symlink_metadata(path).map_or(0, |m| m.len());
     let granted = budget.take(len.min(LOG_TAIL));
     if granted == 0 && len > 0 {
         return html! { pre.log id=(element_id) { span.muted { "output not shown: this page shows at most " (PAGE_LOG_BUDGET / 1024) " KiB of logs (see raw)" } } };
     }
-    let (text, cut) = read_tail(path, granted);
+    let (text, cut) = read_tail(dir, path, granted);
     let lines = cri::read_lines(&text);
     let n = match file {
         LogFile::Command(n) => n,
@@ -307,8 +308,8 @@ pub async fn graph_svg(
 
 /// The last `limit` bytes of a file, from a line start; and whether
 /// anything was cut.
-fn read_tail(path: &Path, limit: u64) -> (String, bool) {
-    let Ok(mut file) = File::open(path) else { return (String::new(), false) };
+fn read_tail(dir: &RunDir, path: &Path, limit: u64) -> (String, bool) {
+    let Ok(mut file) = dir.open(path) else { return (String::new(), false) };
     let len = file.metadata().map(|m| m.len()).unwrap_or(0);
     let start = len.saturating_sub(limit);
     if file.seek(SeekFrom::Start(start)).is_err() {
@@ -422,7 +423,7 @@ mod tests {
         let path = dir.path().join("x.log");
         let line = "2026-11-22T10:00:00.000000001Z stdout F ".to_string() + &"y".repeat(100) + "\n";
         std::fs::write(&path, line.repeat(5000)).unwrap();
-        let (text, cut) = read_tail(&path, LOG_TAIL);
+        let (text, cut) = read_tail(&RunDir::new(dir.path()), &path, LOG_TAIL);
         assert!(cut);
         assert!(text.starts_with("2026-"));
         assert!(text.len() as u64 <= LOG_TAIL);
