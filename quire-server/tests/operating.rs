@@ -520,3 +520,36 @@ fn prune_dry_run_lists_and_deletes_nothing_then_prune_deletes_the_same_runs() {
         assert!(svg.contains("ci: passing"), "{branch}: {svg}");
     }
 }
+
+/// A viewer that connects and never reads must cost the others nothing:
+/// while it sits on its socket, a run prints 20 MB, another viewer follows
+/// the whole run to its `end`, and the server keeps answering.
+#[test]
+fn a_viewer_that_never_reads_holds_up_neither_the_run_nor_other_viewers() {
+    let root = Root::new();
+    let (server, gate) = gated_server(&root, "{:ci {:sandbox :none}}");
+    root.push_pipeline(
+        "app.git",
+        r#"(local ci (require :quire.ci))
+(ci.job :loud [:quire/push]
+  (fn [{: sh}]
+    (sh "echo first; while [ -d \"$GATE\" ] && [ ! -e \"$GATE/open\" ]; do sleep 0.05; done; yes 0123456789012345678901234567890123456789012345678901234567890123456789012345678901234567890123456789 | head -n 200000; echo last-line")))
+"#,
+        "main",
+    );
+    let id = root.wait_run_count("app.git", 1).remove(0);
+    let log = run_dir(&root, "app.git", &id).join("jobs/loud/sh-1.log");
+    root.wait_for("the command to start", 30, || {
+        std::fs::read_to_string(&log).ok().filter(|t| t.contains("first")).map(|_| ())
+    });
+    let stalled = open_stream(&server, &format!("/api/runs/{id}/events"));
+    open_gate(&gate);
+    let (status, body) = get(&format!("{}/api/runs/{id}/events", server.url));
+    assert_eq!(status, 200);
+    assert!(body.contains("event: end"), "the reading viewer got to the end");
+    assert!(body.contains("last-line") || body.contains("event: gap") || body.contains("event: truncated"));
+    assert_eq!(root.wait_finished(&id).0, "complete", "{}", root.server_log());
+    let health = health(&server);
+    assert_eq!(health["status"], "ok");
+    drop(stalled);
+}
