@@ -2,11 +2,13 @@
 //! (`run`). This file owns the command line and exit statuses; the work is
 //! in one module per subcommand.
 
+mod exit;
 mod local;
 mod progress;
 mod run;
 mod screen;
 mod server;
+mod shipper;
 mod validate;
 
 use std::path::PathBuf;
@@ -238,7 +240,8 @@ fn sentry_from_env() -> Option<sentry::ClientInitGuard> {
 /// (Ctrl-C, or the server stopping a run) would not reach them: a thread
 /// waiting for the signal kills every running command, then every process
 /// left over (quire-ci is their subreaper), then ends quire-ci as the
-/// signal would have.
+/// signal would have — in server mode once the shipper has sent what is
+/// left.
 fn stop_commands_on_signals() {
     use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
     let mut signals = match signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP]) {
@@ -251,6 +254,12 @@ fn stop_commands_on_signals() {
     let spawned = std::thread::Builder::new().name("signals".into()).spawn(move || {
         if let Some(signal) = signals.forever().next() {
             quire_core::runtime::stop_everything();
+            if shipper::take_over_signal(signal) {
+                // The shipper sends what is left and exits.
+                loop {
+                    std::thread::park();
+                }
+            }
             std::process::exit(128 + signal);
         }
     });

@@ -2,6 +2,11 @@
 //! (locally or from the server), and runs the jobs, writing events, logs and
 //! progress. Owns the exit-0 contract: once the pipeline is evaluated to an
 //! outcome, the exit status is 0 and `run_finished` is the last event.
+//!
+//! In server mode the run happens in a directory of its own (the
+//! workspace fetched from the server, the output beside it), whose output
+//! `shipper` sends to the server as it is written; `--workspace`,
+//! `--events` and `--out-dir` do not apply.
 
 use std::fs::File;
 use std::io::{self, BufWriter, Write};
@@ -19,22 +24,12 @@ use quire_core::runtime::{
     self, Bwrap, Limits, RunAs, RunContext, RunError, Sandbox, SecretSource, Sink, CACHE_VARIABLE,
 };
 
+use crate::exit;
 use crate::local::{self, EnvSecrets};
 use crate::progress::Reporter;
 use crate::screen::Screen;
 use crate::server::Server;
-
-/// Exit statuses of `quire-ci run`.
-pub mod exit {
-    /// The pipeline was evaluated to an outcome (whatever it was).
-    pub const OUTCOME: u8 = 0;
-    /// quire-ci could not do its job: events or logs not writable, the
-    /// server refused the bootstrap.
-    pub const FAILED: u8 = 1;
-    /// Bad arguments: an unknown `--job`, a workspace that does not exist
-    /// or has no git checkout and no `--sha`/`--ref`.
-    pub const USAGE: u8 = 2;
-}
+use crate::shipper::Shipper;
 
 /// Where the event stream goes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -103,7 +98,14 @@ impl Fatal {
 }
 
 pub fn run(args: RunArgs) -> u8 {
-    match run_inner(args) {
+    match Server::from_env() {
+        Some(server) => run_for_server(args, Arc::new(server)),
+        None => exit_status(run_inner(args, None)),
+    }
+}
+
+fn exit_status(result: Result<(), Fatal>) -> u8 {
+    match result {
         Ok(()) => exit::OUTCOME,
         Err(fatal) => {
             eprintln!("quire-ci: error: {}", fatal.message);
@@ -116,12 +118,68 @@ pub fn run(args: RunArgs) -> u8 {
     }
 }
 
-fn run_inner(args: RunArgs) -> Result<(), Fatal> {
+/// A run for the server: bootstrap, a directory of its own with the
+/// workspace fetched into it, quire-ci's own output redirected into the
+/// run's `quire-ci.log`, and everything shipped back as it is written.
+fn run_for_server(mut args: RunArgs, server: Arc<Server>) -> u8 {
+    let push = match server.bootstrap() {
+        Ok(bootstrap) => bootstrap.push_facts(),
+        // Nothing can be sent before the bootstrap: this goes to stderr,
+        // which the launcher keeps.
+        Err(e) => return exit_status(Err(Fatal::failed(e))),
+    };
+    let own = match ServerDirectory::create() {
+        Ok(own) => own,
+        Err(fatal) => return exit_status(Err(fatal)),
+    };
+    if let Err(e) = own.redirect_output() {
+        eprintln!("quire-ci: warning: cannot write quire-ci.log ({e}); progress is not sent");
+    }
+    let shipper = Shipper::start(server.clone(), own.out.clone(), own.workspace.clone());
+    let result = server.download_workspace(&own.workspace).map_err(Fatal::failed).and_then(|()| {
+        args.workspace = own.workspace.clone();
+        args.out_dir = Some(own.out.clone());
+        args.events = EventsTarget::File(own.out.join("events.jsonl"));
+        run_inner(args, Some((server, push)))
+    });
+    let status = exit_status(result);
+    shipper.finish();
+    status
+}
+
+/// A server run's directory: `workspace/` and `out/` (the run directory
+/// as the server will hold it), removed when the run is done.
+struct ServerDirectory {
+    _dir: tempfile::TempDir,
+    workspace: PathBuf,
+    out: PathBuf,
+}
+
+impl ServerDirectory {
+    fn create() -> Result<ServerDirectory, Fatal> {
+        let cannot = |e: io::Error| Fatal::failed(format!("cannot create the run's directory: {e}"));
+        let dir = tempfile::Builder::new().prefix("quire-run-").tempdir().map_err(cannot)?;
+        let (workspace, out) = (dir.path().join("workspace"), dir.path().join("out"));
+        std::fs::create_dir(&workspace).map_err(cannot)?;
+        std::fs::create_dir(&out).map_err(cannot)?;
+        Ok(ServerDirectory { _dir: dir, workspace, out })
+    }
+
+    /// From here on, what quire-ci prints lands in the run's quire-ci.log.
+    fn redirect_output(&self) -> io::Result<()> {
+        let log = File::create(self.out.join("quire-ci.log"))?;
+        io::stdout().flush()?;
+        rustix::stdio::dup2_stdout(&log)?;
+        rustix::stdio::dup2_stderr(&log)?;
+        Ok(())
+    }
+}
+
+fn run_inner(args: RunArgs, server: Option<(Arc<Server>, PushFacts)>) -> Result<(), Fatal> {
     let workspace = args
         .workspace
         .canonicalize()
         .map_err(|e| Fatal::usage(format!("workspace {}: {e}", args.workspace.display())))?;
-    let server = Server::from_env();
     let mut cache = Cache::open(args.cache_dir.as_deref())?;
     let sandbox = match args.sandbox {
         SandboxChoice::None => Sandbox::None,
@@ -163,10 +221,13 @@ fn run_inner(args: RunArgs) -> Result<(), Fatal> {
     if let Err(e) = runtime::become_subreaper() {
         eprintln!("quire-ci: warning: cannot become the reaper of detached processes: {e}");
     }
-    let push = match &server {
-        Some(server) => server.bootstrap().map_err(Fatal::failed)?.push_facts(),
-        None => local::push_facts(&workspace, args.sha.clone(), args.ref_name.clone(), args.trigger)
-            .map_err(Fatal::usage)?,
+    let (server, push) = match server {
+        Some((server, push)) => (Some(server), push),
+        None => (
+            None,
+            local::push_facts(&workspace, args.sha.clone(), args.ref_name.clone(), args.trigger)
+                .map_err(Fatal::usage)?,
+        ),
     };
     let (out_dir, announce_out_dir) = prepare_out_dir(args.out_dir.as_deref())?;
     let mut reporter = Reporter::new(open_events(&args.events)?, progress_screen(&args.events));
@@ -190,7 +251,7 @@ fn run_inner(args: RunArgs) -> Result<(), Fatal> {
     };
     let announce_pipeline = server.is_some();
     let secrets: Arc<dyn SecretSource> = match server {
-        Some(server) => Arc::new(server),
+        Some(server) => server,
         None => Arc::new(EnvSecrets),
     };
     let ctx = RunContext {

@@ -1,19 +1,41 @@
-//! Server mode: the run's push facts and secrets come from the `quire`
-//! server that spawned this process, over HTTP with the run token
-//! (`QUIRE__SERVER_URL`, `QUIRE__RUN_TOKEN`).
+//! Server mode: everything the run needs from the `quire` server that
+//! launched this process comes over HTTP with the run token
+//! (`QUIRE__SERVER_URL`, `QUIRE__RUN_TOKEN`): the push facts, secrets and
+//! the workspace; the run's output goes back the same way (`shipper`
+//! decides what and when, this module only talks). Nothing of the
+//! server's file system is needed.
 
+use std::path::Path;
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use quire_core::output::{
+    Batch, Reply, HEARTBEAT_PATH, OUTPUT_PATH, RUN_TOKEN_VARIABLE, SERVER_URL_VARIABLE, WORKSPACE_PATH,
+};
 use quire_core::push::Bootstrap;
 use quire_core::runtime::{SecretError, SecretSource};
-
-pub const URL_VARIABLE: &str = "QUIRE__SERVER_URL";
-pub const TOKEN_VARIABLE: &str = "QUIRE__RUN_TOKEN";
 
 pub struct Server {
     url: String,
     token: String,
     client: reqwest::blocking::Client,
+}
+
+/// Why a batch or heartbeat did not go through.
+#[derive(Debug)]
+pub enum SendError {
+    /// Worth trying again: the server is unreachable, restarting or cannot
+    /// write now.
+    Transient(String),
+    /// The server holds fewer bytes of `file` than the batch assumed:
+    /// resend from `have`.
+    Behind { file: String, have: u64 },
+    /// The server did not take the batch and wants the run stopped (it
+    /// cannot store the output).
+    Stopped(quire_core::output::StopReason),
+    /// The server refused the batch for good (a file past its limit, the
+    /// run no longer active).
+    Refused { status: u16, file: Option<String>, message: String },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -24,13 +46,15 @@ pub enum ServerError {
     Refused { status: u16, body: String },
     #[error("the quire server sent an unreadable bootstrap payload: {0}")]
     Malformed(String),
+    #[error("cannot fetch the workspace: {0}")]
+    Workspace(String),
 }
 
 impl Server {
     /// The server from the environment, when this is a server run.
     pub fn from_env() -> Option<Server> {
-        let url = std::env::var(URL_VARIABLE).ok().filter(|u| !u.is_empty())?;
-        let token = std::env::var(TOKEN_VARIABLE).ok().filter(|t| !t.is_empty())?;
+        let url = std::env::var(SERVER_URL_VARIABLE).ok().filter(|u| !u.is_empty())?;
+        let token = std::env::var(RUN_TOKEN_VARIABLE).ok().filter(|t| !t.is_empty())?;
         let client = reqwest::blocking::Client::builder()
             .timeout(Duration::from_secs(30))
             .build()
@@ -42,6 +66,97 @@ impl Server {
     pub fn bootstrap(&self) -> Result<Bootstrap, ServerError> {
         let body = self.get("/api/run/bootstrap")?;
         serde_json::from_str(&body).map_err(|e| ServerError::Malformed(e.to_string()))
+    }
+
+    /// `GET /api/run/workspace`, unpacked into `dir` (which must exist).
+    pub fn download_workspace(&self, dir: &Path) -> Result<(), ServerError> {
+        let url = format!("{}{WORKSPACE_PATH}", self.url);
+        // No overall timeout: a big checkout takes as long as it takes.
+        let client = reqwest::blocking::Client::builder()
+            .connect_timeout(Duration::from_secs(30))
+            .timeout(None)
+            .build()
+            .expect("an HTTP client without TLS or proxies builds");
+        let mut response = client
+            .get(&url)
+            .bearer_auth(&self.token)
+            .send()
+            .map_err(|source| ServerError::Unreachable { url: url.clone(), source })?;
+        let status = response.status();
+        if !status.is_success() {
+            let body = response.text().unwrap_or_default();
+            return Err(ServerError::Refused { status: status.as_u16(), body });
+        }
+        let mut tar = Command::new("tar")
+            .args(["-x", "--no-same-owner", "-C"])
+            .arg(dir)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| ServerError::Workspace(format!("cannot run tar: {e}")))?;
+        let mut stdin = tar.stdin.take().expect("piped");
+        let copied = std::io::copy(&mut response, &mut stdin);
+        drop(stdin);
+        let output =
+            tar.wait_with_output().map_err(|e| ServerError::Workspace(format!("tar failed: {e}")))?;
+        copied.map_err(|e| ServerError::Workspace(format!("the download was cut short: {e}")))?;
+        if !output.status.success() {
+            return Err(ServerError::Workspace(format!(
+                "tar could not unpack the workspace: {}",
+                String::from_utf8_lossy(&output.stderr).trim()
+            )));
+        }
+        Ok(())
+    }
+
+    /// `POST /api/run/output`.
+    pub fn send_output(&self, batch: &Batch) -> Result<Reply, SendError> {
+        let body = serde_json::to_vec(batch).expect("a batch serializes");
+        self.post(OUTPUT_PATH, body)
+    }
+
+    /// `POST /api/run/heartbeat`.
+    pub fn heartbeat(&self) -> Result<Reply, SendError> {
+        self.post(HEARTBEAT_PATH, Vec::new())
+    }
+
+    fn post(&self, path: &str, body: Vec<u8>) -> Result<Reply, SendError> {
+        let response = self
+            .client
+            .post(format!("{}{path}", self.url))
+            .bearer_auth(&self.token)
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .map_err(|e| SendError::Transient(e.to_string()))?;
+        let status = response.status().as_u16();
+        let text = response.text().map_err(|e| SendError::Transient(e.to_string()))?;
+        let json: Option<serde_json::Value> = serde_json::from_str(&text).ok();
+        let field = |name: &str| json.as_ref().and_then(|j| j.get(name)).cloned();
+        if let Some(why) =
+            field("cancel").and_then(|c| serde_json::from_value(c).ok()).filter(|_| status != 200)
+        {
+            return Err(SendError::Stopped(why));
+        }
+        match status {
+            200 => serde_json::from_str(&text)
+                .map_err(|e| SendError::Transient(format!("unreadable answer: {e}"))),
+            409 => match (
+                field("file").and_then(|f| f.as_str().map(str::to_string)),
+                field("have").and_then(|h| h.as_u64()),
+            ) {
+                (Some(file), Some(have)) => Err(SendError::Behind { file, have }),
+                _ => Err(SendError::Transient(format!("409: {text}"))),
+            },
+            // Restarting, overloaded, or cannot write now.
+            500..=599 | 429 => Err(SendError::Transient(format!("{status}: {text}"))),
+            _ => Err(SendError::Refused {
+                status,
+                file: field("file").and_then(|f| f.as_str().map(str::to_string)),
+                message: field("error").and_then(|e| e.as_str().map(str::to_string)).unwrap_or(text),
+            }),
+        }
     }
 
     fn get(&self, path: &str) -> Result<String, ServerError> {

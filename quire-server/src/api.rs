@@ -1,6 +1,6 @@
-//! The HTTP API (SPEC §6.5) for `quire-ci` and for tools: run bootstrap
-//! and secrets behind the run token, repositories and runs as JSON, and a
-//! run's live event stream. Handlers only translate between HTTP and the
+//! The HTTP API (SPEC §6.5) for tools and people: repositories and runs
+//! as JSON, a run's live event stream, health. The executors' endpoints
+//! are `executor_api`'s. Handlers only translate between HTTP and the
 //! `runs` statements; what they share with the pages is in `http`.
 
 use std::sync::Arc;
@@ -8,7 +8,6 @@ use std::sync::Arc;
 use actix_web::http::StatusCode;
 use actix_web::{get, web, HttpRequest, HttpResponse};
 use quire_core::id::{InvalidRunId, RepoName, RunId};
-use quire_core::push::{Bootstrap, BootstrapMeta};
 use serde_json::json;
 
 use crate::db::Pool;
@@ -16,84 +15,15 @@ use crate::http::paging::{PageQuery, PAGE_SIZE};
 use crate::http::run::load_run;
 use crate::http::{require_user, with_db, ApiError, AppState, REPO_PATTERN};
 use crate::live::feed::EndProbe;
-use crate::runs::{self, Run};
-use crate::{repos, spool, token};
+use crate::runs;
+use crate::{repos, spool};
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.service(bootstrap)
-        .service(secret)
-        .service(list_repos)
+    cfg.service(list_repos)
         .service(run_detail)
         .service(run_events)
         .service(health)
         .route(&format!("/api/repos/{REPO_PATTERN}/runs"), web::get().to(repo_runs));
-}
-
-/// The SHA-256 of the request's bearer token, if it carries one.
-fn bearer_hash(request: &HttpRequest) -> Result<String, ApiError> {
-    let header = request
-        .headers()
-        .get("authorization")
-        .ok_or_else(|| ApiError::unauthorized("missing Authorization: Bearer <run token>"))?;
-    let token = header
-        .to_str()
-        .ok()
-        .and_then(|h| h.strip_prefix("Bearer "))
-        .map(str::trim)
-        .filter(|t| !t.is_empty())
-        .ok_or_else(|| {
-            ApiError::unauthorized("malformed Authorization header; expected Bearer <run token>")
-        })?;
-    Ok(token::hash(token))
-}
-
-const DEAD_TOKEN: &str = "unknown or expired run token";
-
-/// `pending → active`, and the push facts the run is for.
-#[get("/api/run/bootstrap")]
-async fn bootstrap(state: web::Data<AppState>, request: HttpRequest) -> Result<HttpResponse, ApiError> {
-    let hash = bearer_hash(&request)?;
-    let run =
-        with_db(&state, move |conn| runs::start_by_token(conn, &hash).map_err(ApiError::internal)).await?;
-    let run = run.ok_or_else(|| ApiError::unauthorized(DEAD_TOKEN))?;
-    tracing::info!(run = %run.id, "run bootstrapped");
-    Ok(HttpResponse::Ok().json(bootstrap_body(&run)))
-}
-
-fn bootstrap_body(run: &Run) -> Bootstrap {
-    Bootstrap {
-        run_id: run.id.to_string(),
-        repo: run.repo.to_string(),
-        meta: BootstrapMeta {
-            sha: run.sha.clone(),
-            ref_name: run.ref_name.clone(),
-            pushed_at_ms: run.pushed_at_ms,
-            previous_sha: run.previous_sha.clone(),
-            trigger: run.trigger,
-            scheduled_at_ms: run.scheduled_at_ms,
-        },
-    }
-}
-
-/// A declared secret's value, for the run holding the token.
-#[get("/api/run/secrets/{name}")]
-async fn secret(
-    state: web::Data<AppState>,
-    request: HttpRequest,
-    name: web::Path<String>,
-) -> Result<HttpResponse, ApiError> {
-    let hash = bearer_hash(&request)?;
-    let run =
-        with_db(&state, move |conn| runs::live_run_by_token(conn, &hash).map_err(ApiError::internal)).await?;
-    let run = run.ok_or_else(|| ApiError::unauthorized(DEAD_TOKEN))?;
-    // A secret scoped to other repositories is, for this run, not there.
-    match state.config.secrets.get(name.as_str()).filter(|s| s.readable_by(&run.repo)) {
-        Some(secret) => {
-            tracing::info!(run = %run.id, secret = %name, "secret served");
-            Ok(HttpResponse::Ok().json(json!({ "value": secret.value })))
-        }
-        None => Err(ApiError::not_found(format!("secret `{name}` is not declared in config.fnl"))),
-    }
 }
 
 /// `GET /api/repos`: every repository with its latest run.

@@ -84,6 +84,46 @@ pub struct CiConfig {
     pub cache_mb: u64,
     /// Commands one run may start.
     pub max_commands: u64,
+    /// How runs' executors are started, watched and stopped.
+    pub launcher: LauncherConfig,
+    /// The address executors reach the server at; the listen address when
+    /// not set.
+    pub public_url: Option<String>,
+    /// How long an executor may stay silent before its run is given up.
+    pub heartbeat_timeout: Duration,
+    /// What a run's `events.jsonl` may grow to, MiB.
+    pub max_events_mb: u64,
+}
+
+/// `:ci {:launcher …}`: where executors run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LauncherConfig {
+    /// A child process of the server, confined to its own directory.
+    Process,
+    /// One Slurm batch job per run.
+    Slurm(SlurmConfig),
+}
+
+/// `:ci {:slurm {…}}`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SlurmConfig {
+    pub partition: Option<String>,
+    /// More `sbatch` options, passed as they are.
+    pub sbatch_args: Vec<String>,
+    /// Where the `quire-ci` binary is on the nodes; the server's own when
+    /// not set (the nodes then need it at the same path).
+    pub quire_ci: Option<String>,
+}
+
+impl CiConfig {
+    /// What each file of a run directory may grow to.
+    pub fn output_limits(&self) -> crate::run_output::OutputLimits {
+        crate::run_output::OutputLimits {
+            events: self.max_events_mb.saturating_mul(1024 * 1024),
+            log: self.limits.max_log_mb.saturating_mul(1024 * 1024) + crate::run_output::LOG_NOTE_ROOM,
+            executor_log: crate::run_output::EXECUTOR_LOG_BYTES,
+        }
+    }
 }
 
 /// Where runs' commands execute.
@@ -180,6 +220,10 @@ impl Default for Config {
                 retention: Retention::default(),
                 cache_mb: DEFAULT_CACHE_MB,
                 max_commands: quire_core::jobs::MAX_COMMANDS as u64,
+                launcher: LauncherConfig::Process,
+                public_url: None,
+                heartbeat_timeout: Duration::from_secs(60),
+                max_events_mb: 256,
             },
             secrets: BTreeMap::new(),
             sentry_dsn: None,
@@ -314,6 +358,8 @@ impl Reader<'_> {
     }
 
     fn ci(&self, value: &Value, ci: &mut CiConfig) -> Result<(), Diagnostic> {
+        // Read once the launcher is known, whatever the order of the keys.
+        let mut slurm = None;
         for (key, value) in self.table(value, "ci")? {
             match key.as_str() {
                 "max-concurrent-runs" => {
@@ -357,6 +403,42 @@ impl Reader<'_> {
                 "max-commands" => {
                     ci.max_commands = self.positive(value, key)?.min(quire_core::jobs::MAX_COMMANDS as u64)
                 }
+                "launcher" => {
+                    ci.launcher = match self.string(value, key)? {
+                        "process" => LauncherConfig::Process,
+                        "slurm" => LauncherConfig::Slurm(SlurmConfig::default()),
+                        other => {
+                            return Err(self
+                                .error(key, format!(":launcher must be :process or :slurm, got {other:?}")))
+                        }
+                    }
+                }
+                "slurm" => slurm = Some((key, value)),
+                "public-url" => {
+                    let url = self.string(value, key)?;
+                    if !(url.starts_with("http://") || url.starts_with("https://")) {
+                        return Err(self.error(
+                            key,
+                            format!(":public-url must be an http:// or https:// address, got {url:?}"),
+                        ));
+                    }
+                    ci.public_url = Some(url.trim_end_matches('/').to_string());
+                }
+                "heartbeat-timeout-secs" => {
+                    let secs = self.positive(value, key)?;
+                    if secs < quire_core::output::MAX_HEARTBEAT_GAP_SECS * 2 {
+                        return Err(self.error(
+                            key,
+                            format!(
+                                ":heartbeat-timeout-secs must be at least {} (executors check in every {} s at most), got {secs}",
+                                quire_core::output::MAX_HEARTBEAT_GAP_SECS * 2,
+                                quire_core::output::MAX_HEARTBEAT_GAP_SECS
+                            ),
+                        ));
+                    }
+                    ci.heartbeat_timeout = Duration::from_secs(secs);
+                }
+                "max-events-mb" => ci.max_events_mb = self.positive(value, key)?,
                 "retention" => {
                     for (k, v) in self.table(value, "retention")? {
                         match k.as_str() {
@@ -387,12 +469,45 @@ impl Reader<'_> {
                             "retention",
                             "cache-mb",
                             "max-commands",
+                            "launcher",
+                            "slurm",
+                            "public-url",
+                            "heartbeat-timeout-secs",
+                            "max-events-mb",
                         ],
                     ))
                 }
             }
         }
+        match (slurm, &mut ci.launcher) {
+            (Some((key, value)), LauncherConfig::Slurm(config)) => *config = self.slurm(key, value)?,
+            (Some((key, _)), LauncherConfig::Process) => {
+                return Err(self.error(key, ":slurm is set but :launcher is not :slurm".to_string()))
+            }
+            (None, _) => {}
+        }
         Ok(())
+    }
+
+    /// `{:partition "…" :sbatch-args ["…"] :quire-ci "/path/on/the/nodes"}`.
+    fn slurm(&self, key: &str, value: &Value) -> Result<SlurmConfig, Diagnostic> {
+        let mut slurm = SlurmConfig::default();
+        for (k, v) in self.table(value, key)? {
+            match k.as_str() {
+                "partition" => slurm.partition = Some(self.string(v, k)?.to_string()),
+                "quire-ci" => slurm.quire_ci = Some(self.string(v, k)?.to_string()),
+                "sbatch-args" => {
+                    let items = v.as_array().ok_or_else(|| {
+                        self.error(k, format!(":sbatch-args must be a list of strings, got {}", kind(v)))
+                    })?;
+                    for item in items {
+                        slurm.sbatch_args.push(self.string(item, k)?.to_string());
+                    }
+                }
+                _ => return Err(self.unknown(k, "slurm", &["partition", "sbatch-args", "quire-ci"])),
+            }
+        }
+        Ok(slurm)
     }
 
     /// `"value"`, or `{:value "…" :repos ["app.git" …]}`.

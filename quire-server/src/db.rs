@@ -14,8 +14,11 @@ use rusqlite::Connection;
 use rusqlite_migration::{Migrations, M};
 
 /// Append-only: a released migration is never edited, only followed.
-const MIGRATIONS: &[&str] =
-    &[include_str!("../../migrations/0001_initial.sql"), include_str!("../../migrations/0002_triggers.sql")];
+const MIGRATIONS: &[&str] = &[
+    include_str!("../../migrations/0001_initial.sql"),
+    include_str!("../../migrations/0002_triggers.sql"),
+    include_str!("../../migrations/0003_executors.sql"),
+];
 
 #[derive(Debug, thiserror::Error)]
 pub enum DbError {

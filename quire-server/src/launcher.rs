@@ -1,25 +1,27 @@
-//! The runner: turns pushes into runs and runs into `quire-ci` processes.
-//! It owns the queue discipline (oldest pending first, at most
-//! `max-concurrent-runs` at once), workspace materialization, run tokens,
-//! spawning and stopping quire-ci (supersede, cancel, timeout), and calling
-//! ingest and the final transition when a process exits. The state changes
-//! themselves are `runs`' statements.
+//! The runner: turns pushes into runs and runs into executors. It owns the
+//! queue discipline (oldest pending first, at most `max-concurrent-runs` at
+//! once), run tokens and caches, launching executors through the
+//! configured launcher (`launch`), watching them (the engine's word and
+//! their heartbeats, `executors`), stopping them (supersede, cancel,
+//! timeout, silence), and calling ingest and the final transition when one
+//! is gone. The state changes themselves are `runs`' statements.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use quire_core::clock::now_ms;
 use quire_core::event::RunOutcome;
 use quire_core::id::{RepoName, RunId};
+use quire_core::output::StopReason;
 use quire_core::run_dir::RunDir;
-use rustix::process::{kill_process_group, Pid, Signal};
 use tokio::sync::Notify;
 
-use crate::config::{Config, SandboxMode};
+use crate::config::{CiConfig, Config, LauncherConfig, SandboxMode};
 use crate::db::Pool;
+use crate::executors::Executors;
+use crate::launch::{self, ExecutorSpec, Launch, Status};
 use crate::root::DataRoot;
 use crate::runs::{self, Ending, FailureKind, NewRun, Run};
 use crate::{caches, db, ingest, repos, retention, spool, token};
@@ -30,8 +32,9 @@ const MAX_FINISH_RETRY: Duration = Duration::from_secs(30);
 /// How often the spool is looked at while the server runs.
 const SPOOL_REPLAY: Duration = Duration::from_secs(2);
 
-/// How long quire-ci gets to stop its commands after SIGTERM before the
-/// whole process group is killed.
+/// How long an executor told to stop (by the launcher, and in the answer
+/// to its next contact) gets to stop its commands and send what it has
+/// before it is killed.
 const STOP_GRACE: Duration = Duration::from_secs(5);
 
 /// Why a run could not be queued.
@@ -47,20 +50,12 @@ pub enum QueueError {
     Refused(String),
 }
 
-/// Why the server stopped a run's process.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Stop {
-    Superseded,
-    Canceled,
-    Timeout,
-}
-
 /// What a run's executor is started with, besides its run.
 struct ExecutorSettings {
     token: String,
     /// The size of the file system runs are written to, for the disk floor.
     fs_size_mb: u64,
-    cache_dir: PathBuf,
+    cache_dir: Option<PathBuf>,
 }
 
 /// Marks a held ref cache free when dropped early (the run's task
@@ -90,12 +85,6 @@ struct RunCache {
     shared: bool,
 }
 
-/// A quire-ci process the runner is waiting for.
-struct Running {
-    group: Pid,
-    stop: Option<Stop>,
-}
-
 #[derive(Clone)]
 pub struct Launcher {
     inner: Arc<Inner>,
@@ -105,12 +94,28 @@ struct Inner {
     root: DataRoot,
     db: Pool,
     config: Config,
-    quire_ci: PathBuf,
+    launch: Arc<dyn Launch>,
+    /// Where executors reach the server.
     server_url: String,
+    /// Wakes the queue: a push arrived or a run ended.
     wake: Notify,
-    running: Mutex<HashMap<RunId, Running>>,
+    /// Wakes the watchers: a run is to stop.
+    stops: Notify,
+    executors: Arc<Executors>,
     /// The ref caches runs hold now.
     caches_held: Mutex<HashSet<(RepoName, String)>>,
+}
+
+/// The launcher `:ci {:launcher …}` asks for.
+fn launcher_for(ci: &CiConfig, root: &DataRoot, quire_ci: PathBuf) -> Arc<dyn Launch> {
+    match &ci.launcher {
+        LauncherConfig::Process => Arc::new(launch::process::ProcessLauncher::new(
+            quire_ci,
+            root.path().to_path_buf(),
+            ci.sandbox == SandboxMode::Bwrap,
+        )),
+        LauncherConfig::Slurm(slurm) => Arc::new(launch::slurm::SlurmLauncher::new(slurm.clone(), quire_ci)),
+    }
 }
 
 /// Where the executor binary is: `$QUIRE_CI_BIN`, else next to `quire`.
@@ -125,19 +130,35 @@ pub fn quire_ci_binary() -> PathBuf {
 }
 
 impl Launcher {
-    pub fn new(root: DataRoot, db: Pool, config: Config, server_url: String) -> Launcher {
+    /// `listen_url`: the server's own address, which executors use unless
+    /// `:ci {:public-url}` says otherwise.
+    pub fn new(
+        root: DataRoot,
+        db: Pool,
+        config: Config,
+        listen_url: String,
+        executors: Arc<Executors>,
+    ) -> Launcher {
+        let launch = launcher_for(&config.ci, &root, quire_ci_binary());
+        let server_url = config.ci.public_url.clone().unwrap_or(listen_url);
         Launcher {
             inner: Arc::new(Inner {
                 root,
                 db,
                 config,
-                quire_ci: quire_ci_binary(),
+                launch,
                 server_url,
                 wake: Notify::new(),
-                running: Mutex::new(HashMap::new()),
+                stops: Notify::new(),
+                executors,
                 caches_held: Mutex::new(HashSet::new()),
             }),
         }
+    }
+
+    /// The launcher's description, for the server log.
+    pub fn describe(&self) -> String {
+        self.inner.launch.describe()
     }
 
     /// Runs database work on the blocking pool; errors come back as text
@@ -186,7 +207,7 @@ impl Launcher {
         .map_err(|e| QueueError::Unavailable(format!("database task failed: {e}")))?;
         let (id, superseded) = queued?;
         for old in superseded {
-            self.stop(old, Stop::Superseded);
+            self.stop(old, StopReason::Superseded);
         }
         tracing::info!(run = %id, "run queued");
         self.inner.wake.notify_one();
@@ -263,9 +284,9 @@ impl Launcher {
     }
 
     /// Cancels a run: a pending one fails at once, a running one is stopped
-    /// and fails when its process is gone.
+    /// and fails when its executor is gone.
     pub async fn cancel(&self, id: RunId) -> Result<(), String> {
-        if self.stop(id, Stop::Canceled) {
+        if self.stop(id, StopReason::Canceled) {
             return Ok(());
         }
         self.db(move |conn| {
@@ -279,27 +300,16 @@ impl Launcher {
         .await
     }
 
-    /// Asks a running quire-ci to stop (SIGTERM to its process group, SIGKILL
-    /// after a grace period). False when the run has no process.
-    fn stop(&self, id: RunId, why: Stop) -> bool {
-        let group = {
-            let mut running = self.inner.running.lock().expect("running lock");
-            let Some(run) = running.get_mut(&id) else { return false };
-            run.stop.get_or_insert(why);
-            run.group
-        };
-        tracing::info!(run = %id, reason = ?why, "stopping quire-ci");
-        let _ = kill_process_group(group, Signal::TERM);
-        let inner = self.inner.clone();
-        tokio::spawn(async move {
-            tokio::time::sleep(STOP_GRACE).await;
-            let still_there =
-                inner.running.lock().expect("running lock").get(&id).map(|r| r.group) == Some(group);
-            if still_there {
-                let _ = kill_process_group(group, Signal::KILL);
-            }
-        });
-        true
+    /// Asks a run's executor to stop: the launcher ends it now (the
+    /// executor sends what it has on the way out) and it hears so at its
+    /// next contact too; see `watch`. False when the run has no executor.
+    fn stop(&self, id: RunId, why: StopReason) -> bool {
+        let asked = self.inner.executors.request_stop(id, why);
+        if asked {
+            tracing::info!(run = %id, reason = ?why, "stopping the run's executor");
+            self.inner.stops.notify_waiters();
+        }
+        asked
     }
 
     /// The runner: starts pending runs while there is room, then sleeps
@@ -322,69 +332,137 @@ impl Launcher {
     }
 
     fn running_count(&self) -> usize {
-        self.inner.running.lock().expect("running lock").len()
+        self.inner.executors.count()
     }
 
-    /// Prepares and spawns one run. Failures before quire-ci runs fail the
-    /// run (with the reason in its quire-ci.log) rather than the server.
+    /// Claims one run and launches its executor. Failures before the
+    /// executor runs fail the run (with the reason in its quire-ci.log)
+    /// rather than the server.
     async fn start(&self, run: Run) {
         let (id, repo) = (run.id, run.repo);
         let run_dir = self.inner.root.run_dir(&repo, id);
-        let workspace = run_dir.workspace();
         let token = token::mint();
-        let prepared = {
-            let bare = self.inner.root.repo_path(&repo);
-            let (workspace, sha, hash) = (workspace.clone(), run.sha, token::hash(&token));
+        let claimed = {
+            let (dir, hash) = (run_dir.path().to_path_buf(), token::hash(&token));
             self.db(move |conn| {
-                std::fs::create_dir_all(&workspace)
-                    .map_err(|e| format!("cannot create {}: {e}", workspace.display()))?;
-                materialize(&bare, &sha, &workspace)?;
-                runs::claim(conn, id, &hash, &workspace.display().to_string()).map_err(|e| e.to_string())
+                std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+                runs::claim(conn, id, &hash).map_err(|e| e.to_string())
             })
             .await
         };
-        match prepared {
+        match claimed {
             Ok(true) => {}
-            Ok(false) => {
-                // Superseded or canceled while the checkout was made.
-                let _ = tokio::fs::remove_dir_all(&workspace).await;
-                return;
-            }
+            // Superseded or canceled meanwhile.
+            Ok(false) => return,
             Err(reason) => {
                 tracing::error!(run = %id, %reason, "preparing the run failed");
-                self.finish_without_process(id, &run_dir, &reason).await;
+                self.finish_without_executor(id, &run_dir, &reason).await;
                 return;
             }
         }
-        let runs_dir = self.inner.root.runs_dir();
-        let fs_size_mb =
-            tokio::task::spawn_blocking(move || file_system_size_mb(&runs_dir)).await.unwrap_or(u64::MAX);
-        let cache = self.take_cache(&repo, &run.ref_name, &run_dir).await;
-        let settings = ExecutorSettings { token, fs_size_mb, cache_dir: cache.path.clone() };
-        match self.spawn(id, &repo, &run_dir, &workspace, &settings) {
-            Ok(child) => {
-                let launcher = self.clone();
-                tokio::spawn(async move {
-                    // Should supervising panic, the ref's cache is not left
-                    // marked held until a restart.
-                    let mut held = HeldCache {
-                        launcher: launcher.clone(),
-                        key: (repo.clone(), cache.ref_name.clone()),
-                        shared: cache.shared,
-                    };
-                    launcher.supervise(id, repo.clone(), run_dir, workspace, child).await;
-                    // Given back below, in order; the guard must not free
-                    // the ref again once a later run may hold it.
-                    held.shared = false;
-                    launcher.release_cache(&repo, cache).await;
-                });
+        let executors_dir = self.inner.root.executors_dir();
+        let fs_size_mb = tokio::task::spawn_blocking(move || {
+            let _ = std::fs::create_dir_all(&executors_dir);
+            file_system_size_mb(&executors_dir)
+        })
+        .await
+        .unwrap_or(u64::MAX);
+        let cache = match self.inner.launch.local_cache() {
+            true => Some(self.take_cache(&repo, &run.ref_name, &run_dir).await),
+            false => None,
+        };
+        let settings =
+            ExecutorSettings { token, fs_size_mb, cache_dir: cache.as_ref().map(|c| c.path.clone()) };
+        self.inner.executors.follow(id);
+        match self.launch(id, &repo, settings).await {
+            Ok(handle) => {
+                tracing::info!(run = %id, %handle, "executor launched");
+                self.supervise_in_background(id, repo, handle, cache, Duration::ZERO);
             }
             Err(reason) => {
-                tracing::error!(run = %id, %reason, "spawning quire-ci failed");
-                let _ = tokio::fs::remove_dir_all(&workspace).await;
-                self.release_cache(&repo, cache).await;
-                self.finish_without_process(id, &run_dir, &reason).await;
+                tracing::error!(run = %id, %reason, "launching the executor failed");
+                self.inner.executors.forget(id);
+                if let Some(cache) = cache {
+                    self.release_cache(&repo, cache).await;
+                }
+                self.finish_without_executor(id, &run_dir, &reason).await;
             }
+        }
+    }
+
+    /// Starts the executor and records its handle with the run.
+    async fn launch(&self, id: RunId, repo: &RepoName, settings: ExecutorSettings) -> Result<String, String> {
+        let spec = ExecutorSpec {
+            run: id,
+            token: settings.token,
+            server_url: self.inner.server_url.clone(),
+            args: self.executor_arguments(repo, settings.fs_size_mb),
+            cache_dir: settings.cache_dir,
+            sentry_dsn: self.inner.config.sentry_dsn.clone(),
+        };
+        let launch = self.inner.launch.clone();
+        let handle = tokio::task::spawn_blocking(move || launch.start(&spec))
+            .await
+            .map_err(|e| format!("launch task failed: {e}"))?
+            .map_err(|e| e.to_string())?;
+        let recorded = handle.clone();
+        if let Err(e) =
+            self.db(move |conn| runs::record_executor(conn, id, &recorded).map_err(|e| e.to_string())).await
+        {
+            // Only a restart needs it; the run goes on.
+            tracing::warn!(run = %id, error = %e, "cannot record the executor's handle");
+        }
+        Ok(handle)
+    }
+
+    /// Supervises a launched executor on its own task, giving its cache
+    /// back at the end. `elapsed`: how long the run has already been going
+    /// (for one adopted after a restart).
+    fn supervise_in_background(
+        &self,
+        id: RunId,
+        repo: RepoName,
+        handle: String,
+        cache: Option<RunCache>,
+        elapsed: Duration,
+    ) {
+        let launcher = self.clone();
+        tokio::spawn(async move {
+            // Should supervising panic, the ref's cache is not left
+            // marked held until a restart.
+            let mut held = cache.as_ref().map(|cache| HeldCache {
+                launcher: launcher.clone(),
+                key: (repo.clone(), cache.ref_name.clone()),
+                shared: cache.shared,
+            });
+            launcher.supervise(id, repo.clone(), handle, elapsed).await;
+            // Given back below, in order; the guard must not free the ref
+            // again once a later run may hold it.
+            if let Some(held) = held.as_mut() {
+                held.shared = false;
+            }
+            if let Some(cache) = cache {
+                launcher.release_cache(&repo, cache).await;
+            }
+        });
+    }
+
+    /// Follows again, after a restart, the runs whose executors outlive
+    /// the server (claimed Slurm jobs): still there → supervised as
+    /// before; gone → recorded as any ended executor.
+    pub fn adopt(&self, runs: Vec<(Run, String)>) {
+        for (run, handle) in runs {
+            if !handle.starts_with(&format!("{}:", self.inner.launch.kind())) {
+                tracing::error!(run = %run.id, %handle, "a run's executor belongs to another launcher than the configured one; it is not followed");
+                continue;
+            }
+            let elapsed = run
+                .started_at_ms
+                .map(|at| Duration::from_millis(now_ms().saturating_sub(at).max(0) as u64))
+                .unwrap_or_default();
+            tracing::info!(run = %run.id, %handle, "following a run's executor again after a restart");
+            self.inner.executors.follow(run.id);
+            self.supervise_in_background(run.id, run.repo, handle, None, elapsed);
         }
     }
 
@@ -477,143 +555,59 @@ impl Launcher {
         }
     }
 
-    /// The sandbox and limits quire-ci applies to the run's commands.
-    /// `fs_size_mb`: the size of the file system runs are written to.
-    fn sandbox_arguments(&self, command: &mut tokio::process::Command, repo: &RepoName, fs_size_mb: u64) {
+    /// The arguments after `quire-ci run`: the sandbox and limits it
+    /// applies to the run's commands. `fs_size_mb`: the size of the file
+    /// system the executor's directory is on.
+    fn executor_arguments(&self, repo: &RepoName, fs_size_mb: u64) -> Vec<std::ffi::OsString> {
         let ci = &self.inner.config.ci;
-        command.arg("--sandbox").arg(ci.sandbox.as_str());
+        let mut args: Vec<std::ffi::OsString> = vec!["--sandbox".into(), ci.sandbox.as_str().into()];
         if ci.sandbox == SandboxMode::Bwrap {
             // Nothing of the data root (database, config, repositories, other
             // runs) is visible to commands.
-            command.arg("--hide").arg(self.inner.root.path());
+            args.push("--hide".into());
+            args.push(self.inner.root.path().into());
             if ci.network.contains(repo) {
-                command.arg("--network");
+                args.push("--network".into());
             }
         }
         let limits = &ci.limits;
-        command
-            .arg("--jobs")
-            .arg(ci.max_parallel_jobs.to_string())
-            .arg("--max-log-mb")
-            .arg(limits.max_log_mb.to_string())
-            .arg("--max-commands")
-            .arg(ci.max_commands.to_string())
-            .arg("--max-tmp-mb")
-            .arg(limits.max_tmp_mb.to_string())
-            .arg("--lua-memory-mb")
-            .arg(limits.lua_memory_mb.to_string())
-            .arg("--min-free-disk-mb")
-            .arg(limits.disk_floor_mb(fs_size_mb).to_string())
-            .arg("--max-processes")
-            .arg(limits.max_processes.to_string())
-            .arg("--max-file-size-mb")
-            .arg(limits.max_file_size_mb.to_string())
-            .arg("--max-cpu-secs")
-            .arg(limits.max_cpu_secs.to_string())
-            .arg("--max-memory-mb")
-            .arg(limits.max_memory_mb.to_string())
-            .arg("--job-timeout")
-            .arg(ci.timeout.as_secs().to_string());
+        for (flag, value) in [
+            ("--jobs", ci.max_parallel_jobs),
+            ("--max-log-mb", limits.max_log_mb),
+            ("--max-commands", ci.max_commands),
+            ("--max-tmp-mb", limits.max_tmp_mb),
+            ("--lua-memory-mb", limits.lua_memory_mb),
+            ("--min-free-disk-mb", limits.disk_floor_mb(fs_size_mb)),
+            ("--max-processes", limits.max_processes),
+            ("--max-file-size-mb", limits.max_file_size_mb),
+            ("--max-cpu-secs", limits.max_cpu_secs),
+            ("--max-memory-mb", limits.max_memory_mb),
+            ("--job-timeout", ci.timeout.as_secs()),
+        ] {
+            args.push(flag.into());
+            args.push(value.to_string().into());
+        }
+        args
     }
 
-    fn spawn(
-        &self,
-        id: RunId,
-        repo: &RepoName,
-        run_dir: &RunDir,
-        workspace: &Path,
-        settings: &ExecutorSettings,
-    ) -> Result<tokio::process::Child, String> {
-        let log_path = run_dir.executor_log();
-        let log = std::fs::File::create(&log_path)
-            .map_err(|e| format!("cannot create {}: {e}", log_path.display()))?;
-        let log_err = log.try_clone().map_err(|e| e.to_string())?;
-        let mut command = tokio::process::Command::new(&self.inner.quire_ci);
-        command
-            .arg("run")
-            .arg("--workspace")
-            .arg(workspace)
-            .arg("--events")
-            .arg(run_dir.events())
-            .arg("--out-dir")
-            .arg(run_dir.path())
-            .env("QUIRE__SERVER_URL", &self.inner.server_url)
-            .env("QUIRE__RUN_TOKEN", &settings.token)
-            .env_remove("QUIRE_ROOT")
-            .stdin(Stdio::null())
-            .stdout(Stdio::from(log))
-            .stderr(Stdio::from(log_err))
-            .process_group(0)
-            .kill_on_drop(false);
-        if let Some(dsn) = &self.inner.config.sentry_dsn {
-            command.env("QUIRE__SENTRY_DSN", dsn);
-        }
-        command.arg("--cache-dir").arg(&settings.cache_dir);
-        self.sandbox_arguments(&mut command, repo, settings.fs_size_mb);
-        // SAFETY: only calls prctl, which is async-signal-safe.
-        unsafe {
-            command.pre_exec(|| {
-                // If the server dies, its runs stop with it instead of running
-                // on unsupervised (restart marks them orphaned). SIGTERM, so
-                // that quire-ci stops its command on the way out.
-                rustix::process::set_parent_process_death_signal(Some(Signal::TERM))?;
-                Ok(())
-            });
-        }
-        // Spawned and registered under the lock, so that a sweep for
-        // leftovers never takes a new executor for one.
-        let mut running = self.inner.running.lock().expect("running lock");
-        let child =
-            command.spawn().map_err(|e| format!("cannot start {}: {e}", self.inner.quire_ci.display()))?;
-        let pid = child.id().ok_or("quire-ci exited before it could be tracked")?;
-        let group = Pid::from_raw(pid as i32).ok_or("quire-ci has no pid")?;
-        running.insert(id, Running { group, stop: None });
-        tracing::info!(run = %id, pid, "quire-ci started");
-        Ok(child)
-    }
-
-    /// Waits for quire-ci (killing it at the run timeout), then records the
-    /// run: ingest, transition, cleanup.
-    async fn supervise(
-        &self,
-        id: RunId,
-        repo: RepoName,
-        run_dir: RunDir,
-        workspace: PathBuf,
-        mut child: tokio::process::Child,
-    ) {
-        let timeout = self.inner.config.ci.timeout;
-        let status = match tokio::time::timeout(timeout, child.wait()).await {
-            Ok(status) => status,
-            Err(_) => {
-                self.stop(id, Stop::Timeout);
-                child.wait().await
-            }
+    /// Watches an executor until it is gone — stopping it when the run is
+    /// to stop, times out or falls silent — then records the run: ingest,
+    /// transition, retention.
+    async fn supervise(&self, id: RunId, repo: RepoName, handle: String, elapsed: Duration) {
+        let run_dir = self.inner.root.run_dir(&repo, id);
+        let deadline = tokio::time::Instant::now() + self.inner.config.ci.timeout.saturating_sub(elapsed);
+        let (clean, how) = self.watch(id, &handle, deadline).await;
+        let launch = self.inner.launch.clone();
+        let cleaned = {
+            let handle = handle.clone();
+            tokio::task::spawn_blocking(move || launch.clean_up(id, &handle)).await
         };
-        let (group, stop) = {
-            let running = self.inner.running.lock().expect("running lock");
-            let run = running.get(&id).expect("a supervised run is registered until it is recorded");
-            (run.group, run.stop)
-        };
-        // Whatever is left of the process group goes now, and so does
-        // anything that left the group and outlived quire-ci.
-        let _ = kill_process_group(group, Signal::KILL);
-        let inner = self.inner.clone();
-        match tokio::task::spawn_blocking(move || sweep_leftovers(&inner)).await {
+        match cleaned {
             Ok(0) => {}
             Ok(swept) => tracing::warn!(run = %id, swept, "killed processes the run left behind"),
-            Err(e) => tracing::error!(run = %id, error = %e, "sweeping the run's leftovers failed"),
+            Err(e) => tracing::error!(run = %id, error = %e, "cleaning up after the executor failed"),
         }
-        let exited_cleanly = matches!(&status, Ok(s) if s.success());
-        if let Err(e) = &status {
-            tracing::error!(run = %id, error = %e, "waiting for quire-ci failed");
-        }
-
-        // Nobody needs the checkout any more; it goes before the run is
-        // recorded, so a finished run never has one.
-        if let Err(e) = tokio::fs::remove_dir_all(&workspace).await {
-            tracing::warn!(run = %id, error = %e, "cannot remove the workspace");
-        }
+        let stop = self.inner.executors.stop_request(id).map(|(why, _)| why);
         let events = run_dir.events();
         let recorded = self
             .db(move |conn| {
@@ -621,19 +615,33 @@ impl Launcher {
                 if report.skipped_lines > 0 {
                     tracing::warn!(run = %id, skipped = report.skipped_lines, "events.jsonl had unreadable lines");
                 }
-                let ending = ending_for(stop, exited_cleanly, report.run_finished);
+                let ending = ending_for(stop, clean, report.run_finished);
                 runs::finish(conn, id, &ending).map_err(|e| e.to_string())?;
-                Ok(ending)
+                Ok((ending, report.run_finished.is_some()))
             })
             .await;
 
+        if let Some(note) = self.inner.executors.take_note(id) {
+            note_in_executor_log(&run_dir, &note).await;
+        }
         match recorded {
-            Ok(Ending::Complete) => tracing::info!(run = %id, %repo, "run complete"),
-            Ok(Ending::Failed(FailureKind::PipelineFailure)) => {
-                tracing::info!(run = %id, %repo, "run failed: the pipeline failed")
+            Ok((ending, finished)) => {
+                if !finished && stop.is_none() {
+                    note_in_executor_log(
+                        &run_dir,
+                        &format!("quire: the executor ended without finishing the run: {how}"),
+                    )
+                    .await;
+                }
+                match ending {
+                    Ending::Complete => tracing::info!(run = %id, %repo, "run complete"),
+                    Ending::Failed(FailureKind::PipelineFailure) => {
+                        tracing::info!(run = %id, %repo, "run failed: the pipeline failed")
+                    }
+                    Ending::Failed(kind) => tracing::warn!(run = %id, %repo, %kind, %how, "run failed"),
+                    Ending::Superseded => tracing::info!(run = %id, %repo, "run superseded"),
+                }
             }
-            Ok(Ending::Failed(kind)) => tracing::warn!(run = %id, %repo, %kind, "run failed"),
-            Ok(Ending::Superseded) => tracing::info!(run = %id, %repo, "run superseded"),
             Err(e) => {
                 tracing::error!(run = %id, error = %e, "recording the run failed");
                 note_in_executor_log(
@@ -644,9 +652,73 @@ impl Launcher {
                 self.finish_until_written(id, Ending::Failed(FailureKind::ProcessCrashed)).await;
             }
         }
-        self.inner.running.lock().expect("running lock").remove(&id);
+        self.inner.executors.forget(id);
         self.inner.wake.notify_one();
         self.apply_retention(repo).await;
+    }
+
+    /// Asks the engine after the executor until it is gone; returns
+    /// whether it exited cleanly and how it ended. Meanwhile a run past
+    /// `deadline` or silent past `:heartbeat-timeout-secs` is stopped, and
+    /// a run told to stop has its executor ended.
+    async fn watch(&self, id: RunId, handle: &str, deadline: tokio::time::Instant) -> (bool, String) {
+        let launch = self.inner.launch.clone();
+        let executors = &self.inner.executors;
+        let silence_limit = self.inner.config.ci.heartbeat_timeout;
+        // 1 once terminated, 2 once killed.
+        let mut force = 0u8;
+        let mut engine_errors = 0u32;
+        loop {
+            let status = {
+                let (launch, handle) = (launch.clone(), handle.to_string());
+                tokio::task::spawn_blocking(move || launch.status(&handle)).await
+            };
+            match status {
+                Ok(Ok(Status::Ended { clean, how })) => return (clean, how),
+                Ok(Ok(Status::Queued)) => executors.excuse_silence(id),
+                Ok(Ok(Status::Running)) => engine_errors = 0,
+                Ok(Err(e)) => {
+                    engine_errors += 1;
+                    if engine_errors == 1 || engine_errors.is_multiple_of(60) {
+                        tracing::warn!(run = %id, error = %e, "cannot ask the engine about the executor");
+                    }
+                }
+                Err(e) => tracing::error!(run = %id, error = %e, "status task failed"),
+            }
+            if tokio::time::Instant::now() >= deadline {
+                self.stop(id, StopReason::Timeout);
+            }
+            if executors.silent_for(id).is_some_and(|silent| silent > silence_limit)
+                && executors.stop_request(id).is_none()
+            {
+                tracing::warn!(run = %id, silent = ?silence_limit, "the executor fell silent; ending it");
+                executors.give_up(
+                    id,
+                    StopReason::Abandoned,
+                    format!(
+                        "quire: the executor was not heard from for {} s (:ci {{:heartbeat-timeout-secs}}); the run is given up",
+                        silence_limit.as_secs()
+                    ),
+                );
+            }
+            // Told to stop: ended at once (it sends what it has on the way
+            // out), killed if still there [`STOP_GRACE`] later; one that
+            // fell silent is killed at once.
+            if let Some((why, since)) = executors.stop_request(id) {
+                let (launch, handle) = (launch.clone(), handle.to_string());
+                if (why == StopReason::Abandoned || since >= STOP_GRACE) && force < 2 {
+                    force = 2;
+                    let _ = tokio::task::spawn_blocking(move || launch.kill(&handle)).await;
+                } else if force < 1 {
+                    force = 1;
+                    let _ = tokio::task::spawn_blocking(move || launch.terminate(&handle)).await;
+                }
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(self.inner.launch.poll_interval()) => {}
+                _ = self.inner.stops.notified() => {}
+            }
+        }
     }
 
     /// Records a run's ending, retrying until the database takes it (a full
@@ -686,9 +758,9 @@ impl Launcher {
         }
     }
 
-    /// Fails a run that never got a process, leaving the reason where its
+    /// Fails a run that never got an executor, leaving the reason where its
     /// logs would be.
-    async fn finish_without_process(&self, id: RunId, run_dir: &RunDir, reason: &str) {
+    async fn finish_without_executor(&self, id: RunId, run_dir: &RunDir, reason: &str) {
         let _ = tokio::fs::create_dir_all(run_dir.path()).await;
         let _ =
             tokio::fs::write(run_dir.executor_log(), format!("quire: the run could not start: {reason}\n"))
@@ -714,61 +786,21 @@ async fn note_in_executor_log(run_dir: &RunDir, line: &str) {
     }
 }
 
-/// Kills the server's children that are neither a running executor nor
-/// one of its own helpers (git and tar share the server's process group):
-/// processes a run detached from its process group, re-parented to the
-/// server (a subreaper) when their quire-ci ended.
-fn sweep_leftovers(inner: &Inner) -> usize {
-    let own_group = rustix::process::getpgid(None).ok();
-    let running = inner.running.lock().expect("running lock");
-    let executors: Vec<Pid> = running.values().map(|r| r.group).collect();
-    quire_core::runtime::sweep_children(|pid| {
-        executors.contains(&pid) || rustix::process::getpgid(Some(pid)).ok() == own_group
-    })
-}
-
 /// The transition table of SPEC §6.4: how a run ends given why the server
-/// stopped it (if it did), quire-ci's exit status and its last event.
-fn ending_for(stop: Option<Stop>, exited_cleanly: bool, run_finished: Option<RunOutcome>) -> Ending {
+/// stopped it (if it did), whether the executor exited cleanly and its
+/// last event.
+fn ending_for(stop: Option<StopReason>, exited_cleanly: bool, run_finished: Option<RunOutcome>) -> Ending {
     match (stop, exited_cleanly, run_finished) {
-        (Some(Stop::Superseded), _, _) => Ending::Superseded,
-        (Some(Stop::Canceled), _, _) => Ending::Failed(FailureKind::Canceled),
-        (Some(Stop::Timeout), _, _) => Ending::Failed(FailureKind::Timeout),
+        (Some(StopReason::Superseded), _, _) => Ending::Superseded,
+        (Some(StopReason::Canceled), _, _) => Ending::Failed(FailureKind::Canceled),
+        (Some(StopReason::Timeout), _, _) => Ending::Failed(FailureKind::Timeout),
+        (Some(StopReason::Abandoned | StopReason::Unrecordable), _, _) => {
+            Ending::Failed(FailureKind::ProcessCrashed)
+        }
         (None, true, Some(RunOutcome::Success)) => Ending::Complete,
         (None, true, Some(RunOutcome::PipelineFailure)) => Ending::Failed(FailureKind::PipelineFailure),
         (None, _, _) => Ending::Failed(FailureKind::ProcessCrashed),
     }
-}
-
-/// `git archive <sha> | tar -x` into the workspace.
-fn materialize(bare: &Path, sha: &str, workspace: &Path) -> Result<(), String> {
-    use std::process::Command;
-    let mut archive = Command::new("git")
-        .arg("--git-dir")
-        .arg(bare)
-        .args(["archive", "--format=tar", sha])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| format!("cannot run git archive: {e}"))?;
-    let tar = Command::new("tar")
-        .arg("-x")
-        .arg("-C")
-        .arg(workspace)
-        .stdin(archive.stdout.take().expect("piped"))
-        .output()
-        .map_err(|e| format!("cannot run tar: {e}"))?;
-    let archived = archive.wait_with_output().map_err(|e| format!("git archive failed: {e}"))?;
-    if !archived.status.success() {
-        return Err(format!(
-            "git archive of {sha} failed: {}",
-            String::from_utf8_lossy(&archived.stderr).trim()
-        ));
-    }
-    if !tar.status.success() {
-        return Err(format!("tar failed: {}", String::from_utf8_lossy(&tar.stderr).trim()));
-    }
-    Ok(())
 }
 
 #[cfg(test)]
@@ -784,8 +816,9 @@ mod tests {
         assert_eq!(ending_for(None, true, failed), Ending::Failed(PipelineFailure));
         assert_eq!(ending_for(None, false, ok), Ending::Failed(ProcessCrashed));
         assert_eq!(ending_for(None, true, None), Ending::Failed(ProcessCrashed));
-        assert_eq!(ending_for(Some(Stop::Timeout), false, None), Ending::Failed(Timeout));
-        assert_eq!(ending_for(Some(Stop::Canceled), true, ok), Ending::Failed(Canceled));
-        assert_eq!(ending_for(Some(Stop::Superseded), false, None), Ending::Superseded);
+        assert_eq!(ending_for(Some(StopReason::Timeout), false, None), Ending::Failed(Timeout));
+        assert_eq!(ending_for(Some(StopReason::Canceled), true, ok), Ending::Failed(Canceled));
+        assert_eq!(ending_for(Some(StopReason::Superseded), false, None), Ending::Superseded);
+        assert_eq!(ending_for(Some(StopReason::Abandoned), true, ok), Ending::Failed(ProcessCrashed));
     }
 }

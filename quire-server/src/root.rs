@@ -47,6 +47,17 @@ impl DataRoot {
         self.path.join("spool")
     }
 
+    /// The private directories of local executors (`executors/<run-id>`):
+    /// the only part of the data root an executor sees, on the same file
+    /// system as the runs, so that the operator sizes one disk.
+    pub fn executor_dir(&self, run: RunId) -> PathBuf {
+        self.executors_dir().join(run.to_string())
+    }
+
+    pub fn executors_dir(&self) -> PathBuf {
+        self.path.join("executors")
+    }
+
     pub fn repos_dir(&self) -> PathBuf {
         self.path.join("repos")
     }

@@ -314,13 +314,20 @@ pub fn next_pending(conn: &Connection) -> rusqlite::Result<Option<Run>> {
 
 /// Claims a pending run for execution: records the token's hash and the
 /// workspace. False when the run is no longer pending and unclaimed.
-pub fn claim(conn: &Connection, id: RunId, token_hash: &str, workspace: &str) -> rusqlite::Result<bool> {
+pub fn claim(conn: &Connection, id: RunId, token_hash: &str) -> rusqlite::Result<bool> {
     let changed = conn.execute(
-        "UPDATE runs SET token_hash = ?2, workspace_path = ?3
-         WHERE id = ?1 AND state = 'pending' AND token_hash IS NULL",
-        params![id.to_string(), token_hash, workspace],
+        "UPDATE runs SET token_hash = ?2 WHERE id = ?1 AND state = 'pending' AND token_hash IS NULL",
+        params![id.to_string(), token_hash],
     )?;
     Ok(changed == 1)
+}
+
+/// Records the launcher's handle on a claimed run's executor (the schema
+/// accepts `process:<pid>` and `slurm:<job id>`), which a restarted server
+/// needs to find a remote executor again.
+pub fn record_executor(conn: &Connection, id: RunId, handle: &str) -> rusqlite::Result<()> {
+    conn.execute("UPDATE runs SET executor = ?2 WHERE id = ?1", params![id.to_string(), handle])?;
+    Ok(())
 }
 
 /// `pending → active` on bootstrap, in one conditional UPDATE. A repeated
@@ -381,27 +388,44 @@ pub struct Reconciled {
     pub orphaned: Vec<Run>,
     /// Pending runs it had claimed, now unclaimed so they run again.
     pub released: Vec<Run>,
+    /// Claimed runs whose executor outlives the server (a Slurm job), with
+    /// the launcher's handle: the launcher asks after them again.
+    pub adoptable: Vec<(Run, String)>,
 }
 
+/// Whether a launcher handle names an executor that does not die with the
+/// server (a local process does: it gets SIGTERM when its parent goes).
+const OUTLIVES_SERVER: &str = "executor IS NOT NULL AND executor NOT GLOB 'process:*'";
+
 /// At server start: runs a previous instance left active are orphaned, and
-/// pending runs it had claimed are released so they run again.
+/// pending runs it had claimed are released so they run again — except
+/// those whose executor outlives a server, which are left to be adopted.
 pub fn reconcile(conn: &Connection) -> rusqlite::Result<Reconciled> {
     let orphaned = conn
         .prepare(&format!(
             "UPDATE runs SET state = 'failed', failure_kind = 'orphaned',
                     finished_at_ms = max(?1, coalesce(started_at_ms, queued_at_ms))
-             WHERE state = 'active' RETURNING {RUN_COLUMNS}"
+             WHERE state = 'active' AND NOT ({OUTLIVES_SERVER}) RETURNING {RUN_COLUMNS}"
         ))?
         .query_map(params![now_ms()], Run::from_row)?
         .collect::<rusqlite::Result<_>>()?;
     let released = conn
         .prepare(&format!(
-            "UPDATE runs SET token_hash = NULL, workspace_path = NULL
-             WHERE state = 'pending' AND token_hash IS NOT NULL RETURNING {RUN_COLUMNS}"
+            "UPDATE runs SET token_hash = NULL, executor = NULL
+             WHERE state = 'pending' AND token_hash IS NOT NULL AND NOT ({OUTLIVES_SERVER})
+             RETURNING {RUN_COLUMNS}"
         ))?
         .query_map([], Run::from_row)?
         .collect::<rusqlite::Result<_>>()?;
-    Ok(Reconciled { orphaned, released })
+    let adoptable = conn
+        .prepare(&format!(
+            "SELECT {RUN_COLUMNS}, executor FROM runs
+             WHERE state IN ('pending', 'active') AND token_hash IS NOT NULL AND {OUTLIVES_SERVER}
+             ORDER BY queued_at_ms"
+        ))?
+        .query_map([], |row| Ok((Run::from_row(row)?, row.get::<_, String>(15)?)))?
+        .collect::<rusqlite::Result<_>>()?;
+    Ok(Reconciled { orphaned, released, adoptable })
 }
 
 pub fn get(conn: &Connection, id: RunId) -> rusqlite::Result<Option<Run>> {
@@ -553,8 +577,8 @@ mod tests {
         assert!(superseded.is_empty());
         assert_eq!(next_pending(&conn).unwrap().unwrap().id, id);
         let hash = token_hash("tok");
-        assert!(claim(&conn, id, &hash, "/ws").unwrap());
-        assert!(!claim(&conn, id, &hash, "/ws").unwrap(), "claimed once");
+        assert!(claim(&conn, id, &hash).unwrap());
+        assert!(!claim(&conn, id, &hash).unwrap(), "claimed once");
         assert!(next_pending(&conn).unwrap().is_none());
         let run = start_by_token(&conn, &hash).unwrap().unwrap();
         assert_eq!(run.state, RunState::Active);
@@ -607,15 +631,50 @@ mod tests {
         let (_d, mut conn) = conn();
         let (active, _) = enqueue(&mut conn, &push("refs/heads/a")).unwrap();
         let (claimed, _) = enqueue(&mut conn, &push("refs/heads/b")).unwrap();
-        claim(&conn, active, &token_hash("1"), "/w1").unwrap();
+        claim(&conn, active, &token_hash("1")).unwrap();
         start_by_token(&conn, &token_hash("1")).unwrap().unwrap();
-        claim(&conn, claimed, &token_hash("2"), "/w2").unwrap();
+        claim(&conn, claimed, &token_hash("2")).unwrap();
         let reconciled = reconcile(&conn).unwrap();
         let ids = |runs: &[Run]| runs.iter().map(|r| r.id).collect::<Vec<_>>();
         assert_eq!((ids(&reconciled.orphaned), ids(&reconciled.released)), (vec![active], vec![claimed]));
         let run = get(&conn, active).unwrap().unwrap();
         assert_eq!((run.state, run.failure_kind), (RunState::Failed, Some(FailureKind::Orphaned)));
         assert_eq!(next_pending(&conn).unwrap().unwrap().id, claimed);
+    }
+
+    #[test]
+    fn reconcile_leaves_runs_whose_executor_outlives_the_server_to_be_adopted() {
+        let (_d, mut conn) = conn();
+        let (remote, _) = enqueue(&mut conn, &push("refs/heads/a")).unwrap();
+        let (queued, _) = enqueue(&mut conn, &push("refs/heads/b")).unwrap();
+        let (local, _) = enqueue(&mut conn, &push("refs/heads/c")).unwrap();
+        for (id, token, handle) in
+            [(remote, "1", "slurm:41"), (queued, "2", "slurm:42"), (local, "3", "process:7")]
+        {
+            claim(&conn, id, &token_hash(token)).unwrap();
+            record_executor(&conn, id, handle).unwrap();
+        }
+        start_by_token(&conn, &token_hash("1")).unwrap().unwrap();
+        start_by_token(&conn, &token_hash("3")).unwrap().unwrap();
+        let reconciled = reconcile(&conn).unwrap();
+        let adopted: Vec<_> = reconciled.adoptable.iter().map(|(r, h)| (r.id, h.as_str())).collect();
+        assert_eq!(adopted, [(remote, "slurm:41"), (queued, "slurm:42")]);
+        assert_eq!(reconciled.orphaned.iter().map(|r| r.id).collect::<Vec<_>>(), [local]);
+        assert!(reconciled.released.is_empty());
+        assert_eq!(get(&conn, remote).unwrap().unwrap().state, RunState::Active, "still followed");
+        assert!(next_pending(&conn).unwrap().is_none(), "the queued Slurm job is not launched twice");
+    }
+
+    #[test]
+    fn the_schema_takes_only_launcher_handles_as_executors() {
+        let (_d, mut conn) = conn();
+        let (id, _) = enqueue(&mut conn, &push("refs/heads/a")).unwrap();
+        for good in ["process:1", "slurm:123"] {
+            record_executor(&conn, id, good).unwrap();
+        }
+        for bad in ["slurm:", "slurm:12;rm", "process:0", "ssh:3", "/tmp/ws"] {
+            assert!(record_executor(&conn, id, bad).is_err(), "{bad:?} accepted");
+        }
     }
 
     /// `complete → failed` satisfies every CHECK (a finished run with a
@@ -625,7 +684,7 @@ mod tests {
     fn the_transition_trigger_alone_refuses_an_illegal_transition() {
         let (_d, mut conn) = conn();
         let (id, _) = enqueue(&mut conn, &push("refs/heads/main")).unwrap();
-        claim(&conn, id, &token_hash("t"), "/w").unwrap();
+        claim(&conn, id, &token_hash("t")).unwrap();
         start_by_token(&conn, &token_hash("t")).unwrap().unwrap();
         assert!(finish(&conn, id, &Ending::Complete).unwrap());
         let illegal = "UPDATE runs SET state = 'failed', failure_kind = 'canceled' WHERE id = ?1";

@@ -7,16 +7,18 @@
 //! running.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer, ResponseError};
 
 use crate::config::{Config, SandboxMode};
 use crate::db::{self, Pool};
+use crate::executors::Executors;
 use crate::http::{self, ApiError, AppState};
-use crate::launcher::{self, Launcher};
+use crate::launcher::Launcher;
 use crate::live::feed::{FeedLimits, Feeds};
 use crate::root::DataRoot;
-use crate::{api, runs, scheduler, socket, web as pages};
+use crate::{api, executor_api, runs, scheduler, socket, web as pages};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
@@ -58,7 +60,9 @@ pub async fn serve(root: DataRoot, config: Config, listen: Option<SocketAddr>) -
         backlog_bytes: config.http.live_backlog_bytes,
     };
     let feeds = Feeds::new(limits, api::end_probe(pool.clone()));
+    let executors = Arc::new(Executors::default());
     let state = web::Data::new(AppState {
+        executors: executors.clone(),
         db: pool.clone(),
         config: config.clone(),
         root: root.clone(),
@@ -72,6 +76,7 @@ pub async fn serve(root: DataRoot, config: Config, listen: Option<SocketAddr>) -
             .app_data(http::path_errors())
             .app_data(http::query_errors())
             .configure(api::configure)
+            .configure(executor_api::configure)
             .configure(pages::configure)
             .default_service(web::to(not_found))
     })
@@ -81,11 +86,11 @@ pub async fn serve(root: DataRoot, config: Config, listen: Option<SocketAddr>) -
     let bound = http.addrs().first().copied().unwrap_or(addr);
     let url = format!("http://{bound}");
 
-    let launcher = Launcher::new(root.clone(), pool.clone(), config.clone(), url.clone());
+    let launcher = Launcher::new(root.clone(), pool.clone(), config.clone(), url.clone(), executors);
     tracing::info!(
         root = %root.path().display(),
         %url,
-        quire_ci = %launcher::quire_ci_binary().display(),
+        launcher = %launcher.describe(),
         max_concurrent_runs = config.ci.max_concurrent_runs,
         sandbox = config.ci.sandbox.as_str(),
         "quire serving"
@@ -100,6 +105,7 @@ pub async fn serve(root: DataRoot, config: Config, listen: Option<SocketAddr>) -
     // Tests and scripts wait for this line on stdout.
     println!("quire: listening on {url}");
 
+    launcher.adopt(reconciled.adoptable);
     // Pushes saved while the server was down go first, oldest first.
     let replayed = launcher.replay_spool().await;
     if replayed > 0 {
@@ -115,9 +121,8 @@ pub async fn serve(root: DataRoot, config: Config, listen: Option<SocketAddr>) -
 }
 
 /// What a previous instance left behind: an orphaned run's events are
-/// ingested (its page then shows what it did before the server died) and
-/// its workspace removed; a released run's half-made workspace goes too,
-/// since it will be made again.
+/// ingested (its page then shows what it did before the server died), and
+/// the directories of local executors, which died with that server, go.
 fn record_leftovers(root: &DataRoot, conn: &mut rusqlite::Connection, reconciled: &runs::Reconciled) {
     if !reconciled.orphaned.is_empty() {
         tracing::warn!(
@@ -137,12 +142,11 @@ fn record_leftovers(root: &DataRoot, conn: &mut rusqlite::Connection, reconciled
             tracing::warn!(run = %run.id, error = %e, "cannot ingest an orphaned run's events");
         }
     }
-    for run in reconciled.orphaned.iter().chain(&reconciled.released) {
-        let workspace = root.run_dir(&run.repo, run.id).workspace();
-        if workspace.exists() {
-            if let Err(e) = std::fs::remove_dir_all(&workspace) {
-                tracing::warn!(run = %run.id, error = %e, "cannot remove a workspace left behind");
-            }
+    // Local executors die with the server; their directories go too.
+    let executors = root.executors_dir();
+    if executors.exists() {
+        if let Err(e) = std::fs::remove_dir_all(&executors) {
+            tracing::warn!(dir = %executors.display(), error = %e, "cannot remove executors' directories left behind");
         }
     }
 }

@@ -23,13 +23,14 @@ fn a_hostile_pipeline_reaches_nothing_it_does_not_own() {
         // budget its siblings share (RLIMIT_NPROC is per user).
         "{:secrets {:deploy-token \"the-secret\"}\n :ci {:max-processes 64 :max-file-size-mb 5 :max-parallel-jobs 1}}",
     );
-    let tokens = root.path().join("tokens");
-    let recorder = root.path().join("record.sh");
+    // The executor is confined (it can write nothing outside its own
+    // directory): it tells its token on stderr, which the server logs.
+    let scripts = common::scripts_dir();
+    let recorder = scripts.path().join("record.sh");
     std::fs::write(
         &recorder,
         format!(
-            "#!/bin/sh\necho \"$QUIRE__RUN_TOKEN\" >> '{}'\nexec '{}' \"$@\"\n",
-            tokens.display(),
+            "#!/bin/sh\necho \"token-for-the-test:$QUIRE__RUN_TOKEN\" >&2\nexec '{}' \"$@\"\n",
             common::quire_ci_bin().display()
         ),
     )
@@ -116,9 +117,14 @@ fn a_hostile_pipeline_reaches_nothing_it_does_not_own() {
     assert!(log(&root, &run, "disk", 1).contains("larger than the limit of 5242880 bytes"));
     assert!(log(&root, &run, "forever", 1).contains("killed after its :timeout of 1s"));
 
-    let token_list = std::fs::read_to_string(&tokens).unwrap();
+    let server_log = root.server_log();
+    let token_list: Vec<&str> = server_log
+        .lines()
+        .filter_map(|l| l.split("token-for-the-test:").nth(1)?.split_whitespace().next())
+        .collect();
+    assert_eq!(token_list.len(), 2, "one token per run:\n{server_log}");
     let run_dir = root.path().join(format!("runs/app.git/{run}"));
-    for token in token_list.lines() {
+    for token in token_list {
         for entry in common::files_below(&run_dir) {
             let text = String::from_utf8_lossy(&std::fs::read(&entry).unwrap()).into_owned();
             assert!(!text.contains(token), "the run token leaked into {}", entry.display());

@@ -102,7 +102,7 @@ fn a_passing_pipeline_is_recorded_as_complete() {
     let _server = root.serve();
     let (_work, sha) = root.push_pipeline("app.git", PASSING, "main");
     let id = only_run(&root, "app.git");
-    assert_eq!(root.wait_finished(&id), ("complete".to_string(), None));
+    assert_eq!(root.wait_finished(&id), ("complete".to_string(), None), "{}", root.server_log());
 
     let run = rows(&root, "SELECT repo, ref_name, sha, previous_sha FROM runs WHERE id = ?1", &id);
     assert_eq!(run, [format!("app.git|refs/heads/main|{sha}|-")]);
@@ -176,7 +176,8 @@ fn a_compile_error_is_a_pipeline_failure() {
 #[test]
 fn a_crashing_executor_is_process_crashed() {
     let root = Root::new();
-    let bin = fake_executor(root.path(), "crash.sh", "echo 'executor exploding' >&2; exit 3");
+    let scripts = common::scripts_dir();
+    let bin = fake_executor(scripts.path(), "crash.sh", "echo 'executor exploding' >&2; exit 3");
     let _server = root.serve_with(&[("QUIRE_CI_BIN", &bin)]);
     root.push_pipeline("app.git", PASSING, "main");
     let id = only_run(&root, "app.git");
@@ -185,25 +186,52 @@ fn a_crashing_executor_is_process_crashed() {
     assert!(log.contains("executor exploding"), "{log}");
 }
 
+/// A stand-in server-mode executor speaking the HTTP protocol: bootstrap,
+/// fetch the workspace, run the real quire-ci on it locally, send its
+/// events without the last line (`run_finished`), exit 0.
+const TRUNCATING_EXECUTOR: &str = r#"
+import base64, io, json, os, subprocess, sys, tarfile, tempfile, urllib.request
+url, token = os.environ["QUIRE__SERVER_URL"], os.environ["QUIRE__RUN_TOKEN"]
+def call(method, path, body=None):
+    request = urllib.request.Request(url + path, data=body, method=method,
+        headers={"Authorization": "Bearer " + token, "Content-Type": "application/json"})
+    return urllib.request.urlopen(request).read()
+meta = json.loads(call("GET", "/api/run/bootstrap"))["meta"]
+workspace = tempfile.mkdtemp()
+tarfile.open(fileobj=io.BytesIO(call("GET", "/api/run/workspace"))).extractall(workspace)
+local = {k: v for k, v in os.environ.items() if not k.startswith("QUIRE__")}
+events = subprocess.run([os.environ["REAL_QUIRE_CI"], "run", "--workspace", workspace, "--events", "stdout",
+    "--sandbox", "none", "--sha", meta["sha"], "--ref", meta["ref"]], capture_output=True, check=True, env=local).stdout
+kept = b"".join(events.splitlines(keepends=True)[:-1])
+batch = {"chunks": [{"file": "events.jsonl", "offset": 0, "data": base64.b64encode(kept).decode()}]}
+call("POST", "/api/run/output", json.dumps(batch).encode())
+"#;
+
 #[test]
 fn an_executor_exiting_0_without_run_finished_is_process_crashed() {
     let root = Root::new();
-    let real = common::quire_ci_bin().display().to_string();
-    // Runs the real executor, then drops the stream's final line.
+    let scripts = common::scripts_dir();
+    std::fs::write(scripts.path().join("truncate.py"), TRUNCATING_EXECUTOR).unwrap();
     let bin = fake_executor(
-        root.path(),
+        scripts.path(),
         "truncate.sh",
-        &format!(
-            "'{real}' \"$@\"; for a in \"$@\"; do case \"$prev\" in --events) ev=\"$a\";; esac; prev=\"$a\"; done\n\
-             sed -i '$d' \"$ev\"; exit 0"
-        ),
+        &format!("exec python3 '{}'", scripts.path().join("truncate.py").display()),
     );
-    let _server = root.serve_with(&[("QUIRE_CI_BIN", &bin)]);
+    let real = common::quire_ci_bin().display().to_string();
+    root.write_config("{:ci {:sandbox :none}}");
+    let _server = root.serve_with(&[("QUIRE_CI_BIN", &bin), ("REAL_QUIRE_CI", &real)]);
     root.push_pipeline("app.git", PASSING, "main");
     let id = only_run(&root, "app.git");
-    assert_eq!(root.wait_finished(&id), ("failed".to_string(), Some("process-crashed".to_string())));
+    assert_eq!(
+        root.wait_finished(&id),
+        ("failed".to_string(), Some("process-crashed".to_string())),
+        "{}",
+        root.server_log()
+    );
     // What the executor did report is still recorded.
     assert_eq!(rows(&root, "SELECT count(*) FROM jobs WHERE run_id = ?1", &id), ["2"]);
+    let log = std::fs::read_to_string(run_dir(&root, "app.git", &id).join("quire-ci.log")).unwrap();
+    assert!(log.contains("ended without finishing the run"), "{log}");
 }
 
 #[test]
@@ -276,7 +304,12 @@ fn a_server_killed_mid_run_orphans_it_and_runs_the_queue_after_restart() {
     let server = root.serve_with(&env);
     let (work, _) = root.push_pipeline("app.git", SLOW, "main");
     let active = only_run(&root, "app.git");
-    wait_state(&root, &active, "active");
+    // Killed once the server holds the start of the command: what it had
+    // received is what the orphaned run shows.
+    let events = run_dir(&root, "app.git", &active).join("events.jsonl");
+    root.wait_for("the command's start on the server", 20, || {
+        std::fs::read_to_string(&events).ok()?.contains("sh_started").then_some(())
+    });
     work.push("fast");
     let queued = root.wait_run_count("app.git", 2)[1].clone();
     wait_state(&root, &queued, "pending");
@@ -288,10 +321,10 @@ fn a_server_killed_mid_run_orphans_it_and_runs_the_queue_after_restart() {
     let _server = root.serve_with(&env);
     assert_eq!(root.wait_finished(&active), ("failed".to_string(), Some("orphaned".to_string())));
     assert_eq!(root.wait_finished(&queued), ("complete".to_string(), None));
-    // What the orphaned run did before the server died is recorded, and its
-    // workspace is gone.
+    // What the orphaned run did before the server died is recorded, and
+    // its executor's directory is gone.
     assert_eq!(rows(&root, "SELECT job_id, state FROM jobs WHERE run_id = ?1", &active), ["wait|aborted"]);
-    assert!(!run_dir(&root, "app.git", &active).join("workspace").exists());
+    assert!(!root.path().join("executors").join(&active).exists());
 }
 
 /// Starts a server and stops it once it is listening, leaving a migrated
@@ -649,7 +682,7 @@ fn operational_errors_reach_sentry_and_pipeline_failures_do_not() {
     let id = only_run(&root, "other.git");
     assert_eq!(root.wait_finished(&id).1.as_deref(), Some("process-crashed"));
     root.wait_for("a Sentry event", 20, || {
-        sentry.bodies().into_iter().any(|b| b.contains("spawning quire-ci failed")).then_some(())
+        sentry.bodies().into_iter().any(|b| b.contains("launching the executor failed")).then_some(())
     });
 
     // quire-ci reports its own operational failures to the DSN it is given.

@@ -33,6 +33,8 @@ pub struct AppState {
     pub progress: run::Progress,
     /// Rendered lists of runs, while the database is unchanged.
     pub pages: cache::PageCache,
+    /// The executors being followed, which the run endpoints hear from.
+    pub executors: Arc<crate::executors::Executors>,
 }
 
 /// The path pattern of a repository name inside URLs.

@@ -17,6 +17,12 @@ pub mod markers;
 pub const QUIRE: &str = env!("CARGO_BIN_EXE_quire");
 
 /// The quire-ci binary built alongside (target/<profile>/quire-ci).
+/// A directory for stand-in executors: outside /tmp and any data root,
+/// which a confined executor does not see.
+pub fn scripts_dir() -> tempfile::TempDir {
+    tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("a directory in the target dir")
+}
+
 pub fn quire_ci_bin() -> PathBuf {
     Path::new(QUIRE).with_file_name("quire-ci")
 }

@@ -1,0 +1,133 @@
+//! The executors the server is following, in memory: for each run with a
+//! launched executor, when it was last heard from
+//! over HTTP, and whether it has been told to stop. The runner
+//! (`launcher`) adds and removes entries and decides what silence means;
+//! the run endpoints (`executor_api`) record contact and carry the stop
+//! request back in their answer. Nothing here touches the database or a
+//! process.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use quire_core::id::RunId;
+use quire_core::output::StopReason;
+
+#[derive(Default)]
+pub struct Executors {
+    followed: Mutex<HashMap<RunId, Followed>>,
+}
+
+struct Followed {
+    last_heard: Instant,
+    /// Why and since when the run is to stop.
+    stop: Option<(StopReason, Instant)>,
+    /// What the run's quire-ci.log is to say about why the server gave up.
+    note: Option<String>,
+    /// Held while a batch of the run's output is written, so that a batch
+    /// sent again before the first attempt finished waits for it.
+    writing: Arc<Mutex<()>>,
+}
+
+impl Executors {
+    fn lock(&self) -> MutexGuard<'_, HashMap<RunId, Followed>> {
+        self.followed.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Starts following a run whose executor is about to be launched.
+    pub fn follow(&self, id: RunId) {
+        self.lock().insert(
+            id,
+            Followed { last_heard: Instant::now(), stop: None, note: None, writing: Arc::default() },
+        );
+    }
+
+    pub fn forget(&self, id: RunId) {
+        self.lock().remove(&id);
+    }
+
+    pub fn is_followed(&self, id: RunId) -> bool {
+        self.lock().contains_key(&id)
+    }
+
+    pub fn count(&self) -> usize {
+        self.lock().len()
+    }
+
+    /// The executor got in touch: the stop request it is to act on, if any.
+    /// `None` for a run that is not followed.
+    pub fn heard_from(&self, id: RunId) -> Option<Option<StopReason>> {
+        let mut followed = self.lock();
+        let run = followed.get_mut(&id)?;
+        run.last_heard = Instant::now();
+        Some(run.stop.map(|(why, _)| why))
+    }
+
+    /// The executor cannot have been heard from yet (its job waits in the
+    /// scheduler's queue): silence so far does not count.
+    pub fn excuse_silence(&self, id: RunId) {
+        if let Some(run) = self.lock().get_mut(&id) {
+            run.last_heard = Instant::now();
+        }
+    }
+
+    pub fn silent_for(&self, id: RunId) -> Option<Duration> {
+        self.lock().get(&id).map(|run| run.last_heard.elapsed())
+    }
+
+    /// Asks the run's executor to stop (the first reason wins). False when
+    /// the run is not followed.
+    pub fn request_stop(&self, id: RunId, why: StopReason) -> bool {
+        match self.lock().get_mut(&id) {
+            Some(run) => {
+                run.stop.get_or_insert((why, Instant::now()));
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Stops the run for a reason of the server's own, with what the run's
+    /// log is to say about it (the first such note is kept).
+    pub fn give_up(&self, id: RunId, why: StopReason, note: String) {
+        if let Some(run) = self.lock().get_mut(&id) {
+            run.stop.get_or_insert((why, Instant::now()));
+            run.note.get_or_insert(note);
+        }
+    }
+
+    /// The note [`Executors::give_up`] left, once.
+    pub fn take_note(&self, id: RunId) -> Option<String> {
+        self.lock().get_mut(&id).and_then(|run| run.note.take())
+    }
+
+    /// Why the run is to stop, and how long ago that was asked.
+    pub fn stop_request(&self, id: RunId) -> Option<(StopReason, Duration)> {
+        self.lock().get(&id).and_then(|run| run.stop).map(|(why, at)| (why, at.elapsed()))
+    }
+
+    /// The lock a batch of the run's output is written under.
+    pub fn writing_lock(&self, id: RunId) -> Option<Arc<Mutex<()>>> {
+        self.lock().get(&id).map(|run| run.writing.clone())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_stop_request_reaches_the_executor_at_its_next_contact() {
+        let executors = Executors::default();
+        let id = RunId::generate();
+        assert_eq!(executors.heard_from(id), None, "not followed");
+        assert!(!executors.request_stop(id, StopReason::Canceled));
+        executors.follow(id);
+        assert_eq!(executors.heard_from(id), Some(None));
+        assert!(executors.request_stop(id, StopReason::Canceled));
+        assert!(executors.request_stop(id, StopReason::Timeout));
+        assert_eq!(executors.heard_from(id), Some(Some(StopReason::Canceled)), "the first reason wins");
+        executors.forget(id);
+        assert_eq!(executors.heard_from(id), None);
+    }
+}
