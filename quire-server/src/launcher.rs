@@ -608,40 +608,44 @@ impl Launcher {
             Err(e) => tracing::error!(run = %id, error = %e, "cleaning up after the executor failed"),
         }
         let stop = self.inner.executors.stop_request(id).map(|(why, _)| why);
+        // The log says why before the run is seen to end.
+        if let Some(note) = self.inner.executors.take_note(id) {
+            note_in_executor_log(&run_dir, &note).await;
+        }
         let events = run_dir.events();
-        let recorded = self
+        let ingested = self
             .db(move |conn| {
                 let report = ingest::ingest_file(conn, id, &events, now_ms()).map_err(|e| e.to_string())?;
                 if report.skipped_lines > 0 {
                     tracing::warn!(run = %id, skipped = report.skipped_lines, "events.jsonl had unreadable lines");
                 }
-                let ending = ending_for(stop, clean, report.run_finished);
-                runs::finish(conn, id, &ending).map_err(|e| e.to_string())?;
-                Ok((ending, report.run_finished.is_some()))
+                Ok(report.run_finished)
             })
             .await;
-
-        if let Some(note) = self.inner.executors.take_note(id) {
-            note_in_executor_log(&run_dir, &note).await;
-        }
-        match recorded {
-            Ok((ending, finished)) => {
-                if !finished && stop.is_none() {
+        let recorded = match ingested {
+            Ok(run_finished) => {
+                if run_finished.is_none() && stop.is_none() {
                     note_in_executor_log(
                         &run_dir,
                         &format!("quire: the executor ended without finishing the run: {how}"),
                     )
                     .await;
                 }
-                match ending {
-                    Ending::Complete => tracing::info!(run = %id, %repo, "run complete"),
-                    Ending::Failed(FailureKind::PipelineFailure) => {
-                        tracing::info!(run = %id, %repo, "run failed: the pipeline failed")
-                    }
-                    Ending::Failed(kind) => tracing::warn!(run = %id, %repo, %kind, %how, "run failed"),
-                    Ending::Superseded => tracing::info!(run = %id, %repo, "run superseded"),
-                }
+                let ending = ending_for(stop, clean, run_finished);
+                let written = ending.clone();
+                self.db(move |conn| runs::finish(conn, id, &written).map_err(|e| e.to_string()))
+                    .await
+                    .map(|_| ending)
             }
+            Err(e) => Err(e),
+        };
+        match recorded {
+            Ok(Ending::Complete) => tracing::info!(run = %id, %repo, "run complete"),
+            Ok(Ending::Failed(FailureKind::PipelineFailure)) => {
+                tracing::info!(run = %id, %repo, "run failed: the pipeline failed")
+            }
+            Ok(Ending::Failed(kind)) => tracing::warn!(run = %id, %repo, %kind, %how, "run failed"),
+            Ok(Ending::Superseded) => tracing::info!(run = %id, %repo, "run superseded"),
             Err(e) => {
                 tracing::error!(run = %id, error = %e, "recording the run failed");
                 note_in_executor_log(

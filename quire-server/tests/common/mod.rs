@@ -108,10 +108,16 @@ impl Root {
     }
 
     pub fn serve_with(&self, env: &[(&str, &str)]) -> Server {
+        self.serve_at("127.0.0.1:0", env)
+    }
+
+    /// A server listening at `listen` (e.g. the address of one that was
+    /// killed, as a restarted server would be).
+    pub fn serve_at(&self, listen: &str, env: &[(&str, &str)]) -> Server {
         let mut child = Command::new(QUIRE)
             .arg("--root")
             .arg(self.path())
-            .args(["serve", "--listen", "127.0.0.1:0"])
+            .args(["serve", "--listen", listen])
             .env("QUIRE_CI_BIN", quire_ci_bin())
             .envs(env.iter().copied())
             .stdout(Stdio::piped())
