@@ -1,7 +1,10 @@
 #!/usr/bin/env python3
 """Push-to-first-sh_started latency on an idle server.
 
-  push_latency.py QUIRE_BIN PUSHES
+  push_latency.py QUIRE_BIN PUSHES [CONFIG]
+
+CONFIG, when given, is written as the root's config.fnl (e.g. to run
+through the Slurm launcher; the server inherits SLURM_CONF).
 
 Starts `quire serve` on a temporary root and a free loopback port, creates a
 repository, then pushes PUSHES commits one after the other. For each, the
@@ -37,6 +40,13 @@ def wait_for(what, check, timeout=30):
     raise SystemExit(f"timed out waiting for {what}")
 
 
+def read(path):
+    try:
+        return path.read_text()
+    except OSError:
+        return ""
+
+
 def first_sh_started(events):
     try:
         for line in events.read_text().splitlines():
@@ -54,8 +64,10 @@ def main():
         root = pathlib.Path(tmp, "root")
         work = pathlib.Path(tmp, "work")
         subprocess.run([quire, "--root", root, "repo", "new", "bench.git"], check=True, capture_output=True)
+        if len(sys.argv) > 3:
+            (root / "config.fnl").write_text(sys.argv[3])
         server = subprocess.Popen([quire, "--root", root, "serve", "--listen", "127.0.0.1:0"],
-                                  stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+                                  stdout=subprocess.PIPE, stderr=open(os.environ.get("PUSH_BENCH_LOG", os.devnull), "w"), text=True)
         try:
             line = server.stdout.readline()
             if "listening on" not in line:
@@ -79,8 +91,10 @@ def main():
                                lambda: next(iter(set(os.listdir(runs_dir)) - before), None) if runs_dir.exists() else None)
                 at_ms = wait_for("the first sh_started", lambda: first_sh_started(runs_dir / run / "events.jsonl"))
                 latencies.append(at_ms - start_ms)
-                # Wait for the run to end so every push finds the server idle.
-                wait_for("the run to finish", lambda: True if not (runs_dir / run / "workspace").exists() else None)
+                # Wait for the run to end so every push finds the server idle:
+                # its last event is in, and its executor's directory is gone.
+                wait_for("the run to finish", lambda: True if "run_finished" in read(runs_dir / run / "events.jsonl")
+                         and not (root / "executors" / run).exists() else None)
             print("push latencies (ms):", " ".join(f"{x:.0f}" for x in latencies))
             print(f"{statistics.median(latencies):.1f}")
         finally:

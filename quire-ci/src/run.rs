@@ -122,6 +122,12 @@ fn exit_status(result: Result<(), Fatal>) -> u8 {
 /// workspace fetched into it, quire-ci's own output redirected into the
 /// run's `quire-ci.log`, and everything shipped back as it is written.
 fn run_for_server(mut args: RunArgs, server: Arc<Server>) -> u8 {
+    // Its environment holds the run token and its memory the secrets:
+    // other processes of the same user (other runs' executors and
+    // commands) may not read them through /proc or attach to it.
+    if let Err(e) = rustix::process::set_dumpable_behavior(rustix::process::DumpableBehavior::NotDumpable) {
+        eprintln!("quire-ci: warning: cannot make this process undumpable: {e}");
+    }
     let push = match server.bootstrap() {
         Ok(bootstrap) => bootstrap.push_facts(),
         // Nothing can be sent before the bootstrap: this goes to stderr,

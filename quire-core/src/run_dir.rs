@@ -4,7 +4,6 @@
 //! <run dir>/
 //!   events.jsonl            the event stream
 //!   quire-ci.log            the executor's own progress and diagnostics
-//!   workspace/              the checkout, while a server run is active
 //!   jobs/<job-id>/sh-<n>.log  one CRI log per `sh` call, n from 1
 //!   jobs/<job-id>/job.log     why the job failed, if it did
 //! ```
@@ -94,13 +93,9 @@ impl RunDir {
         self.path.join("events.jsonl")
     }
 
-    /// quire-ci's stdout and stderr on the server.
+    /// quire-ci's own progress and diagnostics.
     pub fn executor_log(&self) -> PathBuf {
         self.path.join("quire-ci.log")
-    }
-
-    pub fn workspace(&self) -> PathBuf {
-        self.path.join("workspace")
     }
 
     pub fn job_dir(&self, job: &JobId) -> PathBuf {
@@ -143,7 +138,6 @@ mod tests {
         let job = JobId::new("build").unwrap();
         assert_eq!(dir.events(), Path::new("/r/events.jsonl"));
         assert_eq!(dir.executor_log(), Path::new("/r/quire-ci.log"));
-        assert_eq!(dir.workspace(), Path::new("/r/workspace"));
         assert_eq!(dir.log(&job, LogFile::Command(3)), Path::new("/r/jobs/build/sh-3.log"));
         assert_eq!(dir.log(&job, LogFile::Job), Path::new("/r/jobs/build/job.log"));
     }

@@ -25,11 +25,11 @@ use crate::token;
 const MAX_OUTPUT_BODY: usize = 2 * quire_core::output::MAX_BATCH_BYTES + 64 * 1024;
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.service(bootstrap).service(secret).service(workspace).service(heartbeat).service(
-        web::resource(OUTPUT_PATH)
-            .app_data(web::PayloadConfig::new(MAX_OUTPUT_BODY))
-            .route(web::post().to(output)),
-    );
+    cfg.service(bootstrap)
+        .service(secret)
+        .service(workspace)
+        .service(heartbeat)
+        .service(web::resource(OUTPUT_PATH).route(web::post().to(output)));
 }
 
 /// The SHA-256 of the request's bearer token, if it carries one.
@@ -164,13 +164,33 @@ fn reply(state: &AppState, run: &Run) -> Reply {
     Reply { cancel: state.executors.heard_from(run.id).flatten() }
 }
 
+/// The request body, up to [`MAX_OUTPUT_BODY`] bytes; read only once the
+/// token is known good, so that nobody else can make the server buffer.
+async fn read_body(mut payload: web::Payload) -> Result<web::BytesMut, ApiError> {
+    use futures_util::StreamExt;
+    let mut body = web::BytesMut::new();
+    while let Some(piece) = payload.next().await {
+        let piece = piece
+            .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("cannot read the body: {e}")))?;
+        if body.len() + piece.len() > MAX_OUTPUT_BODY {
+            return Err(ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("the body is larger than {MAX_OUTPUT_BODY} bytes; send smaller batches"),
+            ));
+        }
+        body.extend_from_slice(&piece);
+    }
+    Ok(body)
+}
+
 /// A batch of the executor's output, appended to the run's files.
 async fn output(
     state: web::Data<AppState>,
     request: HttpRequest,
-    body: web::Bytes,
+    payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
     let run = active_run(&state, &request).await?;
+    let body = read_body(payload).await?;
     let batch: Batch = serde_json::from_slice(&body).map_err(|e| {
         ApiError::new(StatusCode::BAD_REQUEST, format!("the body is not an output batch: {e}"))
     })?;

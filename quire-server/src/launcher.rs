@@ -453,7 +453,13 @@ impl Launcher {
     pub fn adopt(&self, runs: Vec<(Run, String)>) {
         for (run, handle) in runs {
             if !handle.starts_with(&format!("{}:", self.inner.launch.kind())) {
-                tracing::error!(run = %run.id, %handle, "a run's executor belongs to another launcher than the configured one; it is not followed");
+                // Nobody here can ask after it: like a local executor lost
+                // with the previous server.
+                tracing::error!(run = %run.id, %handle, "a run's executor belongs to another launcher than the configured one; the run is orphaned");
+                let launcher = self.clone();
+                tokio::spawn(async move {
+                    launcher.finish_until_written(run.id, Ending::Failed(FailureKind::Orphaned)).await;
+                });
                 continue;
             }
             let elapsed = run

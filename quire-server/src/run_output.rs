@@ -68,6 +68,12 @@ fn write_chunk(dir: &RunDir, chunk: &Chunk, limits: &OutputLimits) -> Result<(),
     if chunk.end() > limit {
         return Err(OutputError::TooLarge { file: chunk.file.clone(), size: chunk.end(), limit });
     }
+    // A chunk for a file the server does not have yet must start it: no
+    // empty file (or job directory) is left behind by one that does not.
+    let exists = chunk.file.path_in(dir).symlink_metadata().is_ok();
+    if !exists && chunk.offset > 0 {
+        return Err(OutputError::OutOfOrder { file: chunk.file.clone(), offset: chunk.offset, have: 0 });
+    }
     let mut file = open_for_append(dir, &chunk.file).map_err(io)?;
     let have = file.metadata().map_err(io)?.len();
     if chunk.offset > have {

@@ -34,7 +34,10 @@ use std::time::{Duration, Instant};
 pub use context::{Note, RunContext, RunError, SecretError, SecretSource, Sink};
 pub use limits::Limits;
 pub use reaper::{become_subreaper, stop_everything, sweep_children, sweep_orphans};
-pub use sandbox::{find_bwrap, Bwrap, RunAs, Sandbox, CACHE_VARIABLE, HELPER_COMMAND};
+pub use sandbox::{
+    chown_tree, find_bwrap, find_system_program, Bwrap, RunAs, Sandbox, CACHE_VARIABLE, HELPER_COMMAND,
+    UNPRIVILEGED_ID,
+};
 pub use schedule::UnknownJob;
 
 use crate::clock::format_duration_ms;

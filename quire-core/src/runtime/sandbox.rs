@@ -78,7 +78,9 @@ const HELPER_PATH: &str = "/tmp/.quire-ci";
 /// The hidden subcommand that makes quire-ci the helper.
 pub const HELPER_COMMAND: &str = "sandbox-helper";
 
-fn find_system_program(name: &str) -> Option<PathBuf> {
+/// A program of the system's own directories (`setpriv`), never one a
+/// `PATH` chose.
+pub fn find_system_program(name: &str) -> Option<PathBuf> {
     SYSTEM_DIRS.iter().map(|dir| Path::new(dir).join(name)).find(|p| p.is_file())
 }
 
@@ -275,7 +277,9 @@ fn resolve_program(name: &std::ffi::OsStr, path: Option<&std::ffi::OsStr>) -> Op
     })
 }
 
-fn chown_tree(path: &Path, uid: u32, gid: u32) -> std::io::Result<()> {
+/// Hands `path` and everything below it (links themselves, not what they
+/// point to) to `uid`:`gid`.
+pub fn chown_tree(path: &Path, uid: u32, gid: u32) -> std::io::Result<()> {
     std::os::unix::fs::lchown(path, Some(uid), Some(gid))?;
     if path.symlink_metadata()?.is_dir() {
         for entry in std::fs::read_dir(path)? {

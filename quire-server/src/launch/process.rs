@@ -1,21 +1,26 @@
 //! The `process` launcher (the default): each executor is a child process
 //! of the server, in a process group of its own, confined — when the
-//! bubblewrap sandbox is on — to a bubblewrap of its own: the host
-//! read-only, its private directory (`<root>/executors/<run-id>`) and its
-//! cache writable, and nothing else of the data root visible, so that a
-//! pipeline that escapes the Lua VM meets the same walls as its commands.
-//! The server is the subreaper of whatever a run leaves running; this
-//! module sweeps it up when the executor ends.
+//! bubblewrap sandbox is on — to a bubblewrap of its own, so that a
+//! pipeline that escapes the Lua VM meets the same walls as its commands:
+//! it runs without privileges (as `nobody`, through `setpriv`, when the
+//! server is root), sees the host read-only and nothing of the data root
+//! but its own directory (`<root>/executors/<run-id>`) and its cache; the
+//! server's processes (root's) are closed to it, so there is no
+//! `/proc/<pid>/root` way round the cover. The server is the
+//! subreaper of whatever a run leaves running; this module sweeps it up
+//! when the executor ends.
 
 use std::collections::{HashMap, VecDeque};
 use std::io::{BufRead, BufReader};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use quire_core::id::RunId;
+use quire_core::runtime::{chown_tree, find_system_program, UNPRIVILEGED_ID};
 use rustix::process::{kill_process_group, Pid, Signal};
 
 use super::{handle_number, ExecutorSpec, Launch, LaunchError, Status};
@@ -45,6 +50,34 @@ pub struct ProcessLauncher {
     /// and sweeping hold the lock, so a sweep never takes a new executor
     /// for a leftover.
     children: Mutex<HashMap<u32, Executor>>,
+    /// The thread executors are spawned from (see [`spawner`]).
+    spawner: Mutex<mpsc::Sender<Spawn>>,
+}
+
+/// A command to spawn, and where the result goes.
+struct Spawn {
+    command: Command,
+    reply: mpsc::Sender<std::io::Result<Child>>,
+}
+
+/// Where the executor's binary is bound inside its bubblewrap: reachable
+/// by `nobody` whatever the directories above the real one allow.
+const EXECUTOR_PATH: &str = "/tmp/.quire-ci-executor";
+
+/// A parent-death signal fires when the *thread* that forked the child
+/// ends, and the blocking pool ends idle threads: executors are spawned
+/// from one thread that lives as long as the server.
+fn spawner() -> mpsc::Sender<Spawn> {
+    let (send, receive) = mpsc::channel::<Spawn>();
+    std::thread::Builder::new()
+        .name("executor-spawner".into())
+        .spawn(move || {
+            for Spawn { mut command, reply } in receive {
+                let _ = reply.send(command.spawn());
+            }
+        })
+        .expect("a thread can be started");
+    send
 }
 
 impl ProcessLauncher {
@@ -52,7 +85,13 @@ impl ProcessLauncher {
         let bwrap = if confine { quire_core::runtime::find_bwrap() } else { None };
         // Hidden where it really is: bubblewrap mounts nothing on a symlink.
         let root = root.canonicalize().unwrap_or(root);
-        ProcessLauncher { quire_ci, root, bwrap, children: Mutex::new(HashMap::new()) }
+        ProcessLauncher {
+            quire_ci,
+            root,
+            bwrap,
+            children: Mutex::new(HashMap::new()),
+            spawner: Mutex::new(spawner()),
+        }
     }
 
     fn children(&self) -> std::sync::MutexGuard<'_, HashMap<u32, Executor>> {
@@ -63,73 +102,140 @@ impl ProcessLauncher {
         self.root.join("executors").join(run)
     }
 
-    /// `bwrap … -- quire-ci run …`, or `quire-ci run …` unconfined.
-    fn command(&self, spec: &ExecutorSpec, work: &Path) -> Command {
-        let mut command = match &self.bwrap {
-            Some(bwrap) => {
-                // Bound where they really are, below the hidden root.
-                let real = |path: &Path| path.canonicalize().unwrap_or_else(|_| path.to_path_buf());
-                let cache = spec.cache_dir.as_deref().map(real);
-                let mut command = Command::new(bwrap);
-                command.args(confinement(&self.root, &real(work), cache.as_deref()));
-                command.arg("--").arg(&self.quire_ci);
-                command
-            }
-            None => Command::new(&self.quire_ci),
+    /// `bwrap … -- [setpriv …] quire-ci run …`, or `quire-ci run …`
+    /// unconfined.
+    fn command(&self, spec: &ExecutorSpec, work: &Path) -> Result<Command, LaunchError> {
+        let Some(bwrap) = &self.bwrap else {
+            let mut command = Command::new(&self.quire_ci);
+            command.current_dir(work);
+            return Ok(run_command(command, spec, work));
         };
-        command.arg("run").args(&spec.args);
-        if let Some(cache) = &spec.cache_dir {
-            command.arg("--cache-dir").arg(cache);
+        // Bound where they really are, below the hidden root (which is
+        // hidden where it really is).
+        let real = |path: &Path| path.canonicalize().unwrap_or_else(|_| path.to_path_buf());
+        let cache = spec.cache_dir.as_deref().map(real);
+        let mut command = Command::new(bwrap);
+        command.args(confinement(&self.root, &real(work), cache.as_deref(), &self.quire_ci)).arg("--");
+        if rustix::process::geteuid().is_root() {
+            // bubblewrap sets up as root; the executor gets none of it.
+            let setpriv = find_system_program("setpriv").ok_or_else(|| {
+                LaunchError::Start("setpriv (util-linux) is not installed in /usr/bin or /bin".into())
+            })?;
+            command.arg(setpriv).args([
+                format!("--reuid={UNPRIVILEGED_ID}"),
+                format!("--regid={UNPRIVILEGED_ID}"),
+                "--clear-groups".into(),
+                "--inh-caps=-all".into(),
+                "--bounding-set=-all".into(),
+                "--no-new-privs".into(),
+                "--".into(),
+            ]);
         }
-        command
-            .current_dir(work)
-            .env("TMPDIR", work)
-            .env(quire_core::output::SERVER_URL_VARIABLE, &spec.server_url)
-            .env(quire_core::output::RUN_TOKEN_VARIABLE, &spec.token)
-            .env_remove("QUIRE_ROOT")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .process_group(0);
-        if let Some(dsn) = &spec.sentry_dsn {
-            command.env("QUIRE__SENTRY_DSN", dsn);
-        }
-        // SAFETY: only calls prctl, which is async-signal-safe.
-        unsafe {
-            command.pre_exec(|| {
-                // If the server dies, its runs stop with it instead of
-                // running on unsupervised (restart marks them orphaned).
-                // SIGTERM, so that quire-ci stops its commands on the way out.
-                rustix::process::set_parent_process_death_signal(Some(Signal::TERM))?;
-                Ok(())
-            });
-        }
-        command
+        command.arg(EXECUTOR_PATH);
+        Ok(run_command(command, spec, work))
+    }
+
+    /// Spawns on the spawner thread.
+    fn spawn(&self, command: Command) -> std::io::Result<Child> {
+        let (reply, result) = mpsc::channel();
+        let sent = self.spawner.lock().unwrap_or_else(|p| p.into_inner()).send(Spawn { command, reply });
+        sent.map_err(|_| std::io::Error::other("the executor spawner is gone"))?;
+        result.recv().map_err(|_| std::io::Error::other("the executor spawner is gone"))?
     }
 }
 
-/// The executor's own bubblewrap: the host read-only, `/tmp` and the data
-/// root empty, its work directory and cache writable. Capabilities stay
-/// (as root) because the executor confines its commands in turn and hands
-/// the workspace to `nobody`; the network stays, to reach the server.
-fn confinement(root: &Path, work: &Path, cache: Option<&Path>) -> Vec<std::ffi::OsString> {
+/// `command` (which runs quire-ci) with `run`, the run's arguments, its
+/// environment and stdio, its own process group and the parent-death
+/// signal.
+fn run_command(mut command: Command, spec: &ExecutorSpec, work: &Path) -> Command {
+    command.arg("run").args(&spec.args);
+    if let Some(cache) = &spec.cache_dir {
+        command.arg("--cache-dir").arg(cache);
+    }
+    command
+        .env("TMPDIR", work)
+        .env(quire_core::output::SERVER_URL_VARIABLE, &spec.server_url)
+        .env(quire_core::output::RUN_TOKEN_VARIABLE, &spec.token)
+        .env_remove("QUIRE_ROOT")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .process_group(0);
+    if let Some(dsn) = &spec.sentry_dsn {
+        command.env("QUIRE__SENTRY_DSN", dsn);
+    }
+    // SAFETY: only calls prctl, which is async-signal-safe.
+    unsafe {
+        command.pre_exec(|| {
+            // If the server dies, its runs stop with it instead of
+            // running on unsupervised (restart marks them orphaned).
+            // SIGTERM, so that quire-ci stops its commands on the way out.
+            rustix::process::set_parent_process_death_signal(Some(Signal::TERM))?;
+            Ok(())
+        });
+    }
+    command
+}
+
+/// The executor's own bubblewrap: the host read-only, a fresh `/dev`,
+/// `/tmp` and the data root empty, its binary
+/// at [`EXECUTOR_PATH`], its work directory and cache writable at their
+/// real paths. As root only what `setpriv` needs to drop to `nobody` is
+/// kept. The network stays, to reach the server; user namespaces stay,
+/// for the commands' sandboxes.
+fn confinement(root: &Path, work: &Path, cache: Option<&Path>, quire_ci: &Path) -> Vec<std::ffi::OsString> {
     let mut args: Vec<std::ffi::OsString> = Vec::new();
     let mut push = |items: &[&std::ffi::OsStr]| args.extend(items.iter().map(|s| s.to_os_string()));
     push(&["--ro-bind".as_ref(), "/".as_ref(), "/".as_ref()]);
     // Device nodes cannot be opened for writing on the read-only host
     // (not even /dev/null): a fresh minimal /dev.
     push(&["--dev".as_ref(), "/dev".as_ref()]);
-    push(&["--tmpfs".as_ref(), "/tmp".as_ref()]);
-    push(&["--tmpfs".as_ref(), root.as_os_str()]);
-    push(&["--bind".as_ref(), work.as_os_str(), work.as_os_str()]);
-    if let Some(cache) = cache {
-        push(&["--bind".as_ref(), cache.as_os_str(), cache.as_os_str()]);
+    // The host's /proc, writable: the commands' own sandboxes mount a
+    // fresh one and map their users through it, which the kernel refuses
+    // under a /proc that bubblewrap has partly covered (its `--proc`). What
+    // the executor sees of other processes is what `nobody` may: not the
+    // server's (root's), nor other executors' (they are not dumpable).
+    push(&["--bind".as_ref(), "/proc".as_ref(), "/proc".as_ref()]);
+    push(&["--perms".as_ref(), "1777".as_ref(), "--tmpfs".as_ref(), "/tmp".as_ref()]);
+    push(&["--ro-bind".as_ref(), quire_ci.as_os_str(), EXECUTOR_PATH.as_ref()]);
+    // bubblewrap makes the directories leading to a mount point inside an
+    // empty cover private to root; the unprivileged executor must be able
+    // to walk down to its directory.
+    for dir in dirs_between(Path::new("/tmp"), root) {
+        push(&["--perms".as_ref(), "0755".as_ref(), "--dir".as_ref(), dir.as_os_str()]);
     }
-    push(&["--die-with-parent".as_ref(), "--unshare-ipc".as_ref()]);
+    push(&["--perms".as_ref(), "0755".as_ref(), "--tmpfs".as_ref(), root.as_os_str()]);
+    for writable in std::iter::once(work).chain(cache) {
+        for dir in dirs_between(root, writable) {
+            push(&["--perms".as_ref(), "0755".as_ref(), "--dir".as_ref(), dir.as_os_str()]);
+        }
+        push(&["--bind".as_ref(), writable.as_os_str(), writable.as_os_str()]);
+    }
+    // No --chdir: bubblewrap, root without capabilities by then, could not
+    // enter the directory it hands to nobody; quire-ci works in $TMPDIR.
+    push(&["--die-with-parent".as_ref(), "--unshare-ipc".as_ref(), "--unshare-uts".as_ref()]);
     if rustix::process::geteuid().is_root() {
-        push(&["--cap-add".as_ref(), "ALL".as_ref()]);
+        push(&["--cap-drop".as_ref(), "ALL".as_ref()]);
+        for cap in ["CAP_SETUID", "CAP_SETGID", "CAP_SETPCAP"] {
+            push(&["--cap-add".as_ref(), cap.as_ref()]);
+        }
     }
     args
+}
+
+/// The directories strictly between `cover` and `path`, outermost first
+/// (none when `path` is not below `cover`).
+fn dirs_between(cover: &Path, path: &Path) -> Vec<PathBuf> {
+    let Ok(below) = path.strip_prefix(cover) else { return Vec::new() };
+    let mut dir = cover.to_path_buf();
+    let parts: Vec<_> = below.components().collect();
+    parts[..parts.len().saturating_sub(1)]
+        .iter()
+        .map(|part| {
+            dir.push(part);
+            dir.clone()
+        })
+        .collect()
 }
 
 impl Launch for ProcessLauncher {
@@ -144,11 +250,21 @@ impl Launch for ProcessLauncher {
             return Err(LaunchError::Start(format!("cannot start {}: {e}", self.quire_ci.display())));
         }
         let work = self.work_dir(&spec.run.to_string());
-        make_private_dir(&work)
-            .map_err(|e| LaunchError::Start(format!("cannot create {}: {e}", work.display())))?;
-        let mut command = self.command(spec, &work);
+        let cannot = |what: &Path, e: std::io::Error| {
+            LaunchError::Start(format!("cannot prepare {}: {e}", what.display()))
+        };
+        make_private_dir(&work).map_err(|e| cannot(&work, e))?;
+        if self.bwrap.is_some() && rustix::process::geteuid().is_root() {
+            // The executor runs as nobody: its directory and cache are
+            // handed to it.
+            chown_tree(&work, UNPRIVILEGED_ID, UNPRIVILEGED_ID).map_err(|e| cannot(&work, e))?;
+            if let Some(cache) = &spec.cache_dir {
+                chown_tree(cache, UNPRIVILEGED_ID, UNPRIVILEGED_ID).map_err(|e| cannot(cache, e))?;
+            }
+        }
+        let command = self.command(spec, &work)?;
         let mut children = self.children();
-        let mut child = command.spawn().map_err(|e| {
+        let mut child = self.spawn(command).map_err(|e| {
             let program = self.bwrap.as_ref().unwrap_or(&self.quire_ci);
             LaunchError::Start(format!("cannot start {}: {e}", program.display()))
         })?;
@@ -291,4 +407,34 @@ fn make_private_dir(dir: &Path) -> std::io::Result<()> {
         std::fs::DirBuilder::new().recursive(true).mode(0o700).create(parent)?;
     }
     std::fs::DirBuilder::new().mode(0o700).create(dir)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_way_down_to_a_bound_directory_is_listed_outermost_first() {
+        let dirs = dirs_between(Path::new("/tmp"), Path::new("/tmp/a/b/root"));
+        assert_eq!(dirs, [PathBuf::from("/tmp/a"), PathBuf::from("/tmp/a/b")]);
+        assert!(dirs_between(Path::new("/tmp"), Path::new("/var/root")).is_empty());
+        assert!(dirs_between(Path::new("/r"), Path::new("/r/x")).is_empty());
+    }
+
+    #[test]
+    fn the_executor_keeps_no_privilege_and_sees_no_host_process() {
+        let args: Vec<String> = confinement(
+            Path::new("/srv/q"),
+            Path::new("/srv/q/executors/r"),
+            None,
+            Path::new("/bin/quire-ci"),
+        )
+        .into_iter()
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect();
+        let joined = args.join(" ");
+        assert!(joined.contains("--tmpfs /srv/q"), "{joined}");
+        assert!(joined.contains("--bind /srv/q/executors/r /srv/q/executors/r"), "{joined}");
+        assert!(!joined.contains("ALL --cap-add ALL") && !joined.contains("--cap-add ALL"), "{joined}");
+    }
 }
