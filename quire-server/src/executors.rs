@@ -46,10 +46,6 @@ impl Executors {
         self.lock().remove(&id);
     }
 
-    pub fn is_followed(&self, id: RunId) -> bool {
-        self.lock().contains_key(&id)
-    }
-
     pub fn count(&self) -> usize {
         self.lock().len()
     }

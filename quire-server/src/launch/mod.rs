@@ -76,8 +76,6 @@ pub trait Launch: Send + Sync {
     /// Whether executors run on this machine and can use a cache directory
     /// of the data root.
     fn local_cache(&self) -> bool;
-    /// Whether an executor survives a server restart (and is adopted again).
-    fn outlives_server(&self) -> bool;
     /// How often the runner asks [`Launch::status`].
     fn poll_interval(&self) -> Duration;
     /// How the launcher presents itself in the server log.

@@ -211,8 +211,10 @@ fn confinement(root: &Path, work: &Path, cache: Option<&Path>, quire_ci: &Path) 
         }
         push(&["--bind".as_ref(), writable.as_os_str(), writable.as_os_str()]);
     }
-    // No --chdir: bubblewrap, root without capabilities by then, could not
-    // enter the directory it hands to nobody; quire-ci works in $TMPDIR.
+    // Not its own directory: bubblewrap, root without capabilities by
+    // then, could not enter what it hands to nobody (quire-ci works in
+    // $TMPDIR). Not the server's: it may be hidden, or closed to nobody.
+    push(&["--chdir".as_ref(), "/".as_ref()]);
     push(&["--die-with-parent".as_ref(), "--unshare-ipc".as_ref(), "--unshare-uts".as_ref()]);
     if rustix::process::geteuid().is_root() {
         push(&["--cap-drop".as_ref(), "ALL".as_ref()]);
@@ -337,10 +339,6 @@ impl Launch for ProcessLauncher {
 
     fn local_cache(&self) -> bool {
         true
-    }
-
-    fn outlives_server(&self) -> bool {
-        false
     }
 
     fn poll_interval(&self) -> Duration {

@@ -179,10 +179,6 @@ impl Launch for SlurmLauncher {
         false
     }
 
-    fn outlives_server(&self) -> bool {
-        true
-    }
-
     fn poll_interval(&self) -> Duration {
         Duration::from_millis(500)
     }
