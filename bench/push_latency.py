@@ -15,6 +15,7 @@ figure and the median.
 import json
 import os
 import pathlib
+import sqlite3
 import statistics
 import subprocess
 import sys
@@ -40,11 +41,13 @@ def wait_for(what, check, timeout=30):
     raise SystemExit(f"timed out waiting for {what}")
 
 
-def read(path):
+def finished(db, run):
     try:
-        return path.read_text()
-    except OSError:
-        return ""
+        with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5) as conn:
+            row = conn.execute("SELECT state FROM runs WHERE id = ?", (run,)).fetchone()
+    except sqlite3.Error:
+        return None
+    return True if row and row[0] in ("complete", "failed", "superseded") else None
 
 
 def first_sh_started(events):
@@ -89,12 +92,12 @@ def main():
                 git(work, "push", "-q", "origin", "HEAD:main")
                 run = wait_for("the run directory",
                                lambda: next(iter(set(os.listdir(runs_dir)) - before), None) if runs_dir.exists() else None)
-                at_ms = wait_for("the first sh_started", lambda: first_sh_started(runs_dir / run / "events.jsonl"))
+                at_ms = wait_for("the first sh_started", lambda: first_sh_started(runs_dir / run / "events.jsonl"),
+                                 timeout=120)
                 latencies.append(at_ms - start_ms)
-                # Wait for the run to end so every push finds the server idle:
-                # its last event is in, and its executor's directory is gone.
-                wait_for("the run to finish", lambda: True if "run_finished" in read(runs_dir / run / "events.jsonl")
-                         and not (root / "executors" / run).exists() else None)
+                # Wait for the run to be recorded so every push finds the
+                # server idle.
+                wait_for("the run to finish", lambda: finished(root / "quire.db", run), timeout=120)
             print("push latencies (ms):", " ".join(f"{x:.0f}" for x in latencies))
             print(f"{statistics.median(latencies):.1f}")
         finally:

@@ -28,7 +28,7 @@ use crate::exit;
 use crate::local::{self, EnvSecrets};
 use crate::progress::Reporter;
 use crate::screen::Screen;
-use crate::server::Server;
+use crate::server::{Server, ServerError};
 use crate::shipper::Shipper;
 
 /// Where the event stream goes.
@@ -128,21 +128,28 @@ fn run_for_server(mut args: RunArgs, server: Arc<Server>) -> u8 {
     if let Err(e) = rustix::process::set_dumpable_behavior(rustix::process::DumpableBehavior::NotDumpable) {
         eprintln!("quire-ci: warning: cannot make this process undumpable: {e}");
     }
+    let own = match ServerDirectory::create() {
+        Ok(own) => own,
+        Err(fatal) => return exit_status(Err(fatal)),
+    };
+    // The workspace comes while the bootstrap is on the way.
+    let download = {
+        let (server, workspace) = (server.clone(), own.workspace.clone());
+        std::thread::spawn(move || server.download_workspace(&workspace))
+    };
     let push = match server.bootstrap() {
         Ok(bootstrap) => bootstrap.push_facts(),
         // Nothing can be sent before the bootstrap: this goes to stderr,
         // which the launcher keeps.
         Err(e) => return exit_status(Err(Fatal::failed(e))),
     };
-    let own = match ServerDirectory::create() {
-        Ok(own) => own,
-        Err(fatal) => return exit_status(Err(fatal)),
-    };
     if let Err(e) = own.redirect_output() {
         eprintln!("quire-ci: warning: cannot write quire-ci.log ({e}); progress is not sent");
     }
     let shipper = Shipper::start(server.clone(), own.out.clone(), own.workspace.clone());
-    let result = server.download_workspace(&own.workspace).map_err(Fatal::failed).and_then(|()| {
+    let downloaded =
+        download.join().unwrap_or_else(|_| Err(ServerError::Workspace("the download thread failed".into())));
+    let result = downloaded.map_err(Fatal::failed).and_then(|()| {
         args.workspace = own.workspace.clone();
         args.out_dir = Some(own.out.clone());
         args.events = EventsTarget::File(own.out.join("events.jsonl"));

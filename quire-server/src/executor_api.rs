@@ -106,11 +106,17 @@ async fn secret(
 }
 
 /// The run's commit as a tar stream (`git archive`), straight from the
-/// repository: the executor unpacks it into a directory of its own.
+/// repository: the executor unpacks it into a directory of its own. A
+/// claimed run's token is enough, so that the executor can fetch it while
+/// its bootstrap is on the way.
 #[get("/api/run/workspace")]
 async fn workspace(state: web::Data<AppState>, request: HttpRequest) -> Result<HttpResponse, ApiError> {
     debug_assert_eq!(WORKSPACE_PATH, "/api/run/workspace");
-    let run = active_run(&state, &request).await?;
+    let hash = bearer_hash(&request)?;
+    let run =
+        with_db(&state, move |conn| runs::claimed_run_by_token(conn, &hash).map_err(ApiError::internal))
+            .await?;
+    let run = run.ok_or_else(|| ApiError::unauthorized(DEAD_TOKEN))?;
     state.executors.heard_from(run.id);
     let mut archive = tokio::process::Command::new("git")
         .arg("--git-dir")

@@ -350,6 +350,17 @@ pub fn start_by_token(conn: &Connection, token_hash: &str) -> rusqlite::Result<O
     }
 }
 
+/// The claimed or active run a token belongs to: what may fetch its
+/// workspace while its bootstrap is still on the way.
+pub fn claimed_run_by_token(conn: &Connection, token_hash: &str) -> rusqlite::Result<Option<Run>> {
+    conn.query_row(
+        &format!("SELECT {RUN_COLUMNS} FROM runs WHERE token_hash = ?1 AND state IN ('pending', 'active')"),
+        params![token_hash],
+        Run::from_row,
+    )
+    .optional()
+}
+
 /// The active run a token belongs to. Tokens of runs in any other state are
 /// dead.
 pub fn live_run_by_token(conn: &Connection, token_hash: &str) -> rusqlite::Result<Option<Run>> {
