@@ -128,6 +128,7 @@ fn run_for_server(mut args: RunArgs, server: Arc<Server>) -> u8 {
     if let Err(e) = rustix::process::set_dumpable_behavior(rustix::process::DumpableBehavior::NotDumpable) {
         eprintln!("quire-ci: warning: cannot make this process undumpable: {e}");
     }
+    die_with_parent();
     let own = match ServerDirectory::create() {
         Ok(own) => own,
         Err(fatal) => return exit_status(Err(fatal)),
@@ -158,6 +159,32 @@ fn run_for_server(mut args: RunArgs, server: Arc<Server>) -> u8 {
     let status = exit_status(result);
     shipper.finish();
     status
+}
+
+/// Ends quire-ci (through SIGTERM: it stops its commands and sends what it
+/// has) when whatever started it — the launcher's sandbox, a Slurm step —
+/// is gone. A parent-death signal cannot be relied on: it is dropped when
+/// the dying parent may not signal quire-ci (bubblewrap without
+/// capabilities, quire-ci switched to `nobody`), so a thread watches for
+/// quire-ci being handed to another parent. If that has happened already,
+/// there is nobody to run for.
+fn die_with_parent() {
+    use rustix::process::{getpid, getppid, kill_process, Signal};
+    let parent = getppid();
+    if parent.is_none_or(|p| p.is_init()) {
+        eprintln!("quire-ci: error: whatever started this run is gone");
+        std::process::exit(exit::FAILED.into());
+    }
+    let watching = std::thread::Builder::new().name("parent-watch".into()).spawn(move || loop {
+        std::thread::sleep(Duration::from_millis(250));
+        if getppid() != parent {
+            let _ = kill_process(getpid(), Signal::TERM);
+            return;
+        }
+    });
+    if let Err(e) = watching {
+        eprintln!("quire-ci: warning: cannot watch for the launcher's end: {e}");
+    }
 }
 
 /// A server run's directory: `workspace/` and `out/` (the run directory

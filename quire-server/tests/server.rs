@@ -327,6 +327,45 @@ fn a_server_killed_mid_run_orphans_it_and_runs_the_queue_after_restart() {
     assert!(!root.path().join("executors").join(&active).exists());
 }
 
+/// The pids of confined executors working for the data root `root`.
+fn confined_executors(root: &Root) -> Vec<String> {
+    let needle = format!("--hide\0{}\0", root.path().display());
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter(|entry| {
+            std::fs::read(entry.path().join("cmdline")).is_ok_and(|cmd| {
+                cmd.starts_with(b"/tmp/.quire-ci-executor\0")
+                    && String::from_utf8_lossy(&cmd).contains(&needle)
+            })
+        })
+        .map(|entry| entry.file_name().to_string_lossy().into_owned())
+        .collect()
+}
+
+#[test]
+fn a_confined_executor_dies_with_a_killed_server() {
+    let root = Root::new();
+    let server = root.serve();
+    root.push_pipeline(
+        "app.git",
+        "(local ci (require :quire.ci))\n(ci.job :wait [:quire/push] (fn [{: sh}] (sh \"echo started; sleep 300\")))\n",
+        "main",
+    );
+    let run = only_run(&root, "app.git");
+    let log = run_dir(&root, "app.git", &run).join("jobs/wait/sh-1.log");
+    root.wait_for("the command to start", 30, || {
+        std::fs::read_to_string(&log).ok()?.contains("started").then_some(())
+    });
+    assert_eq!(confined_executors(&root).len(), 1, "the executor runs confined as nobody");
+    server.kill();
+    // Its sandbox gets the server's death signal, the executor its
+    // sandbox's (which it set itself: the switch to nobody clears one).
+    root.wait_for("the executor to die with the server", 30, || {
+        confined_executors(&root).is_empty().then_some(())
+    });
+}
+
 /// Starts a server and stops it once it is listening, leaving a migrated
 /// database behind.
 fn serve_once(root: &Root) {
