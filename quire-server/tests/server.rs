@@ -344,6 +344,17 @@ fn confined_executors(root: &Root) -> Vec<String> {
 }
 
 #[test]
+fn a_data_root_in_a_private_directory_still_runs_confined() {
+    // The executor is nobody: the way down to its own directory is made
+    // again inside its sandbox.
+    let root = Root::in_private_dir();
+    let _server = root.serve();
+    root.push_pipeline("app.git", PASSING, "main");
+    let id = only_run(&root, "app.git");
+    assert_eq!(root.wait_finished(&id), ("complete".to_string(), None), "{}", root.server_log());
+}
+
+#[test]
 fn a_confined_executor_dies_with_a_killed_server() {
     let root = Root::new();
     let server = root.serve();

@@ -201,7 +201,17 @@ fn confinement(root: &Path, work: &Path, cache: Option<&Path>, quire_ci: &Path) 
     // bubblewrap makes the directories leading to a mount point inside an
     // empty cover private to root; the unprivileged executor must be able
     // to walk down to its directory.
-    for dir in dirs_between(Path::new("/tmp"), root) {
+    // A directory above the root that `nobody` may not walk through (say
+    // /root, for a root in root's home) is covered too, with the way down
+    // made again; under /tmp, the cover is /tmp's.
+    let cover = match closed_ancestor(root) {
+        Some(closed) if !closed.starts_with("/tmp") => {
+            push(&["--perms".as_ref(), "0755".as_ref(), "--tmpfs".as_ref(), closed.as_os_str()]);
+            closed
+        }
+        _ => PathBuf::from("/tmp"),
+    };
+    for dir in dirs_between(&cover, root) {
         push(&["--perms".as_ref(), "0755".as_ref(), "--dir".as_ref(), dir.as_os_str()]);
     }
     push(&["--perms".as_ref(), "0755".as_ref(), "--tmpfs".as_ref(), root.as_os_str()]);
@@ -223,6 +233,17 @@ fn confinement(root: &Path, work: &Path, cache: Option<&Path>, quire_ci: &Path) 
         }
     }
     args
+}
+
+/// The highest directory above `path` that others may not walk through.
+fn closed_ancestor(path: &Path) -> Option<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut above: Vec<&Path> = path.ancestors().skip(1).collect();
+    above.reverse();
+    above
+        .into_iter()
+        .find(|dir| std::fs::metadata(dir).is_ok_and(|m| m.permissions().mode() & 0o001 == 0))
+        .map(Path::to_path_buf)
 }
 
 /// The directories strictly between `cover` and `path`, outermost first

@@ -32,6 +32,8 @@ pub struct Root {
     /// A file system of its own, unmounted (first) on drop.
     mount: Option<Mount>,
     pub dir: tempfile::TempDir,
+    /// The root, when it is not `dir` itself but a directory inside it.
+    inner: Option<PathBuf>,
 }
 
 /// A tmpfs mounted for one test.
@@ -45,7 +47,7 @@ impl Drop for Mount {
 
 impl Root {
     pub fn new() -> Root {
-        Root { mount: None, dir: tempfile::tempdir().expect("tempdir") }
+        Root { mount: None, dir: tempfile::tempdir().expect("tempdir"), inner: None }
     }
 
     /// A root on a tmpfs of `size_mb`, to run out of space for real.
@@ -58,7 +60,7 @@ impl Root {
             .status()
             .expect("mount runs");
         assert!(status.success(), "cannot mount a tmpfs (the server tests run as root)");
-        Root { mount: Some(Mount(dir.path().to_path_buf())), dir }
+        Root { mount: Some(Mount(dir.path().to_path_buf())), dir, inner: None }
     }
 
     /// Bytes free on the root's file system.
@@ -74,11 +76,22 @@ impl Root {
         use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::tempdir_in("/var/tmp").expect("tempdir");
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-        Root { mount: None, dir }
+        Root { mount: None, dir, inner: None }
+    }
+
+    /// A root inside a directory only its owner may enter (as a root in
+    /// root's home is), outside /tmp.
+    pub fn in_private_dir() -> Root {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir_in("/var/tmp").expect("tempdir");
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
+        let inner = dir.path().join("root");
+        std::fs::create_dir(&inner).unwrap();
+        Root { mount: None, dir, inner: Some(inner) }
     }
 
     pub fn path(&self) -> &Path {
-        self.dir.path()
+        self.inner.as_deref().unwrap_or(self.dir.path())
     }
 
     /// Runs `quire --root <root> ARGS` to completion.
