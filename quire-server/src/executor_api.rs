@@ -52,21 +52,31 @@ fn bearer_hash(request: &HttpRequest) -> Result<String, ApiError> {
 
 const DEAD_TOKEN: &str = "unknown or expired run token";
 
+/// How an endpoint finds the run of a token hash (and which states it
+/// accepts): one of the `runs::*_by_token` statements.
+type TokenLookup = fn(&rusqlite::Connection, &str) -> rusqlite::Result<Option<Run>>;
+
+/// The run whose token the request carries, found by `lookup`; 401 when
+/// there is none.
+async fn token_run(
+    state: &web::Data<AppState>,
+    request: &HttpRequest,
+    lookup: TokenLookup,
+) -> Result<Run, ApiError> {
+    let hash = bearer_hash(request)?;
+    let run = with_db(state, move |conn| lookup(conn, &hash).map_err(ApiError::internal)).await?;
+    run.ok_or_else(|| ApiError::unauthorized(DEAD_TOKEN))
+}
+
 /// The active run whose token the request carries.
 async fn active_run(state: &web::Data<AppState>, request: &HttpRequest) -> Result<Run, ApiError> {
-    let hash = bearer_hash(request)?;
-    let run =
-        with_db(state, move |conn| runs::live_run_by_token(conn, &hash).map_err(ApiError::internal)).await?;
-    run.ok_or_else(|| ApiError::unauthorized(DEAD_TOKEN))
+    token_run(state, request, runs::live_run_by_token).await
 }
 
 /// `pending → active`, and the push facts the run is for.
 #[get("/api/run/bootstrap")]
 async fn bootstrap(state: web::Data<AppState>, request: HttpRequest) -> Result<HttpResponse, ApiError> {
-    let hash = bearer_hash(&request)?;
-    let run =
-        with_db(&state, move |conn| runs::start_by_token(conn, &hash).map_err(ApiError::internal)).await?;
-    let run = run.ok_or_else(|| ApiError::unauthorized(DEAD_TOKEN))?;
+    let run = token_run(&state, &request, runs::start_by_token).await?;
     state.executors.heard_from(run.id);
     tracing::info!(run = %run.id, "run bootstrapped");
     Ok(HttpResponse::Ok().json(bootstrap_body(&run)))
@@ -112,11 +122,7 @@ async fn secret(
 #[get("/api/run/workspace")]
 async fn workspace(state: web::Data<AppState>, request: HttpRequest) -> Result<HttpResponse, ApiError> {
     debug_assert_eq!(WORKSPACE_PATH, "/api/run/workspace");
-    let hash = bearer_hash(&request)?;
-    let run =
-        with_db(&state, move |conn| runs::claimed_run_by_token(conn, &hash).map_err(ApiError::internal))
-            .await?;
-    let run = run.ok_or_else(|| ApiError::unauthorized(DEAD_TOKEN))?;
+    let run = token_run(&state, &request, runs::claimed_run_by_token).await?;
     state.executors.heard_from(run.id);
     let mut archive = tokio::process::Command::new("git")
         .arg("--git-dir")
