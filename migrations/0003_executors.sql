@@ -1,9 +1,10 @@
 -- Executors talk to the server only over HTTP and may run on other machines
--- (a launcher starts them: a local process or a Slurm job). The server no
--- longer makes a checkout of its own, so the column that held its path now
--- holds the launcher's handle on the run's executor, which a restarted
--- server needs to find a remote executor again.
-ALTER TABLE runs RENAME COLUMN workspace_path TO executor;
+-- (a launcher starts them: a local process or a Slurm job). The launcher's
+-- handle on a run's executor is kept, which a restarted server needs to
+-- find a remote executor again. `workspace_path` (SPEC §6.3) stays, and
+-- stays NULL: the server no longer makes a checkout of its own; the
+-- executor fetches the commit into a directory of its own.
+ALTER TABLE runs ADD COLUMN executor TEXT;
 
 CREATE TRIGGER runs_executor_handle
 BEFORE UPDATE OF executor ON runs
