@@ -121,6 +121,10 @@ struct RunCommand {
     /// free, in MiB (default: no floor).
     #[arg(long, value_name = "MIB")]
     min_free_disk_mb: Option<u64>,
+    /// Switch to `nobody` for good before anything else (the server's
+    /// process launcher, as root, asks for it). Not for people.
+    #[arg(long, hide = true)]
+    drop_to_nobody: bool,
 }
 
 /// What holds pipeline Lua in check.
@@ -284,6 +288,13 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         };
+    }
+    if matches!(&cli.command, Command::Run(run) if run.drop_to_nobody) {
+        // Before any thread starts: credentials belong to threads.
+        if let Err(e) = quire_core::runtime::become_unprivileged(quire_core::runtime::UNPRIVILEGED_ID) {
+            eprintln!("quire-ci: error: cannot give up root: {e}");
+            return ExitCode::from(exit::FAILED);
+        }
     }
     let _sentry = sentry_from_env();
     stop_commands_on_signals();

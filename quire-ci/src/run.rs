@@ -133,10 +133,24 @@ fn run_for_server(mut args: RunArgs, server: Arc<Server>) -> u8 {
         Ok(own) => own,
         Err(fatal) => return exit_status(Err(fatal)),
     };
-    // The workspace comes while the bootstrap is on the way.
+    // The workspace comes while the bootstrap is on the way, and the
+    // pipeline is loaded as soon as it is there (and quire-ci's output
+    // goes to the run's log: the pipeline's top level may print), by a
+    // compiler made meanwhile.
     let download = {
         let (server, workspace) = (server.clone(), own.workspace.clone());
         std::thread::spawn(move || server.download_workspace(&workspace))
+    };
+    let (redirected, output_ready) = std::sync::mpsc::channel();
+    let pipeline = {
+        let (workspace, limits) = (own.workspace.clone(), args.lua);
+        std::thread::Builder::new()
+            .name("pipeline".into())
+            .spawn(move || load_when_ready(&workspace, limits, download, output_ready))
+    };
+    let pipeline = match pipeline {
+        Ok(pipeline) => pipeline,
+        Err(e) => return exit_status(Err(Fatal::failed(format!("cannot start a thread: {e}")))),
     };
     let push = match server.bootstrap() {
         Ok(bootstrap) => bootstrap.push_facts(),
@@ -147,18 +161,38 @@ fn run_for_server(mut args: RunArgs, server: Arc<Server>) -> u8 {
     if let Err(e) = own.redirect_output() {
         eprintln!("quire-ci: warning: cannot write quire-ci.log ({e}); progress is not sent");
     }
+    let _ = redirected.send(());
     let shipper = Shipper::start(server.clone(), own.out.clone(), own.workspace.clone());
-    let downloaded =
-        download.join().unwrap_or_else(|_| Err(ServerError::Workspace("the download thread failed".into())));
-    let result = downloaded.map_err(Fatal::failed).and_then(|()| {
+    let loaded =
+        pipeline.join().unwrap_or_else(|_| Err(ServerError::Workspace("the pipeline thread failed".into())));
+    let result = loaded.map_err(Fatal::failed).and_then(|pipeline| {
         args.workspace = own.workspace.clone();
         args.out_dir = Some(own.out.clone());
         args.events = EventsTarget::File(own.out.join("events.jsonl"));
-        run_inner(args, Some((server, push)))
+        run_inner(args, Some(ServerRun { server, push, pipeline }))
     });
     let status = exit_status(result);
     shipper.finish();
     status
+}
+
+/// The pipeline of a workspace being downloaded: Fennel is loaded while
+/// the download goes on (on this thread, which the compiler cannot leave),
+/// and the pipeline compiled once the workspace is there and quire-ci's
+/// output is redirected (`output_ready`). The outer error is the
+/// download's; the inner, the pipeline's (an outcome of the run).
+fn load_when_ready(
+    workspace: &Path,
+    limits: LuaLimits,
+    download: std::thread::JoinHandle<Result<(), ServerError>>,
+    output_ready: std::sync::mpsc::Receiver<()>,
+) -> Result<Result<Pipeline, LoadError>, ServerError> {
+    let loader = pipeline::Loader::new(Some(workspace), limits);
+    download.join().unwrap_or_else(|_| Err(ServerError::Workspace("the download thread failed".into())))?;
+    // Gone only when quire-ci is ending without a run.
+    output_ready.recv().map_err(|_| ServerError::Workspace("the run was given up".into()))?;
+    Ok(loader
+        .and_then(|loader| loader.load(pipeline::read_source(workspace)?.with_display_name(PIPELINE_PATH))))
 }
 
 /// Ends quire-ci (through SIGTERM: it stops its commands and sends what it
@@ -215,7 +249,15 @@ impl ServerDirectory {
     }
 }
 
-fn run_inner(args: RunArgs, server: Option<(Arc<Server>, PushFacts)>) -> Result<(), Fatal> {
+/// A run for the server, as `run_inner` gets it: the pipeline is loaded
+/// already (or could not be: an outcome all the same).
+struct ServerRun {
+    server: Arc<Server>,
+    push: PushFacts,
+    pipeline: Result<Pipeline, LoadError>,
+}
+
+fn run_inner(args: RunArgs, server: Option<ServerRun>) -> Result<(), Fatal> {
     let workspace = args
         .workspace
         .canonicalize()
@@ -261,12 +303,13 @@ fn run_inner(args: RunArgs, server: Option<(Arc<Server>, PushFacts)>) -> Result<
     if let Err(e) = runtime::become_subreaper() {
         eprintln!("quire-ci: warning: cannot become the reaper of detached processes: {e}");
     }
-    let (server, push) = match server {
-        Some((server, push)) => (Some(server), push),
+    let (server, push, loaded) = match server {
+        Some(ServerRun { server, push, pipeline }) => (Some(server), push, Some(pipeline)),
         None => (
             None,
             local::push_facts(&workspace, args.sha.clone(), args.ref_name.clone(), args.trigger)
                 .map_err(Fatal::usage)?,
+            None,
         ),
     };
     let (out_dir, announce_out_dir) = prepare_out_dir(args.out_dir.as_deref())?;
@@ -282,8 +325,10 @@ fn run_inner(args: RunArgs, server: Option<(Arc<Server>, PushFacts)>) -> Result<
 
     // Paths in messages are relative to the workspace: the same in a local
     // run and on the server, whose workspaces are temporary directories.
-    let loaded = pipeline::read_source(&workspace).and_then(|source| {
-        Pipeline::from_source(source.with_display_name(PIPELINE_PATH), Some(&workspace), args.lua)
+    let loaded = loaded.unwrap_or_else(|| {
+        pipeline::read_source(&workspace).and_then(|source| {
+            Pipeline::from_source(source.with_display_name(PIPELINE_PATH), Some(&workspace), args.lua)
+        })
     });
     let pipeline = match loaded {
         Ok(pipeline) => pipeline,

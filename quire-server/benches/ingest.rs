@@ -65,7 +65,6 @@ fn main() {
             pushed_at_ms: 0,
             trigger: runs::Trigger::Push,
             scheduled_at_ms: None,
-            commit: runs::CommitSummary::default(),
         };
         let (run, _) = runs::enqueue(&mut conn, &new).unwrap();
         let started = Instant::now();

@@ -6,8 +6,6 @@
 //! `active` (the bootstrap also moves it there). Writing the output is
 //! `run_output`'s; whether an executor is to stop is `executors`'.
 
-use std::process::Stdio;
-
 use actix_web::http::StatusCode;
 use actix_web::{get, post, web, HttpRequest, HttpResponse};
 use quire_core::output::{Batch, Reply, StopReason, HEARTBEAT_PATH, OUTPUT_PATH, WORKSPACE_PATH};
@@ -15,6 +13,7 @@ use quire_core::push::{Bootstrap, BootstrapMeta};
 use serde_json::json;
 
 use crate::http::{with_db, ApiError, AppState};
+use crate::repos;
 use crate::run_output::{self, OutputError};
 use crate::runs::{self, Run};
 use crate::token;
@@ -118,22 +117,19 @@ async fn secret(
 /// The run's commit as a tar stream (`git archive`), straight from the
 /// repository: the executor unpacks it into a directory of its own. A
 /// claimed run's token is enough, so that the executor can fetch it while
-/// its bootstrap is on the way.
+/// its bootstrap is on the way. The first request gets the archive the
+/// launcher started with the executor, if it did; any other, a new one.
 #[get("/api/run/workspace")]
 async fn workspace(state: web::Data<AppState>, request: HttpRequest) -> Result<HttpResponse, ApiError> {
     debug_assert_eq!(WORKSPACE_PATH, "/api/run/workspace");
     let run = token_run(&state, &request, runs::claimed_run_by_token).await?;
     state.executors.heard_from(run.id);
-    let mut archive = tokio::process::Command::new("git")
-        .arg("--git-dir")
-        .arg(state.root.repo_path(&run.repo))
-        .args(["archive", "--format=tar", &run.sha])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .map_err(ApiError::internal)?;
+    let mut archive = match state.executors.take_archive(run.id) {
+        Some(started) => started,
+        None => {
+            repos::start_archive(&state.root.repo_path(&run.repo), &run.sha).map_err(ApiError::internal)?
+        }
+    };
     let stdout = archive.stdout.take().expect("stdout is piped");
     // The child is reaped once the stream is done with it (or dropped).
     let stream = futures_util::stream::unfold((stdout, Some(archive)), |(mut out, child)| async move {

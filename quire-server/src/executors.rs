@@ -3,8 +3,10 @@
 //! over HTTP, and whether it has been told to stop. The runner
 //! (`launcher`) adds and removes entries and decides what silence means;
 //! the run endpoints (`executor_api`) record contact and carry the stop
-//! request back in their answer. Nothing here touches the database or a
-//! process.
+//! request back in their answer. Nothing here touches the database or
+//! starts a process: the workspace archive the runner may start with an
+//! executor is only held here until the executor asks for it (dropping it
+//! kills it).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -27,6 +29,8 @@ struct Followed {
     /// Held while a batch of the run's output is written, so that a batch
     /// sent again before the first attempt finished waits for it.
     writing: Arc<Mutex<()>>,
+    /// The run's `git archive`, started ahead of the executor's request.
+    archive: Option<tokio::process::Child>,
 }
 
 impl Executors {
@@ -38,7 +42,13 @@ impl Executors {
     pub fn follow(&self, id: RunId) {
         self.lock().insert(
             id,
-            Followed { last_heard: Instant::now(), stop: None, note: None, writing: Arc::default() },
+            Followed {
+                last_heard: Instant::now(),
+                stop: None,
+                note: None,
+                writing: Arc::default(),
+                archive: None,
+            },
         );
     }
 
@@ -100,6 +110,20 @@ impl Executors {
     /// Why the run is to stop, and how long ago that was asked.
     pub fn stop_request(&self, id: RunId) -> Option<(StopReason, Duration)> {
         self.lock().get(&id).and_then(|run| run.stop).map(|(why, at)| (why, at.elapsed()))
+    }
+
+    /// Keeps the run's workspace archive, started ahead of the executor's
+    /// request, until it asks (dropped, and so killed, if the run is not
+    /// followed).
+    pub fn hold_archive(&self, id: RunId, archive: tokio::process::Child) {
+        if let Some(run) = self.lock().get_mut(&id) {
+            run.archive = Some(archive);
+        }
+    }
+
+    /// The archive [`Executors::hold_archive`] kept, once.
+    pub fn take_archive(&self, id: RunId) -> Option<tokio::process::Child> {
+        self.lock().get_mut(&id).and_then(|run| run.archive.take())
     }
 
     /// The lock a batch of the run's output is written under.

@@ -224,7 +224,6 @@ mod tests {
             pushed_at_ms: 0,
             trigger: crate::runs::Trigger::Push,
             scheduled_at_ms: None,
-            commit: crate::runs::CommitSummary::default(),
         };
         let (run, _) = runs::enqueue(&mut conn, &new).unwrap();
         (dir, conn, run)

@@ -177,12 +177,12 @@ impl Launcher {
     }
 
     /// Supersedes the ref's unfinished runs asked for before this one and
-    /// queues it, with its commit's subject and author from git.
-    pub async fn queue(&self, mut new: NewRun) -> Result<RunId, QueueError> {
+    /// queues it, then adds its commit's subject and author from git.
+    pub async fn queue(&self, new: NewRun) -> Result<RunId, QueueError> {
         let pool = self.inner.db.clone();
         let bare = self.inner.root.repo_path(&new.repo);
+        let sha = new.sha.clone();
         let queued = tokio::task::spawn_blocking(move || {
-            new.commit = repos::commit_summary(&bare, &new.sha);
             let mut conn = pool.get().map_err(|e| QueueError::Unavailable(e.to_string()))?;
             let classify = |e: rusqlite::Error| {
                 if db::is_transient(&e) {
@@ -211,6 +211,19 @@ impl Launcher {
         }
         tracing::info!(run = %id, "run queued");
         self.inner.wake.notify_one();
+        // Asking git is not on the way to the run's first command (the
+        // launcher may be starting it meanwhile); the pusher's hook still
+        // hears back only once the run has its summary.
+        let summarized = self
+            .db(move |conn| {
+                let commit = repos::commit_summary(&bare, &sha);
+                runs::record_commit(conn, id, &commit).map_err(|e| e.to_string())
+            })
+            .await;
+        if let Err(e) = summarized {
+            // Only the pages miss it.
+            tracing::warn!(run = %id, error = %e, "cannot record the commit's subject and author");
+        }
         Ok(id)
     }
 
@@ -360,6 +373,17 @@ impl Launcher {
                 return;
             }
         }
+        self.inner.executors.follow(id);
+        if self.inner.launch.starts_promptly() {
+            // The workspace is the executor's first request: git produces
+            // it (up to a pipe's worth) while the executor starts.
+            match repos::start_archive(&self.inner.root.repo_path(&repo), &run.sha) {
+                Ok(archive) => self.inner.executors.hold_archive(id, archive),
+                Err(e) => {
+                    tracing::warn!(run = %id, error = %e, "cannot start git archive ahead of the executor")
+                }
+            }
+        }
         let executors_dir = self.inner.root.executors_dir();
         let fs_size_mb = tokio::task::spawn_blocking(move || {
             let _ = std::fs::create_dir_all(&executors_dir);
@@ -373,7 +397,6 @@ impl Launcher {
         };
         let settings =
             ExecutorSettings { token, fs_size_mb, cache_dir: cache.as_ref().map(|c| c.path.clone()) };
-        self.inner.executors.follow(id);
         match self.launch(id, &repo, settings).await {
             Ok(handle) => {
                 tracing::info!(run = %id, %handle, "executor launched");

@@ -110,6 +110,21 @@ pub fn names_under(base: &Path) -> std::io::Result<Vec<RepoName>> {
     Ok(names)
 }
 
+/// `git archive` of `sha` in the bare repository at `bare`: the commit as
+/// a tar stream on the child's stdout, which holds at most a pipe's worth
+/// until it is read. Dropping the child kills it.
+pub fn start_archive(bare: &Path, sha: &str) -> std::io::Result<tokio::process::Child> {
+    tokio::process::Command::new("git")
+        .arg("--git-dir")
+        .arg(bare)
+        .args(["archive", "--format=tar", sha])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+}
+
 /// The subject line and author of `sha` in the bare repository at `bare`,
 /// cut to 200 characters and stripped of control characters (they are
 /// whatever the pusher wrote); empty when git cannot tell.

@@ -202,7 +202,6 @@ mod tests {
                 pushed_at_ms: 1,
                 trigger: crate::runs::Trigger::Push,
                 scheduled_at_ms: None,
-                commit: crate::runs::CommitSummary::default(),
             };
             runs::enqueue(&mut conn, &new).unwrap();
         }

@@ -187,7 +187,16 @@ pub struct NewRun {
     pub pushed_at_ms: i64,
     pub trigger: Trigger,
     pub scheduled_at_ms: Option<i64>,
-    pub commit: CommitSummary,
+}
+
+/// Adds the subject and author of a run's commit, which is queued before
+/// git is asked for them.
+pub fn record_commit(conn: &Connection, id: RunId, commit: &CommitSummary) -> rusqlite::Result<()> {
+    conn.execute(
+        "UPDATE runs SET subject = ?2, author = ?3 WHERE id = ?1",
+        params![id.to_string(), commit.subject, commit.author],
+    )?;
+    Ok(())
 }
 
 /// A commit as people read it, for the pages.
@@ -227,7 +236,6 @@ impl NewRun {
             pushed_at_ms,
             trigger,
             scheduled_at_ms: None,
-            commit: CommitSummary::default(),
         })
     }
 }
@@ -257,8 +265,8 @@ pub fn enqueue(conn: &mut Connection, new: &NewRun) -> rusqlite::Result<(RunId, 
     let id = RunId::generate();
     tx.execute(
         "INSERT INTO runs (id, repo, ref_name, sha, previous_sha, pushed_at_ms, state, queued_at_ms,
-                           trigger, scheduled_at_ms, subject, author)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'pending', ?7, ?8, ?9, ?10, ?11)",
+                           trigger, scheduled_at_ms)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'pending', ?7, ?8, ?9)",
         params![
             id.to_string(),
             new.repo.as_str(),
@@ -269,8 +277,6 @@ pub fn enqueue(conn: &mut Connection, new: &NewRun) -> rusqlite::Result<(RunId, 
             now,
             new.trigger.as_str(),
             new.scheduled_at_ms,
-            new.commit.subject,
-            new.commit.author,
         ],
     )?;
     let stale: bool = tx.query_row(
@@ -577,7 +583,6 @@ mod tests {
             pushed_at_ms: 1,
             trigger: crate::runs::Trigger::Push,
             scheduled_at_ms: None,
-            commit: crate::runs::CommitSummary::default(),
         }
     }
 

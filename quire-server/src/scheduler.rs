@@ -12,7 +12,7 @@ use quire_core::clock::now_ms;
 use crate::db::Pool;
 use crate::launcher::Launcher;
 use crate::root::DataRoot;
-use crate::runs::{CommitSummary, NewRun, Trigger};
+use crate::runs::{NewRun, Trigger};
 use crate::schedule::{self, Schedule};
 
 /// The ref's current commit in the bare repository.
@@ -89,7 +89,6 @@ async fn fire(schedule: &Schedule, tick: i64, launcher: &Launcher, pool: &Pool, 
                 pushed_at_ms: tick,
                 trigger: Trigger::Schedule,
                 scheduled_at_ms: Some(tick),
-                commit: CommitSummary::default(),
             };
             match launcher.queue(new).await {
                 Ok(id) => {

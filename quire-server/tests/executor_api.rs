@@ -32,10 +32,18 @@ const HEARTBEAT: &str = "/api/run/heartbeat";
 const WORKSPACE: &str = "/api/run/workspace";
 const BOOTSTRAP: &str = "/api/run/bootstrap";
 
+/// What a stand-in does first: what quire-ci does when the launcher asks
+/// it to (`--drop-to-nobody`: as root, the confined executor switches to
+/// nobody before anything else). The real executor's own switch is
+/// checked by `the_real_executor_gives_up_root_in_every_thread`.
+const DROP_LIKE_QUIRE_CI: &str = r#"case " $* " in *" --drop-to-nobody "*) [ "$(id -u)" = 0 ] &&
+  exec setpriv --reuid=65534 --regid=65534 --clear-groups --inh-caps=-all --bounding-set=-all --no-new-privs -- "$0" "$@";;
+esac"#;
+
 /// Writes a stand-in executor (`#!/bin/sh` + `script`) into `dir`.
 fn stand_in(dir: &Path, script: &str) -> String {
     let path = dir.join("stand-in.sh");
-    std::fs::write(&path, format!("#!/bin/sh\n{script}\n")).unwrap();
+    std::fs::write(&path, format!("#!/bin/sh\n{DROP_LIKE_QUIRE_CI}\n{script}\n")).unwrap();
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
     path.display().to_string()
 }
@@ -738,6 +746,63 @@ say probe-done yes"#
     // Last, so that everything above is checked whatever this says.
     let via = told(&root, "probe-proc");
     assert_eq!(via, "none", "the hidden data root is readable through {via}/root (the host's /proc)");
+}
+
+/// The real quire-ci, launched confined by a root server, is `nobody` in
+/// every one of its threads, with no capability in any set (bounding and
+/// ambient included), no supplementary group and `no_new_privs`: it gives
+/// root up itself (`--drop-to-nobody`), before it starts a thread.
+#[test]
+fn the_real_executor_gives_up_root_in_every_thread() {
+    if !rustix::process::geteuid().is_root() {
+        eprintln!("skipped: only a root server has quire-ci give up root");
+        return;
+    }
+    let has_bwrap =
+        Command::new("sh").args(["-c", "command -v bwrap"]).output().is_ok_and(|o| o.status.success());
+    if !has_bwrap {
+        eprintln!("skipped: bubblewrap is not installed");
+        return;
+    }
+    let root = Root::new();
+    let _server = root.serve();
+    let slow = "(local ci (require :quire.ci))\n(ci.job :wait [:quire/push] (fn [{: sh}] (sh [\"sleep\" \"60\"])))\n";
+    root.push_pipeline("app.git", slow, "main");
+    let id = root.wait_run_count("app.git", 1).remove(0);
+    let events = run_dir(&root, &id).join("events.jsonl");
+    root.wait_for("the command to start", 30, || {
+        std::fs::read_to_string(&events).ok().filter(|e| e.contains("\"sh_started\"")).map(|_| ())
+    });
+    let handle: String =
+        root.db().query_row("SELECT executor FROM runs WHERE id = ?1", [&id], |r| r.get(0)).unwrap();
+    let bwrap: u32 = handle.strip_prefix("process:").unwrap().parse().unwrap();
+    let children = std::fs::read_to_string(format!("/proc/{bwrap}/task/{bwrap}/children")).unwrap();
+    let executor: Vec<&str> = children.split_whitespace().collect();
+    assert_eq!(executor.len(), 1, "bubblewrap runs the executor alone: {children:?}");
+    let tasks: Vec<PathBuf> = std::fs::read_dir(format!("/proc/{}/task", executor[0]))
+        .unwrap()
+        .map(|task| task.unwrap().path().join("status"))
+        .collect();
+    assert!(tasks.len() > 3, "the executor runs threads by now: {tasks:?}");
+    for task in &tasks {
+        let status = std::fs::read_to_string(task).unwrap();
+        let field = |name: &str| {
+            status
+                .lines()
+                .find_map(|line| line.strip_prefix(&format!("{name}:")))
+                .unwrap_or_else(|| panic!("no {name} in {}", task.display()))
+                .split_whitespace()
+                .collect::<Vec<_>>()
+                .join(" ")
+        };
+        assert_eq!(field("Uid"), "65534 65534 65534 65534", "{}: {status}", task.display());
+        assert_eq!(field("Gid"), "65534 65534 65534 65534", "{}: {status}", task.display());
+        assert_eq!(field("Groups"), "", "{}: {status}", task.display());
+        for set in ["CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb"] {
+            assert_eq!(field(set), "0000000000000000", "{set} of {}: {status}", task.display());
+        }
+        assert_eq!(field("NoNewPrivs"), "1", "{}: {status}", task.display());
+    }
 }
 
 /// An executor that bootstraps and then falls silent is given up after

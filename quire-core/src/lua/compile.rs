@@ -112,76 +112,125 @@ pub const MAX_SOURCE_BYTES: u64 = 1024 * 1024;
 
 /// Compiles `source` to Lua.
 pub fn compile(source: &SourceFile, options: &CompileOptions) -> Result<Compiled, Diagnostic> {
-    let lua = compile_vm(options).map_err(|e| internal(source, "preparing the compile VM", &e))?;
-    let fennel: Table = lua
-        .load(FENNEL_BYTECODE)
-        .set_mode(mlua::ChunkMode::Binary)
-        .set_name("@fennel.lua")
-        .eval()
-        .map_err(|e| internal(source, "loading Fennel", &e))?;
-    let driver = lua
-        .load(COMPILE_LUA)
-        .set_name("@quire/compile.lua")
-        .into_function()
-        .map_err(|e| internal(source, "loading the compile driver", &e))?;
-    let globals = lua
-        .create_sequence_from(options.allowed_globals.iter().map(String::as_str))
-        .map_err(|e| internal(source, "preparing globals", &e))?;
-    let search_path = options.files.as_ref().map_or_else(String::new, |files| {
-        let dir = files.modules.display();
-        format!("{dir}/?.fnl;{dir}/?/init.fnl")
-    });
-    let macro_path = options.files.as_ref().map_or_else(String::new, |files| {
-        let dir = files.modules.display();
-        format!("{dir}/?.fnl;{dir}/?/init-macros.fnl;{dir}/?/init.fnl")
-    });
-    limits::set(options.deadline);
-    let watchdog = limits::Watchdog::start(&lua, options.deadline)
-        .map_err(|e| internal(source, "arming the deadline", &e))?;
-    let result = driver.call::<(bool, String, Option<Vec<u32>>, Option<Vec<Table>>)>((
-        fennel,
-        source.text.as_str(),
-        source.display_name(),
-        globals,
-        search_path,
-        macro_path,
-    ));
-    drop(watchdog);
-    limits::disarm();
-    let result = match result {
-        Ok(_) if Instant::now() >= options.deadline => Err(mlua::Error::runtime(limits::DEADLINE_MESSAGE)),
-        other => other,
-    };
-    let (ok, lua_or_err, lines, calls) = result.map_err(|e| {
-        if limits::is_deadline(&e) {
-            Diagnostic::error(format!(
-                "compiling {} did not finish in time (a macro that never returns?)",
-                source.display_name()
-            ))
-            .at(crate::diagnostic::Location::new(source.display_name(), 1, 1))
-        } else if limits::is_out_of_memory(&e) {
-            Diagnostic::error(format!(
-                "compiling {} ran out of memory (the Lua memory limit)",
-                source.display_name()
-            ))
-            .at(crate::diagnostic::Location::new(source.display_name(), 1, 1))
-        } else {
-            internal(source, "compiling", &e)
-        }
-    })?;
-    if !ok {
-        return Err(fennel_error(source, &lua_or_err));
+    Compiler::new(options.files.clone(), options.memory_limit).compile(
+        source,
+        options.allowed_globals,
+        options.deadline,
+    )
+}
+
+/// A compile VM with Fennel loaded, for one compilation. Loading Fennel
+/// is most of what compiling a small pipeline costs, so a caller that
+/// waits for its source (quire-ci, while the workspace downloads) makes
+/// the compiler first. Preparing cannot fail in a way the source could
+/// cause; should it fail anyway, the error is told by
+/// [`Compiler::compile`], against the file it was meant for.
+pub struct Compiler {
+    prepared: Result<Prepared, (&'static str, mlua::Error)>,
+}
+
+struct Prepared {
+    lua: Lua,
+    fennel: Table,
+    driver: mlua::Function,
+    search_path: String,
+    macro_path: String,
+}
+
+impl Compiler {
+    /// A compile VM under `memory_limit`, reading only `files`.
+    pub fn new(files: Option<FileAccess>, memory_limit: usize) -> Compiler {
+        Compiler { prepared: Compiler::prepare(files, memory_limit) }
     }
-    let calls = calls
-        .unwrap_or_default()
-        .into_iter()
-        .map(|call| Ok((call.get(1)?, call.get(2)?, call.get(3)?)))
-        .collect::<mlua::Result<Vec<_>>>()
-        .map_err(|e| internal(source, "reading call positions", &e))?;
-    Ok(Compiled {
-        lua: lua_or_err,
-        positions: PositionMap { fennel_lines: lines.unwrap_or_default(), calls },
-    })
+
+    fn prepare(
+        files: Option<FileAccess>,
+        memory_limit: usize,
+    ) -> Result<Prepared, (&'static str, mlua::Error)> {
+        let search_path = files.as_ref().map_or_else(String::new, |files| {
+            let dir = files.modules.display();
+            format!("{dir}/?.fnl;{dir}/?/init.fnl")
+        });
+        let macro_path = files.as_ref().map_or_else(String::new, |files| {
+            let dir = files.modules.display();
+            format!("{dir}/?.fnl;{dir}/?/init-macros.fnl;{dir}/?/init.fnl")
+        });
+        let lua = compile_vm(files, memory_limit).map_err(|e| ("preparing the compile VM", e))?;
+        let fennel: Table = lua
+            .load(FENNEL_BYTECODE)
+            .set_mode(mlua::ChunkMode::Binary)
+            .set_name("@fennel.lua")
+            .eval()
+            .map_err(|e| ("loading Fennel", e))?;
+        let driver = lua
+            .load(COMPILE_LUA)
+            .set_name("@quire/compile.lua")
+            .into_function()
+            .map_err(|e| ("loading the compile driver", e))?;
+        Ok(Prepared { lua, fennel, driver, search_path, macro_path })
+    }
+
+    /// Compiles `source` to Lua; any global but `allowed_globals` is an
+    /// error, and so is still compiling (macros included) at `deadline`.
+    pub fn compile(
+        self,
+        source: &SourceFile,
+        allowed_globals: &[String],
+        deadline: Instant,
+    ) -> Result<Compiled, Diagnostic> {
+        let Prepared { lua, fennel, driver, search_path, macro_path } =
+            self.prepared.map_err(|(doing, e)| internal(source, doing, &e))?;
+        let globals = lua
+            .create_sequence_from(allowed_globals.iter().map(String::as_str))
+            .map_err(|e| internal(source, "preparing globals", &e))?;
+        limits::set(deadline);
+        let watchdog = limits::Watchdog::start(&lua, deadline)
+            .map_err(|e| internal(source, "arming the deadline", &e))?;
+        let result = driver.call::<(bool, String, Option<Vec<u32>>, Option<Vec<Table>>)>((
+            fennel,
+            source.text.as_str(),
+            source.display_name(),
+            globals,
+            search_path,
+            macro_path,
+        ));
+        drop(watchdog);
+        limits::disarm();
+        let result = match result {
+            Ok(_) if Instant::now() >= deadline => Err(mlua::Error::runtime(limits::DEADLINE_MESSAGE)),
+            other => other,
+        };
+        let (ok, lua_or_err, lines, calls) = result.map_err(|e| {
+            if limits::is_deadline(&e) {
+                Diagnostic::error(format!(
+                    "compiling {} did not finish in time (a macro that never returns?)",
+                    source.display_name()
+                ))
+                .at(crate::diagnostic::Location::new(source.display_name(), 1, 1))
+            } else if limits::is_out_of_memory(&e) {
+                Diagnostic::error(format!(
+                    "compiling {} ran out of memory (the Lua memory limit)",
+                    source.display_name()
+                ))
+                .at(crate::diagnostic::Location::new(source.display_name(), 1, 1))
+            } else {
+                internal(source, "compiling", &e)
+            }
+        })?;
+        if !ok {
+            return Err(fennel_error(source, &lua_or_err));
+        }
+        let calls = calls
+            .unwrap_or_default()
+            .into_iter()
+            .map(|call| Ok((call.get(1)?, call.get(2)?, call.get(3)?)))
+            .collect::<mlua::Result<Vec<_>>>()
+            .map_err(|e| internal(source, "reading call positions", &e))?;
+        Ok(Compiled {
+            lua: lua_or_err,
+            positions: PositionMap { fennel_lines: lines.unwrap_or_default(), calls },
+        })
+    }
 }
 
 /// The compile VM: Lua's safe libraries plus `debug` (which Fennel needs),
@@ -189,13 +238,13 @@ pub fn compile(source: &SourceFile, options: &CompileOptions) -> Result<Compiled
 /// only a read-only `open` limited to [`FileAccess::root`], `os` only the
 /// clock, no `dofile`/`loadfile`, no C modules and no search path of the
 /// host's.
-fn compile_vm(options: &CompileOptions) -> mlua::Result<Lua> {
+fn compile_vm(files: Option<FileAccess>, memory_limit: usize) -> mlua::Result<Lua> {
     // SAFETY: the compile VM runs only Fennel's compiler over the source;
     // pipeline code runs there only as macros, in Fennel's macro sandbox,
     // and the host is out of its reach (below) even if a macro escapes.
     let lua = unsafe { Lua::unsafe_new_with(StdLib::ALL_SAFE | StdLib::DEBUG, LuaOptions::default()) };
     // The deadline is a `Watchdog` per compilation (see `limits`).
-    lua.set_memory_limit(options.memory_limit)?;
+    lua.set_memory_limit(memory_limit)?;
     let globals = lua.globals();
     for name in ["dofile", "loadfile"] {
         globals.raw_remove(name)?;
@@ -229,7 +278,7 @@ fn compile_vm(options: &CompileOptions) -> mlua::Result<Lua> {
     package.set("searchers", lua.create_sequence_from([preload])?)?;
 
     let io = lua.create_table()?;
-    let root = options.files.as_ref().map(|f| f.root.clone());
+    let root = files.map(|f| f.root);
     io.set(
         "open",
         lua.create_function(move |lua, (path, mode): (String, Option<String>)| {

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use mlua::{Function, Lua};
 
 use crate::diagnostic::{Diagnostic, Location};
-use crate::lua::compile::{self, CompileOptions, FileAccess};
+use crate::lua::compile::{self, FileAccess};
 use crate::lua::{execute, limits};
 use crate::source::SourceFile;
 
@@ -104,6 +104,68 @@ pub struct Instance {
     run_fns: Vec<Function>,
 }
 
+/// Loads one pipeline, made before its source is at hand: the Fennel
+/// compiler in it (most of what loading a small pipeline costs) is ready
+/// by then. Like the Lua VMs it holds, it stays on the thread that made it.
+pub struct Loader {
+    compiler: compile::Compiler,
+    limits: LuaLimits,
+}
+
+impl Loader {
+    /// A loader for a pipeline of `workspace`, whose compile-time file
+    /// access is confined to it (without one, there is none).
+    pub fn new(workspace: Option<&Path>, limits: LuaLimits) -> Result<Loader, LoadError> {
+        let files = match workspace.map(Path::canonicalize).transpose() {
+            Ok(root) => root.map(|root| FileAccess { modules: root.join(MODULES_DIR), root }),
+            Err(source_error) => {
+                let path = workspace.map(Path::to_path_buf).unwrap_or_default();
+                return Err(LoadError::Io { path, source: source_error });
+            }
+        };
+        Ok(Loader { compiler: compile::Compiler::new(files, limits.memory), limits })
+    }
+
+    /// Compiles and validates `source`, evaluating its top level in the
+    /// execute VM to collect the `ci.job` declarations.
+    pub fn load(self, source: SourceFile) -> Result<Pipeline, LoadError> {
+        let limits = self.limits;
+        match self.build(&source) {
+            Ok((compiled, positions, jobs)) => Ok(Pipeline { source, compiled, positions, jobs, limits }),
+            Err(diagnostics) => Err(LoadError::Invalid { file: source, diagnostics }),
+        }
+    }
+
+    #[allow(clippy::type_complexity)]
+    fn build(
+        self,
+        source: &SourceFile,
+    ) -> Result<(String, Arc<compile::PositionMap>, Vec<Job>), Vec<Diagnostic>> {
+        let Loader { compiler, limits } = self;
+        let internal = |e: mlua::Error| {
+            vec![Diagnostic::error(format!("internal error preparing the pipeline VM: {e}"))]
+        };
+        let lua = execute::new_execute_vm(limits.memory).map_err(internal)?;
+        let globals = execute::global_names(&lua).map_err(internal)?;
+        let deadline = Instant::now() + limits.declare_timeout;
+        let compiled = compiler.compile(source, &globals, deadline).map_err(|d| vec![d])?;
+        let positions = Arc::new(compiled.positions);
+        let chunk =
+            execute::ChunkInfo { name: source.display_name().to_string(), positions: positions.clone() };
+        let declarations = evaluate(&lua, &chunk, &compiled.lua, limits).map_err(|d| vec![d])?;
+        if !declarations.errors.is_empty() {
+            return Err(declarations.errors);
+        }
+        let nodes: Vec<graph::Node> = declarations
+            .jobs
+            .iter()
+            .map(|d| graph::Node { id: d.id.clone(), inputs: d.inputs.clone(), location: d.location.clone() })
+            .collect();
+        let jobs = graph::validate(&nodes)?;
+        Ok((compiled.lua, positions, jobs))
+    }
+}
+
 impl Pipeline {
     /// Reads, compiles and validates `<workspace>/.quire/ci.fnl`; it may
     /// `include` modules from `<workspace>/.quire`.
@@ -119,51 +181,7 @@ impl Pipeline {
         workspace: Option<&Path>,
         limits: LuaLimits,
     ) -> Result<Pipeline, LoadError> {
-        let files = match workspace.map(Path::canonicalize).transpose() {
-            Ok(root) => root.map(|root| FileAccess { modules: root.join(MODULES_DIR), root }),
-            Err(source_error) => {
-                let path = workspace.map(Path::to_path_buf).unwrap_or_default();
-                return Err(LoadError::Io { path, source: source_error });
-            }
-        };
-        match Pipeline::build(&source, files, limits) {
-            Ok((compiled, positions, jobs)) => Ok(Pipeline { source, compiled, positions, jobs, limits }),
-            Err(diagnostics) => Err(LoadError::Invalid { file: source, diagnostics }),
-        }
-    }
-
-    #[allow(clippy::type_complexity)]
-    fn build(
-        source: &SourceFile,
-        files: Option<FileAccess>,
-        limits: LuaLimits,
-    ) -> Result<(String, Arc<compile::PositionMap>, Vec<Job>), Vec<Diagnostic>> {
-        let internal = |e: mlua::Error| {
-            vec![Diagnostic::error(format!("internal error preparing the pipeline VM: {e}"))]
-        };
-        let lua = execute::new_execute_vm(limits.memory).map_err(internal)?;
-        let globals = execute::global_names(&lua).map_err(internal)?;
-        let options = CompileOptions {
-            allowed_globals: &globals,
-            files,
-            memory_limit: limits.memory,
-            deadline: Instant::now() + limits.declare_timeout,
-        };
-        let compiled = compile::compile(source, &options).map_err(|d| vec![d])?;
-        let positions = Arc::new(compiled.positions);
-        let chunk =
-            execute::ChunkInfo { name: source.display_name().to_string(), positions: positions.clone() };
-        let declarations = evaluate(&lua, &chunk, &compiled.lua, limits).map_err(|d| vec![d])?;
-        if !declarations.errors.is_empty() {
-            return Err(declarations.errors);
-        }
-        let nodes: Vec<graph::Node> = declarations
-            .jobs
-            .iter()
-            .map(|d| graph::Node { id: d.id.clone(), inputs: d.inputs.clone(), location: d.location.clone() })
-            .collect();
-        let jobs = graph::validate(&nodes)?;
-        Ok((compiled.lua, positions, jobs))
+        Loader::new(workspace, limits)?.load(source)
     }
 
     /// Evaluates the pipeline again in a fresh execute VM, on the calling

@@ -16,6 +16,7 @@ mod context;
 mod jail;
 mod job;
 mod limits;
+mod privileges;
 mod process;
 mod program;
 mod reaper;
@@ -33,6 +34,7 @@ use std::time::{Duration, Instant};
 
 pub use context::{Note, RunContext, RunError, SecretError, SecretSource, Sink};
 pub use limits::Limits;
+pub use privileges::{become_unprivileged, PrivilegeError};
 pub use reaper::{become_subreaper, stop_everything, sweep_children, sweep_orphans};
 pub use sandbox::{
     chown_tree, find_bwrap, find_system_program, Bwrap, RunAs, Sandbox, CACHE_VARIABLE, HELPER_COMMAND,

@@ -76,6 +76,10 @@ pub trait Launch: Send + Sync {
     /// Whether executors run on this machine and can use a cache directory
     /// of the data root.
     fn local_cache(&self) -> bool;
+    /// Whether an executor starts within moments of [`Launch::start`] (a
+    /// local process; not a scheduler's job, which may wait in its queue):
+    /// the runner then starts the workspace archive alongside it.
+    fn starts_promptly(&self) -> bool;
     /// How often the runner asks [`Launch::status`].
     fn poll_interval(&self) -> Duration;
     /// How the launcher presents itself in the server log.

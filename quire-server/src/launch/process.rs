@@ -2,8 +2,8 @@
 //! of the server, in a process group of its own, confined — when the
 //! bubblewrap sandbox is on — to a bubblewrap of its own, so that a
 //! pipeline that escapes the Lua VM meets the same walls as its commands:
-//! it runs without privileges (as `nobody`, through `setpriv`, when the
-//! server is root), sees the host read-only and nothing of the data root
+//! it runs without privileges (as root, the server has it switch to
+//! `nobody` before anything else), sees the host read-only and nothing of the data root
 //! but its own directory (`<root>/executors/<run-id>`) and its cache; the
 //! server's processes (root's) are closed to it, so there is no
 //! `/proc/<pid>/root` way round the cover. The server is the
@@ -20,7 +20,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use quire_core::id::RunId;
-use quire_core::runtime::{chown_tree, find_system_program, UNPRIVILEGED_ID};
+use quire_core::runtime::{chown_tree, UNPRIVILEGED_ID};
 use rustix::process::{kill_process_group, Pid, Signal};
 
 use super::{handle_number, ExecutorSpec, Launch, LaunchError, Status};
@@ -64,9 +64,10 @@ struct Spawn {
 /// by `nobody` whatever the directories above the real one allow.
 const EXECUTOR_PATH: &str = "/tmp/.quire-ci-executor";
 
-/// A parent-death signal fires when the *thread* that forked the child
-/// ends, and the blocking pool ends idle threads: executors are spawned
-/// from one thread that lives as long as the server.
+/// A parent-death signal (bubblewrap's `--die-with-parent`) fires when
+/// the *thread* that started the child ends, and the blocking pool ends
+/// idle threads: executors are spawned from one thread that lives as long
+/// as the server.
 fn spawner() -> mpsc::Sender<Spawn> {
     let (send, receive) = mpsc::channel::<Spawn>();
     std::thread::Builder::new()
@@ -102,37 +103,44 @@ impl ProcessLauncher {
         self.root.join("executors").join(run)
     }
 
-    /// `bwrap … -- [setpriv …] quire-ci run …`, or `quire-ci run …`
+    /// `bwrap … -- quire-ci run … [--drop-to-nobody]`, or `quire-ci run …`
     /// unconfined.
-    fn command(&self, spec: &ExecutorSpec, work: &Path) -> Result<Command, LaunchError> {
+    fn command(&self, spec: &ExecutorSpec, work: &Path) -> Command {
+        // If the server dies, its runs stop with it instead of running on
+        // unsupervised (a restart marks them orphaned).
         let Some(bwrap) = &self.bwrap else {
             let mut command = Command::new(&self.quire_ci);
             command.current_dir(work);
-            return Ok(run_command(command, spec, work));
+            // SAFETY: only calls prctl, which is async-signal-safe.
+            unsafe {
+                command.pre_exec(|| {
+                    // SIGTERM, so that quire-ci stops its commands on the
+                    // way out.
+                    rustix::process::set_parent_process_death_signal(Some(Signal::TERM))?;
+                    Ok(())
+                });
+            }
+            return run_command(command, spec, work);
         };
+        // Confined, bubblewrap's `--die-with-parent` ends the sandbox with
+        // the server, and quire-ci stops its commands and ends once it
+        // finds its parent gone. Nothing runs in the child before exec, so
+        // the spawn needs no copy of the server's memory (a fork): a few
+        // milliseconds off every run's start.
         // Bound where they really are, below the hidden root (which is
         // hidden where it really is).
         let real = |path: &Path| path.canonicalize().unwrap_or_else(|_| path.to_path_buf());
         let cache = spec.cache_dir.as_deref().map(real);
         let mut command = Command::new(bwrap);
         command.args(confinement(&self.root, &real(work), cache.as_deref(), &self.quire_ci)).arg("--");
-        if rustix::process::geteuid().is_root() {
-            // bubblewrap sets up as root; the executor gets none of it.
-            let setpriv = find_system_program("setpriv").ok_or_else(|| {
-                LaunchError::Start("setpriv (util-linux) is not installed in /usr/bin or /bin".into())
-            })?;
-            command.arg(setpriv).args([
-                format!("--reuid={UNPRIVILEGED_ID}"),
-                format!("--regid={UNPRIVILEGED_ID}"),
-                "--clear-groups".into(),
-                "--inh-caps=-all".into(),
-                "--bounding-set=-all".into(),
-                "--no-new-privs".into(),
-                "--".into(),
-            ]);
-        }
         command.arg(EXECUTOR_PATH);
-        Ok(run_command(command, spec, work))
+        let mut command = run_command(command, spec, work);
+        if rustix::process::geteuid().is_root() {
+            // bubblewrap sets up as root; quire-ci gives it up before
+            // anything else.
+            command.arg("--drop-to-nobody");
+        }
+        command
     }
 
     /// Spawns on the spawner thread.
@@ -145,8 +153,7 @@ impl ProcessLauncher {
 }
 
 /// `command` (which runs quire-ci) with `run`, the run's arguments, its
-/// environment and stdio, its own process group and the parent-death
-/// signal.
+/// environment and stdio, and its own process group.
 fn run_command(mut command: Command, spec: &ExecutorSpec, work: &Path) -> Command {
     command.arg("run").args(&spec.args);
     if let Some(cache) = &spec.cache_dir {
@@ -164,23 +171,13 @@ fn run_command(mut command: Command, spec: &ExecutorSpec, work: &Path) -> Comman
     if let Some(dsn) = &spec.sentry_dsn {
         command.env("QUIRE__SENTRY_DSN", dsn);
     }
-    // SAFETY: only calls prctl, which is async-signal-safe.
-    unsafe {
-        command.pre_exec(|| {
-            // If the server dies, its runs stop with it instead of
-            // running on unsupervised (restart marks them orphaned).
-            // SIGTERM, so that quire-ci stops its commands on the way out.
-            rustix::process::set_parent_process_death_signal(Some(Signal::TERM))?;
-            Ok(())
-        });
-    }
     command
 }
 
 /// The executor's own bubblewrap: the host read-only, a fresh `/dev`,
 /// `/tmp` and the data root empty, its binary
 /// at [`EXECUTOR_PATH`], its work directory and cache writable at their
-/// real paths. As root only what `setpriv` needs to drop to `nobody` is
+/// real paths. As root only what quire-ci needs to switch to `nobody` is
 /// kept. The network stays, to reach the server; user namespaces stay,
 /// for the commands' sandboxes.
 fn confinement(root: &Path, work: &Path, cache: Option<&Path>, quire_ci: &Path) -> Vec<std::ffi::OsString> {
@@ -285,7 +282,7 @@ impl Launch for ProcessLauncher {
                 chown_tree(cache, UNPRIVILEGED_ID, UNPRIVILEGED_ID).map_err(|e| cannot(cache, e))?;
             }
         }
-        let command = self.command(spec, &work)?;
+        let command = self.command(spec, &work);
         let mut children = self.children();
         let mut child = self.spawn(command).map_err(|e| {
             let program = self.bwrap.as_ref().unwrap_or(&self.quire_ci);
@@ -359,6 +356,10 @@ impl Launch for ProcessLauncher {
     }
 
     fn local_cache(&self) -> bool {
+        true
+    }
+
+    fn starts_promptly(&self) -> bool {
         true
     }
 

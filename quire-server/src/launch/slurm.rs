@@ -179,6 +179,10 @@ impl Launch for SlurmLauncher {
         false
     }
 
+    fn starts_promptly(&self) -> bool {
+        false
+    }
+
     fn poll_interval(&self) -> Duration {
         Duration::from_millis(500)
     }
