@@ -142,16 +142,16 @@ fn run_for_server(mut args: RunArgs, server: Arc<Server>) -> u8 {
         std::thread::spawn(move || server.download_workspace(&workspace))
     };
     let (redirected, output_ready) = std::sync::mpsc::channel();
-    let pipeline = {
+    let (deliver, loaded) = std::sync::mpsc::channel();
+    let started = {
         let (workspace, limits) = (own.workspace.clone(), args.lua);
         std::thread::Builder::new()
             .name("pipeline".into())
-            .spawn(move || load_when_ready(&workspace, limits, download, output_ready))
+            .spawn(move || load_when_ready(&workspace, limits, download, output_ready, deliver))
     };
-    let pipeline = match pipeline {
-        Ok(pipeline) => pipeline,
-        Err(e) => return exit_status(Err(Fatal::failed(format!("cannot start a thread: {e}")))),
-    };
+    if let Err(e) = started {
+        return exit_status(Err(Fatal::failed(format!("cannot start a thread: {e}"))));
+    }
     let push = match server.bootstrap() {
         Ok(bootstrap) => bootstrap.push_facts(),
         // Nothing can be sent before the bootstrap: this goes to stderr,
@@ -164,7 +164,7 @@ fn run_for_server(mut args: RunArgs, server: Arc<Server>) -> u8 {
     let _ = redirected.send(());
     let shipper = Shipper::start(server.clone(), own.out.clone(), own.workspace.clone());
     let loaded =
-        pipeline.join().unwrap_or_else(|_| Err(ServerError::Workspace("the pipeline thread failed".into())));
+        loaded.recv().unwrap_or_else(|_| Err(ServerError::Workspace("the pipeline thread failed".into())));
     let result = loaded.map_err(Fatal::failed).and_then(|pipeline| {
         args.workspace = own.workspace.clone();
         args.out_dir = Some(own.out.clone());
@@ -179,20 +179,34 @@ fn run_for_server(mut args: RunArgs, server: Arc<Server>) -> u8 {
 /// The pipeline of a workspace being downloaded: Fennel is loaded while
 /// the download goes on (on this thread, which the compiler cannot leave),
 /// and the pipeline compiled once the workspace is there and quire-ci's
-/// output is redirected (`output_ready`). The outer error is the
-/// download's; the inner, the pipeline's (an outcome of the run).
+/// output is redirected (`output_ready`). What is `deliver`ed: the
+/// download's error, or the pipeline (or why it could not be loaded: an
+/// outcome of the run). The compile VM is closed after that, off the way
+/// to the first command.
 fn load_when_ready(
     workspace: &Path,
     limits: LuaLimits,
     download: std::thread::JoinHandle<Result<(), ServerError>>,
     output_ready: std::sync::mpsc::Receiver<()>,
-) -> Result<Result<Pipeline, LoadError>, ServerError> {
-    let loader = pipeline::Loader::new(Some(workspace), limits);
-    download.join().unwrap_or_else(|_| Err(ServerError::Workspace("the download thread failed".into())))?;
-    // Gone only when quire-ci is ending without a run.
-    output_ready.recv().map_err(|_| ServerError::Workspace("the run was given up".into()))?;
-    Ok(loader
-        .and_then(|loader| loader.load(pipeline::read_source(workspace)?.with_display_name(PIPELINE_PATH))))
+    deliver: std::sync::mpsc::Sender<Result<Result<Pipeline, LoadError>, ServerError>>,
+) {
+    let prepared = pipeline::Loader::new(Some(workspace), limits);
+    let ready = || {
+        download
+            .join()
+            .unwrap_or_else(|_| Err(ServerError::Workspace("the download thread failed".into())))?;
+        // Gone only when quire-ci is ending without a run.
+        output_ready.recv().map_err(|_| ServerError::Workspace("the run was given up".into()))
+    };
+    let load = |loader: &pipeline::Loader| {
+        loader.load(pipeline::read_source(workspace)?.with_display_name(PIPELINE_PATH))
+    };
+    let (loaded, loader) = match prepared {
+        Ok(loader) => (ready().map(|()| load(&loader)), Some(loader)),
+        Err(error) => (ready().map(|()| Err(error)), None),
+    };
+    let _ = deliver.send(loaded);
+    drop(loader);
 }
 
 /// Ends quire-ci (through SIGTERM: it stops its commands and sends what it

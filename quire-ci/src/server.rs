@@ -70,6 +70,34 @@ impl Server {
 
     /// `GET /api/run/workspace`, unpacked into `dir` (which must exist).
     pub fn download_workspace(&self, dir: &Path) -> Result<(), ServerError> {
+        // tar starts while the request is on the way. From the system's
+        // directories when it is there: the search through a long PATH of
+        // directories `nobody` may not enter costs a failed exec for each.
+        let program = quire_core::runtime::find_system_program("tar").unwrap_or_else(|| "tar".into());
+        let mut tar = Command::new(program)
+            .args(["-x", "--no-same-owner", "-C"])
+            .arg(dir)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| ServerError::Workspace(format!("cannot run tar: {e}")))?;
+        // Dropping tar's stdin (whatever happened) lets it end.
+        let fetched = self.fetch_workspace(tar.stdin.take().expect("piped"));
+        let output =
+            tar.wait_with_output().map_err(|e| ServerError::Workspace(format!("tar failed: {e}")))?;
+        fetched?;
+        if !output.status.success() {
+            return Err(ServerError::Workspace(format!(
+                "tar could not unpack the workspace: {}",
+                String::from_utf8_lossy(&output.stderr).trim()
+            )));
+        }
+        Ok(())
+    }
+
+    /// The workspace's tar stream, copied into `into`.
+    fn fetch_workspace(&self, mut into: impl std::io::Write) -> Result<(), ServerError> {
         let url = format!("{}{WORKSPACE_PATH}", self.url);
         // No overall timeout: a big checkout takes as long as it takes.
         let client = reqwest::blocking::Client::builder()
@@ -87,27 +115,9 @@ impl Server {
             let body = response.text().unwrap_or_default();
             return Err(ServerError::Refused { status: status.as_u16(), body });
         }
-        let mut tar = Command::new("tar")
-            .args(["-x", "--no-same-owner", "-C"])
-            .arg(dir)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .map_err(|e| ServerError::Workspace(format!("cannot run tar: {e}")))?;
-        let mut stdin = tar.stdin.take().expect("piped");
-        let copied = std::io::copy(&mut response, &mut stdin);
-        drop(stdin);
-        let output =
-            tar.wait_with_output().map_err(|e| ServerError::Workspace(format!("tar failed: {e}")))?;
-        copied.map_err(|e| ServerError::Workspace(format!("the download was cut short: {e}")))?;
-        if !output.status.success() {
-            return Err(ServerError::Workspace(format!(
-                "tar could not unpack the workspace: {}",
-                String::from_utf8_lossy(&output.stderr).trim()
-            )));
-        }
-        Ok(())
+        std::io::copy(&mut response, &mut into)
+            .map(|_| ())
+            .map_err(|e| ServerError::Workspace(format!("the download was cut short: {e}")))
     }
 
     /// `POST /api/run/output`.

@@ -172,27 +172,30 @@ impl Compiler {
 
     /// Compiles `source` to Lua; any global but `allowed_globals` is an
     /// error, and so is still compiling (macros included) at `deadline`.
+    /// One compilation per compiler: macros may leave state in its VM.
+    /// Dropping it closes the VM, which takes a moment: a caller in a
+    /// hurry drops it once the result is on its way.
     pub fn compile(
-        self,
+        &self,
         source: &SourceFile,
         allowed_globals: &[String],
         deadline: Instant,
     ) -> Result<Compiled, Diagnostic> {
         let Prepared { lua, fennel, driver, search_path, macro_path } =
-            self.prepared.map_err(|(doing, e)| internal(source, doing, &e))?;
+            self.prepared.as_ref().map_err(|(doing, e)| internal(source, doing, e))?;
         let globals = lua
             .create_sequence_from(allowed_globals.iter().map(String::as_str))
             .map_err(|e| internal(source, "preparing globals", &e))?;
         limits::set(deadline);
-        let watchdog = limits::Watchdog::start(&lua, deadline)
+        let watchdog = limits::Watchdog::start(lua, deadline)
             .map_err(|e| internal(source, "arming the deadline", &e))?;
         let result = driver.call::<(bool, String, Option<Vec<u32>>, Option<Vec<Table>>)>((
             fennel,
             source.text.as_str(),
             source.display_name(),
             globals,
-            search_path,
-            macro_path,
+            search_path.as_str(),
+            macro_path.as_str(),
         ));
         drop(watchdog);
         limits::disarm();

@@ -106,7 +106,9 @@ pub struct Instance {
 
 /// Loads one pipeline, made before its source is at hand: the Fennel
 /// compiler in it (most of what loading a small pipeline costs) is ready
-/// by then. Like the Lua VMs it holds, it stays on the thread that made it.
+/// by then. Like the Lua VM it holds, it stays on the thread that made it;
+/// dropping it closes that VM, which a caller in a hurry does once the
+/// pipeline is on its way.
 pub struct Loader {
     compiler: compile::Compiler,
     limits: LuaLimits,
@@ -128,7 +130,7 @@ impl Loader {
 
     /// Compiles and validates `source`, evaluating its top level in the
     /// execute VM to collect the `ci.job` declarations.
-    pub fn load(self, source: SourceFile) -> Result<Pipeline, LoadError> {
+    pub fn load(&self, source: SourceFile) -> Result<Pipeline, LoadError> {
         let limits = self.limits;
         match self.build(&source) {
             Ok((compiled, positions, jobs)) => Ok(Pipeline { source, compiled, positions, jobs, limits }),
@@ -138,10 +140,11 @@ impl Loader {
 
     #[allow(clippy::type_complexity)]
     fn build(
-        self,
+        &self,
         source: &SourceFile,
     ) -> Result<(String, Arc<compile::PositionMap>, Vec<Job>), Vec<Diagnostic>> {
         let Loader { compiler, limits } = self;
+        let limits = *limits;
         let internal = |e: mlua::Error| {
             vec![Diagnostic::error(format!("internal error preparing the pipeline VM: {e}"))]
         };
