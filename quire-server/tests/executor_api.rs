@@ -580,10 +580,29 @@ fn the_workspace_is_the_commit_as_a_tar_stream() {
     let sha = work.commit("three files");
     work.push("main");
     let seat = take_the_run(&root, &server, "app.git");
-
+    // The process launcher starts the archive with the executor, before
+    // anyone asks for it (the stand-in never does): a git child of the
+    // server's, running or, the archive being smaller than a pipe, done
+    // and not yet reaped.
+    let server_pid = server.child.id();
+    let git_children = || -> usize {
+        std::fs::read_dir(format!("/proc/{server_pid}/task"))
+            .unwrap()
+            .filter_map(|task| std::fs::read_to_string(task.ok()?.path().join("children")).ok())
+            .flat_map(|pids| pids.split_whitespace().map(str::to_string).collect::<Vec<_>>())
+            .filter(|pid| {
+                std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| s.contains(" (git) "))
+            })
+            .count()
+    };
+    assert_eq!(git_children(), 1, "git archive is under way before the executor asks");
     let answer = seat.call(Method::GET, WORKSPACE, Some(&seat.bearer()), None);
     assert_eq!(answer.status, 200, "{}", answer.text());
     assert!(answer.content_type.starts_with("application/x-tar"), "{}", answer.content_type);
+    // That one is used up; another request gets a new, identical archive.
+    let again = seat.call(Method::GET, WORKSPACE, Some(&seat.bearer()), None);
+    assert_eq!(again.status, 200, "{}", again.text());
+    assert!(again.body == answer.body, "a second request gets the same archive");
 
     let unpacked = tempfile::tempdir().unwrap();
     let archive = unpacked.path().join("workspace.tar");

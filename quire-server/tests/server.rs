@@ -173,6 +173,23 @@ fn a_compile_error_is_a_pipeline_failure() {
     assert!(rows(&root, "SELECT job_id FROM jobs WHERE run_id = ?1", &id).is_empty());
 }
 
+/// What a pipeline's top level prints (while quire-ci loads it, alongside
+/// the workspace download) lands in the run's quire-ci.log, never in the
+/// server's log.
+#[test]
+fn a_pipelines_top_level_output_goes_to_the_runs_log() {
+    let root = Root::new();
+    let _server = root.serve();
+    let pipeline = "(local ci (require :quire.ci))\n(print \"top-level-says-zq81\")\n\
+                    (ci.job :a [:quire/push] (fn [{: sh}] (sh [\"true\"])))\n";
+    root.push_pipeline("app.git", pipeline, "main");
+    let id = only_run(&root, "app.git");
+    assert_eq!(root.wait_finished(&id), ("complete".to_string(), None), "{}", root.server_log());
+    let log = std::fs::read_to_string(run_dir(&root, "app.git", &id).join("quire-ci.log")).unwrap();
+    assert!(log.contains("top-level-says-zq81"), "{log}");
+    assert!(!root.server_log().contains("top-level-says-zq81"), "{}", root.server_log());
+}
+
 #[test]
 fn a_crashing_executor_is_process_crashed() {
     let root = Root::new();
