@@ -98,8 +98,13 @@ impl RunDir {
         self.path.join("quire-ci.log")
     }
 
+    /// Where every job's directory is.
+    pub fn jobs_dir(&self) -> PathBuf {
+        self.path.join("jobs")
+    }
+
     pub fn job_dir(&self, job: &JobId) -> PathBuf {
-        self.path.join("jobs").join(job.as_str())
+        self.jobs_dir().join(job.as_str())
     }
 
     pub fn log(&self, job: &JobId, file: LogFile) -> PathBuf {

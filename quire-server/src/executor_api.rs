@@ -12,6 +12,7 @@ use quire_core::output::{Batch, Reply, StopReason, HEARTBEAT_PATH, OUTPUT_PATH, 
 use quire_core::push::{Bootstrap, BootstrapMeta};
 use serde_json::json;
 
+use crate::executors::WORKSPACE_STREAMS;
 use crate::http::{with_db, ApiError, AppState};
 use crate::repos;
 use crate::run_output::{self, OutputError};
@@ -124,6 +125,15 @@ async fn workspace(state: web::Data<AppState>, request: HttpRequest) -> Result<H
     debug_assert_eq!(WORKSPACE_PATH, "/api/run/workspace");
     let run = token_run(&state, &request, runs::claimed_run_by_token).await?;
     state.executors.heard_from(run.id);
+    let Some(under_way) = state.executors.start_workspace_stream(run.id) else {
+        return Err(ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            format!(
+                "{WORKSPACE_STREAMS} downloads of this run's workspace are under way already; \
+                 try again once one has ended"
+            ),
+        ));
+    };
     let mut archive = match state.executors.take_archive(run.id) {
         Some(started) => started,
         None => {
@@ -131,8 +141,10 @@ async fn workspace(state: web::Data<AppState>, request: HttpRequest) -> Result<H
         }
     };
     let stdout = archive.stdout.take().expect("stdout is piped");
-    // The child is reaped once the stream is done with it (or dropped).
-    let stream = futures_util::stream::unfold((stdout, Some(archive)), |(mut out, child)| async move {
+    // The child is reaped once the stream is done with it (or dropped);
+    // the download counts as under way until then.
+    let start = (stdout, Some(archive), under_way);
+    let stream = futures_util::stream::unfold(start, |(mut out, child, under_way)| async move {
         use tokio::io::AsyncReadExt;
         let mut buffer = vec![0; 64 * 1024];
         match out.read(&mut buffer).await {
@@ -142,16 +154,19 @@ async fn workspace(state: web::Data<AppState>, request: HttpRequest) -> Result<H
                     if !matches!(status, Ok(s) if s.success()) {
                         // Cut short: the executor's tar sees a truncated
                         // archive and says so.
-                        return Some((Err(std::io::Error::other("git archive failed")), (out, None)));
+                        return Some((
+                            Err(std::io::Error::other("git archive failed")),
+                            (out, None, under_way),
+                        ));
                     }
                 }
                 None
             }
             Ok(n) => {
                 buffer.truncate(n);
-                Some((Ok(web::Bytes::from(buffer)), (out, child)))
+                Some((Ok(web::Bytes::from(buffer)), (out, child, under_way)))
             }
-            Err(e) => Some((Err(e), (out, None))),
+            Err(e) => Some((Err(e), (out, None, under_way))),
         }
     });
     Ok(HttpResponse::Ok().content_type("application/x-tar").streaming(stream))
@@ -205,9 +220,13 @@ async fn output(
     let dir = state.root.run_dir(&run.repo, run.id);
     let limits = state.config.ci.output_limits();
     let writing = state.executors.writing_lock(run.id);
-    let written = web::block(move || {
-        let _one_at_a_time = writing.as_ref().map(|lock| lock.lock().unwrap_or_else(|p| p.into_inner()));
-        run_output::write_batch(&dir, &batch, &limits)
+    let written = web::block(move || match writing {
+        Some(lock) => {
+            let mut files = lock.lock().unwrap_or_else(|p| p.into_inner());
+            run_output::write_batch(&dir, &batch, &limits, &mut files)
+        }
+        // A run nobody follows is counted afresh.
+        None => run_output::write_batch(&dir, &batch, &limits, &mut run_output::FileTally::default()),
     })
     .await
     .map_err(ApiError::internal)?;
@@ -220,6 +239,10 @@ async fn output(
         }))),
         Err(OutputError::TooLarge { file, size, limit }) => Ok(HttpResponse::PayloadTooLarge().json(json!({
             "error": format!("{file} would grow to {size} bytes, past its limit of {limit} bytes"),
+            "file": file,
+        }))),
+        Err(OutputError::TooManyFiles { file, count, limit }) => Ok(HttpResponse::PayloadTooLarge().json(json!({
+            "error": format!("{file} would be file number {count} of the run, past its limit of {limit} files"),
             "file": file,
         }))),
         Err(OutputError::Io { file, source })

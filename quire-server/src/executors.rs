@@ -15,6 +15,8 @@ use std::time::{Duration, Instant};
 use quire_core::id::RunId;
 use quire_core::output::StopReason;
 
+use crate::run_output::FileTally;
+
 #[derive(Default)]
 pub struct Executors {
     followed: Mutex<HashMap<RunId, Followed>>,
@@ -27,10 +29,26 @@ struct Followed {
     /// What the run's quire-ci.log is to say about why the server gave up.
     note: Option<String>,
     /// Held while a batch of the run's output is written, so that a batch
-    /// sent again before the first attempt finished waits for it.
-    writing: Arc<Mutex<()>>,
+    /// sent again before the first attempt finished waits for it; it holds
+    /// the tally of the run's files.
+    writing: Arc<Mutex<FileTally>>,
     /// The run's `git archive`, started ahead of the executor's request.
     archive: Option<tokio::process::Child>,
+    /// Shared by the run's workspace downloads under way (the count is
+    /// its other holders).
+    streams: Arc<()>,
+}
+
+/// How many downloads of one run's workspace may be under way at once:
+/// its executor needs one, and a second covers a retry made before the
+/// server noticed the first one's connection gone. Each is a `git archive`
+/// process, so a token holder cannot have the server start them by the
+/// thousand.
+pub const WORKSPACE_STREAMS: usize = 2;
+
+/// One download of a run's workspace under way; it ends with this.
+pub struct WorkspaceStream {
+    _counted: Arc<()>,
 }
 
 impl Executors {
@@ -48,6 +66,7 @@ impl Executors {
                 note: None,
                 writing: Arc::default(),
                 archive: None,
+                streams: Arc::default(),
             },
         );
     }
@@ -126,8 +145,17 @@ impl Executors {
         self.lock().get_mut(&id).and_then(|run| run.archive.take())
     }
 
+    /// Room for one more download of the run's workspace; `None` when
+    /// [`WORKSPACE_STREAMS`] are under way (or the run is not followed).
+    pub fn start_workspace_stream(&self, id: RunId) -> Option<WorkspaceStream> {
+        let followed = self.lock();
+        let streams = &followed.get(&id)?.streams;
+        (Arc::strong_count(streams) <= WORKSPACE_STREAMS)
+            .then(|| WorkspaceStream { _counted: streams.clone() })
+    }
+
     /// The lock a batch of the run's output is written under.
-    pub fn writing_lock(&self, id: RunId) -> Option<Arc<Mutex<()>>> {
+    pub fn writing_lock(&self, id: RunId) -> Option<Arc<Mutex<FileTally>>> {
         self.lock().get(&id).map(|run| run.writing.clone())
     }
 }
@@ -149,5 +177,21 @@ mod tests {
         assert_eq!(executors.heard_from(id), Some(Some(StopReason::Canceled)), "the first reason wins");
         executors.forget(id);
         assert_eq!(executors.heard_from(id), None);
+    }
+
+    #[test]
+    fn a_run_has_at_most_two_workspace_downloads_under_way() {
+        let executors = Executors::default();
+        let id = RunId::generate();
+        assert!(executors.start_workspace_stream(id).is_none(), "not followed");
+        executors.follow(id);
+        let first = executors.start_workspace_stream(id).unwrap();
+        let second = executors.start_workspace_stream(id).unwrap();
+        assert!(executors.start_workspace_stream(id).is_none());
+        drop(first);
+        let third = executors.start_workspace_stream(id).unwrap();
+        assert!(executors.start_workspace_stream(id).is_none());
+        drop((second, third));
+        assert!(executors.start_workspace_stream(id).is_some());
     }
 }

@@ -3,8 +3,9 @@
 //! command logs and `quire-ci.log`, whatever machine the executor runs on.
 //! Each chunk is appended at the offset it names, so a batch sent twice is
 //! written once and bytes never land out of order; every file is held to a
-//! size the operator's configuration sets. Who may send (the run token)
-//! and how the answer travels are `executor_api`'s.
+//! size, and the run to a number of files, that the operator's
+//! configuration sets. Who may send (the run token) and how the answer
+//! travels are `executor_api`'s.
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
@@ -21,6 +22,9 @@ pub struct OutputLimits {
     /// and adds a few lines of its own past it.
     pub log: u64,
     pub executor_log: u64,
+    /// How many files a run may hold: an executor cannot make the server
+    /// fill the disk's inodes with empty logs.
+    pub files: u64,
 }
 
 /// Room for the lines quire-ci writes into a log past its cap (why the log
@@ -48,21 +52,59 @@ pub enum OutputError {
     OutOfOrder { file: OutputFile, offset: u64, have: u64 },
     #[error("{file} would grow to {size} bytes, past its limit of {limit} bytes")]
     TooLarge { file: OutputFile, size: u64, limit: u64 },
+    #[error("{file} would be file number {count} of the run, past its limit of {limit} files")]
+    TooManyFiles { file: OutputFile, count: u64, limit: u64 },
     #[error("cannot write {file} of the run: {source}")]
     Io { file: OutputFile, source: std::io::Error },
+}
+
+/// How many files a run's directory holds, counted on disk the first time
+/// it is needed (once per server, for a run followed again after a
+/// restart) and kept up to date by [`write_batch`]. Batches of one run are
+/// written one at a time, under the lock that holds this.
+#[derive(Debug, Default)]
+pub struct FileTally(Option<u64>);
+
+impl FileTally {
+    fn count(&mut self, dir: &RunDir) -> u64 {
+        *self.0.get_or_insert_with(|| count_files(dir))
+    }
+}
+
+/// The run's output files on disk: the events, quire-ci's log and every
+/// job's logs.
+fn count_files(dir: &RunDir) -> u64 {
+    let top = [dir.events(), dir.executor_log()].iter().filter(|p| p.symlink_metadata().is_ok()).count();
+    let in_jobs: usize = std::fs::read_dir(dir.jobs_dir())
+        .into_iter()
+        .flatten()
+        .filter_map(|job| std::fs::read_dir(job.ok()?.path()).ok())
+        .map(Iterator::count)
+        .sum();
+    (top + in_jobs) as u64
 }
 
 /// Writes a batch's chunks in order. Chunks (or their parts) the file
 /// already holds are skipped; the first chunk that cannot be written stops
 /// the batch, the ones before it stay written.
-pub fn write_batch(dir: &RunDir, batch: &Batch, limits: &OutputLimits) -> Result<(), OutputError> {
+pub fn write_batch(
+    dir: &RunDir,
+    batch: &Batch,
+    limits: &OutputLimits,
+    files: &mut FileTally,
+) -> Result<(), OutputError> {
     for chunk in &batch.chunks {
-        write_chunk(dir, chunk, limits)?;
+        write_chunk(dir, chunk, limits, files)?;
     }
     Ok(())
 }
 
-fn write_chunk(dir: &RunDir, chunk: &Chunk, limits: &OutputLimits) -> Result<(), OutputError> {
+fn write_chunk(
+    dir: &RunDir,
+    chunk: &Chunk,
+    limits: &OutputLimits,
+    files: &mut FileTally,
+) -> Result<(), OutputError> {
     let io = |source| OutputError::Io { file: chunk.file.clone(), source };
     let limit = limits.of(&chunk.file);
     if chunk.end() > limit {
@@ -74,7 +116,16 @@ fn write_chunk(dir: &RunDir, chunk: &Chunk, limits: &OutputLimits) -> Result<(),
     if !exists && chunk.offset > 0 {
         return Err(OutputError::OutOfOrder { file: chunk.file.clone(), offset: chunk.offset, have: 0 });
     }
+    if !exists {
+        let count = files.count(dir) + 1;
+        if count > limits.files {
+            return Err(OutputError::TooManyFiles { file: chunk.file.clone(), count, limit: limits.files });
+        }
+    }
     let mut file = open_for_append(dir, &chunk.file).map_err(io)?;
+    if !exists {
+        files.0 = files.0.map(|n| n + 1);
+    }
     let have = file.metadata().map_err(io)?.len();
     if chunk.offset > have {
         return Err(OutputError::OutOfOrder { file: chunk.file.clone(), offset: chunk.offset, have });
@@ -105,7 +156,11 @@ fn open_for_append(dir: &RunDir, file: &OutputFile) -> std::io::Result<File> {
 mod tests {
     use super::*;
 
-    const LIMITS: OutputLimits = OutputLimits { events: 100, log: 10, executor_log: 10 };
+    const LIMITS: OutputLimits = OutputLimits { events: 100, log: 10, executor_log: 10, files: 100 };
+
+    fn write_batch(dir: &RunDir, batch: &Batch, limits: &OutputLimits) -> Result<(), OutputError> {
+        super::write_batch(dir, batch, limits, &mut FileTally::default())
+    }
 
     fn chunk(file: &str, offset: u64, data: &str) -> Chunk {
         Chunk { file: OutputFile::parse(file).unwrap(), offset, data: data.as_bytes().to_vec() }
@@ -150,6 +205,33 @@ mod tests {
         // anything is opened.
         let error = write_batch(&dir, &batch(vec![chunk("events.jsonl", u64::MAX - 1, "x")]), &LIMITS);
         assert!(error.is_err());
+    }
+
+    #[test]
+    fn a_run_holds_no_more_files_than_its_limit() {
+        let temp = tempfile::tempdir().unwrap();
+        let dir = RunDir::new(temp.path());
+        let limits = OutputLimits { files: 3, ..LIMITS };
+        // Two files there already, from before a restart: counted on disk.
+        super::write_batch(
+            &dir,
+            &batch(vec![chunk("events.jsonl", 0, "e"), chunk("jobs/a/sh-1.log", 0, "x")]),
+            &limits,
+            &mut FileTally::default(),
+        )
+        .unwrap();
+        let mut tally = FileTally::default();
+        super::write_batch(&dir, &batch(vec![chunk("jobs/a/sh-2.log", 0, "y")]), &limits, &mut tally)
+            .unwrap();
+        // Growing a file it has is fine; a fourth file is not.
+        super::write_batch(&dir, &batch(vec![chunk("jobs/a/sh-2.log", 1, "z")]), &limits, &mut tally)
+            .unwrap();
+        let error =
+            super::write_batch(&dir, &batch(vec![chunk("jobs/b/sh-1.log", 0, "w")]), &limits, &mut tally)
+                .unwrap_err();
+        assert!(matches!(error, OutputError::TooManyFiles { count: 4, limit: 3, .. }), "{error}");
+        assert!(!dir.jobs_dir().join("b").exists(), "nothing is left of the refused file");
+        assert_eq!(count_files(&dir), 3);
     }
 
     #[test]

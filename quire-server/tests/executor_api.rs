@@ -633,6 +633,61 @@ fn the_workspace_is_the_commit_as_a_tar_stream() {
     assert!(mode & 0o111 == 0, "a plain file stays plain: {mode:o}");
 }
 
+/// A token holder cannot have the server start `git archive` processes
+/// without bound: two downloads of a run's workspace may be under way at
+/// once; a third is refused with a JSON 429 until one of them ends.
+#[test]
+fn at_most_two_workspace_downloads_of_a_run_are_under_way() {
+    use std::io::{Read, Write};
+    let root = Root::new();
+    root.write_config(TALKING);
+    let (server, _scripts) = serve_stand_in(&root, TELL_AND_WAIT, &[]);
+    let work = root.repo("app.git");
+    work.pipeline(PIPELINE);
+    // Larger than what the kernel buffers between the server and a client
+    // that does not read: the download stays under way.
+    let mut noise = vec![0u8; 48 * 1024 * 1024];
+    let mut state = 0x9e37_79b9_7f4a_7c15u64;
+    for byte in noise.iter_mut() {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        *byte = state as u8;
+    }
+    std::fs::write(work.path().join("noise.bin"), &noise).unwrap();
+    work.commit("a big file");
+    work.push("main");
+    let seat = take_the_run(&root, &server, "app.git");
+
+    let address = seat.url.trim_start_matches("http://").to_string();
+    let hold_download = || {
+        let mut stream = std::net::TcpStream::connect(&address).unwrap();
+        let request = format!(
+            "GET {WORKSPACE} HTTP/1.1\r\nHost: {address}\r\nAuthorization: Bearer {}\r\n\r\n",
+            seat.token
+        );
+        stream.write_all(request.as_bytes()).unwrap();
+        let mut start = [0u8; 12];
+        stream.read_exact(&mut start).unwrap();
+        assert_eq!(&start, b"HTTP/1.1 200", "a download starts");
+        stream
+    };
+    let first = hold_download();
+    let second = hold_download();
+    let third = seat.call(Method::GET, WORKSPACE, Some(&seat.bearer()), None);
+    assert_eq!(third.status, 429, "{}", third.text());
+    assert!(third.is_json_error(), "{}", third.text());
+
+    // Once one of them is gone, a download goes through again, whole.
+    drop(first);
+    let whole = root.wait_for("room for another download", 30, || {
+        let answer = seat.call(Method::GET, WORKSPACE, Some(&seat.bearer()), None);
+        (answer.status == 200).then_some(answer)
+    });
+    assert!(whole.body.len() > noise.len(), "the whole archive: {} bytes", whole.body.len());
+    drop(second);
+}
+
 /// A canceled run's executor hears it at its next contact (heartbeat and
 /// output alike), and one that does not stop (it ignores SIGTERM) is
 /// killed; the run ends failed/canceled and its token dies.
