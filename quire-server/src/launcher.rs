@@ -114,7 +114,9 @@ fn launcher_for(ci: &CiConfig, root: &DataRoot, quire_ci: PathBuf) -> Arc<dyn La
             root.path().to_path_buf(),
             ci.sandbox == SandboxMode::Bwrap,
         )),
-        LauncherConfig::Slurm(slurm) => Arc::new(launch::slurm::SlurmLauncher::new(slurm.clone(), quire_ci)),
+        LauncherConfig::Slurm(slurm) => {
+            Arc::new(launch::slurm::SlurmLauncher::new(slurm.clone(), quire_ci, ci.timeout))
+        }
     }
 }
 

@@ -122,6 +122,9 @@ fn a_push_runs_through_slurm_as_a_user_that_cannot_read_the_data_root() {
     assert!(record.contains(&format!("JobName=quire-{run}")), "{record}");
     assert!(record.contains(&format!("UserId={EXECUTOR_USER}(")), "{record}");
     assert!(record.contains("JobState=COMPLETED"), "{record}");
+    // The default run timeout (3600 s) plus a minute, should the server
+    // not be there to stop it.
+    assert!(record.contains("TimeLimit=01:01:00"), "{record}");
 
     let jobs: Vec<String> = {
         let conn = root.db();

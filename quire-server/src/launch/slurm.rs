@@ -20,12 +20,23 @@ pub struct SlurmLauncher {
     config: SlurmConfig,
     /// `quire-ci` on the nodes.
     quire_ci: String,
+    /// The job's time limit, in whole minutes (see [`SlurmLauncher::new`]).
+    time_limit_minutes: u64,
 }
 
 impl SlurmLauncher {
-    pub fn new(config: SlurmConfig, server_quire_ci: std::path::PathBuf) -> SlurmLauncher {
+    /// `run_timeout`: `:ci {:timeout-secs}`. The server stops a run at its
+    /// timeout; the job also gets a Slurm time limit a minute past it, so
+    /// that Slurm ends it should the server be down by then. A `--time` (or
+    /// `-t`) among `:sbatch-args` replaces it.
+    pub fn new(
+        config: SlurmConfig,
+        server_quire_ci: std::path::PathBuf,
+        run_timeout: Duration,
+    ) -> SlurmLauncher {
         let quire_ci = config.quire_ci.clone().unwrap_or_else(|| server_quire_ci.display().to_string());
-        SlurmLauncher { config, quire_ci }
+        let time_limit_minutes = (run_timeout.as_secs() + 60).div_ceil(60);
+        SlurmLauncher { config, quire_ci, time_limit_minutes }
     }
 
     fn sbatch(&self, run: RunId) -> Command {
@@ -38,6 +49,10 @@ impl SlurmLauncher {
         ]);
         if let Some(partition) = &self.config.partition {
             command.arg(format!("--partition={partition}"));
+        }
+        let own_time = self.config.sbatch_args.iter().any(|arg| arg == "-t" || arg.starts_with("--time"));
+        if !own_time {
+            command.arg(format!("--time={}", self.time_limit_minutes));
         }
         command.args(&self.config.sbatch_args);
         command
@@ -213,9 +228,29 @@ mod tests {
         let script = batch_script("/opt/quire ci/quire-ci", &spec);
         assert!(script.contains(r"QUIRE__RUN_TOKEN='tok'\''en; rm -rf /'"), "{script}");
         assert!(script.contains(r"exec '/opt/quire ci/quire-ci' run '--sandbox' 'it'\''s'"), "{script}");
-        let launcher = SlurmLauncher::new(SlurmConfig::default(), "/q".into());
+        let launcher = SlurmLauncher::new(SlurmConfig::default(), "/q".into(), Duration::from_secs(3600));
         let sbatch = launcher.sbatch(spec.run);
         assert!(sbatch.get_args().all(|a| !a.to_string_lossy().contains("tok")));
+    }
+
+    #[test]
+    fn the_job_is_limited_to_a_minute_past_the_run_timeout_unless_the_operator_says_otherwise() {
+        let args = |sbatch_args: &[&str], timeout_secs: u64| -> Vec<String> {
+            let config = SlurmConfig {
+                sbatch_args: sbatch_args.iter().map(|a| a.to_string()).collect(),
+                ..Default::default()
+            };
+            SlurmLauncher::new(config, "/q".into(), Duration::from_secs(timeout_secs))
+                .sbatch(RunId::generate())
+                .get_args()
+                .map(|a| a.to_string_lossy().into_owned())
+                .collect()
+        };
+        assert!(args(&[], 3600).contains(&"--time=61".to_string()));
+        assert!(args(&[], 61).contains(&"--time=3".to_string()), "rounded up: {:?}", args(&[], 61));
+        let own = args(&["--time=5-00:00:00"], 3600);
+        assert_eq!(own.iter().filter(|a| a.starts_with("--time")).collect::<Vec<_>>(), ["--time=5-00:00:00"]);
+        assert!(!args(&["-t", "10"], 3600).iter().any(|a| a.starts_with("--time")));
     }
 
     #[test]
