@@ -160,6 +160,12 @@ fn run_for_server(mut args: RunArgs, server: Arc<Server>) -> u8 {
     };
     if let Err(e) = own.redirect_output() {
         eprintln!("quire-ci: warning: cannot write quire-ci.log ({e}); progress is not sent");
+        // What the pipeline prints must not reach the server's log instead.
+        if let Err(e) = silence_output() {
+            return exit_status(Err(Fatal::failed(format!(
+                "cannot send quire-ci's output to /dev/null: {e}"
+            ))));
+        }
     }
     let _ = redirected.send(());
     let shipper = Shipper::start(server.clone(), own.out.clone(), own.workspace.clone());
@@ -198,11 +204,11 @@ fn load_when_ready(
         // Gone only when quire-ci is ending without a run.
         output_ready.recv().map_err(|_| ServerError::Workspace("the run was given up".into()))
     };
-    let load = |loader: &pipeline::Loader| {
+    let load = |loader: &mut pipeline::Loader| {
         loader.load(pipeline::read_source(workspace)?.with_display_name(PIPELINE_PATH))
     };
     let (loaded, loader) = match prepared {
-        Ok(loader) => (ready().map(|()| load(&loader)), Some(loader)),
+        Ok(mut loader) => (ready().map(|()| load(&mut loader)), Some(loader)),
         Err(error) => (ready().map(|()| Err(error)), None),
     };
     let _ = deliver.send(loaded);
@@ -233,6 +239,14 @@ fn die_with_parent() {
     if let Err(e) = watching {
         eprintln!("quire-ci: warning: cannot watch for the launcher's end: {e}");
     }
+}
+
+/// quire-ci's stdout and stderr to `/dev/null`.
+fn silence_output() -> io::Result<()> {
+    let null = File::options().write(true).open("/dev/null")?;
+    rustix::stdio::dup2_stdout(&null)?;
+    rustix::stdio::dup2_stderr(&null)?;
+    Ok(())
 }
 
 /// A server run's directory: `workspace/` and `out/` (the run directory

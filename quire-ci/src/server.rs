@@ -50,6 +50,16 @@ pub enum ServerError {
     Workspace(String),
 }
 
+/// The first `limit` bytes read from `from`, which is read to its end.
+fn first_bytes(from: impl std::io::Read, limit: u64) -> Vec<u8> {
+    use std::io::Read;
+    let mut from = from;
+    let mut kept = Vec::new();
+    let _ = (&mut from).take(limit).read_to_end(&mut kept);
+    let _ = std::io::copy(&mut from, &mut std::io::sink());
+    kept
+}
+
 impl Server {
     /// The server from the environment, when this is a server run.
     pub fn from_env() -> Option<Server> {
@@ -74,26 +84,38 @@ impl Server {
         // directories when it is there: the search through a long PATH of
         // directories `nobody` may not enter costs a failed exec for each.
         let program = quire_core::runtime::find_system_program("tar").unwrap_or_else(|| "tar".into());
+        // -m: files get the time they are unpacked at, as in a checkout
+        // (and a commit dated in the future draws no warning per file).
         let mut tar = Command::new(program)
-            .args(["-x", "--no-same-owner", "-C"])
+            .args(["-x", "-m", "--no-same-owner", "-C"])
             .arg(dir)
             .stdin(Stdio::piped())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
             .map_err(|e| ServerError::Workspace(format!("cannot run tar: {e}")))?;
+        // Read as it comes: tar blocked on a full stderr pipe would stop
+        // reading the archive.
+        let stderr = tar.stderr.take().expect("piped");
+        let said = std::thread::spawn(move || first_bytes(stderr, 4096));
         // Dropping tar's stdin (whatever happened) lets it end.
         let fetched = self.fetch_workspace(tar.stdin.take().expect("piped"));
-        let output =
-            tar.wait_with_output().map_err(|e| ServerError::Workspace(format!("tar failed: {e}")))?;
-        fetched?;
-        if !output.status.success() {
-            return Err(ServerError::Workspace(format!(
+        let status = tar.wait().map_err(|e| ServerError::Workspace(format!("tar failed: {e}")))?;
+        let said = said.join().unwrap_or_default();
+        let tar_failed = (!status.success()).then(|| {
+            ServerError::Workspace(format!(
                 "tar could not unpack the workspace: {}",
-                String::from_utf8_lossy(&output.stderr).trim()
-            )));
+                String::from_utf8_lossy(&said).trim()
+            ))
+        });
+        match (fetched, tar_failed) {
+            // The copy broke because tar stopped (a full disk, say): tar
+            // tells why.
+            (Err(ServerError::Workspace(_)), Some(tar_failed)) => Err(tar_failed),
+            (Err(fetch_failed), _) => Err(fetch_failed),
+            (Ok(()), Some(tar_failed)) => Err(tar_failed),
+            (Ok(()), None) => Ok(()),
         }
-        Ok(())
     }
 
     /// The workspace's tar stream, copied into `into`.

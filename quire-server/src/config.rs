@@ -123,8 +123,9 @@ impl CiConfig {
             log: self.limits.max_log_mb.saturating_mul(1024 * 1024) + crate::run_output::LOG_NOTE_ROOM,
             executor_log: crate::run_output::EXECUTOR_LOG_BYTES,
             // Each command's log and each job's, the events and quire-ci's
-            // own log: a run within its command limit never comes near.
-            files: self.max_commands.saturating_mul(2).saturating_add(2),
+            // own log: a run within its command limit never comes near
+            // (the 1024 is for jobs that run no command).
+            files: self.max_commands.saturating_mul(2).saturating_add(1024),
         }
     }
 }

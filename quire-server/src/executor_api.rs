@@ -12,7 +12,7 @@ use quire_core::output::{Batch, Reply, StopReason, HEARTBEAT_PATH, OUTPUT_PATH, 
 use quire_core::push::{Bootstrap, BootstrapMeta};
 use serde_json::json;
 
-use crate::executors::WORKSPACE_STREAMS;
+use crate::executors::{DownloadRefused, WORKSPACE_DOWNLOADS, WORKSPACE_STREAMS};
 use crate::http::{with_db, ApiError, AppState};
 use crate::repos;
 use crate::run_output::{self, OutputError};
@@ -125,15 +125,22 @@ async fn workspace(state: web::Data<AppState>, request: HttpRequest) -> Result<H
     debug_assert_eq!(WORKSPACE_PATH, "/api/run/workspace");
     let run = token_run(&state, &request, runs::claimed_run_by_token).await?;
     state.executors.heard_from(run.id);
-    let Some(under_way) = state.executors.start_workspace_stream(run.id) else {
-        return Err(ApiError::new(
+    let under_way = state.executors.start_workspace_stream(run.id).map_err(|refused| match refused {
+        DownloadRefused::NotFollowed => {
+            ApiError::new(StatusCode::CONFLICT, "the server follows no executor of this run".to_string())
+        }
+        DownloadRefused::UnderWay => ApiError::new(
             StatusCode::TOO_MANY_REQUESTS,
             format!(
                 "{WORKSPACE_STREAMS} downloads of this run's workspace are under way already; \
                  try again once one has ended"
             ),
-        ));
-    };
+        ),
+        DownloadRefused::Exhausted => ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            format!("this run has downloaded its workspace {WORKSPACE_DOWNLOADS} times already"),
+        ),
+    })?;
     let mut archive = match state.executors.take_archive(run.id) {
         Some(started) => started,
         None => {

@@ -37,6 +37,8 @@ struct Followed {
     /// Shared by the run's workspace downloads under way (the count is
     /// its other holders).
     streams: Arc<()>,
+    /// How many downloads of the workspace the run has started.
+    downloads: usize,
 }
 
 /// How many downloads of one run's workspace may be under way at once:
@@ -45,6 +47,22 @@ struct Followed {
 /// process, so a token holder cannot have the server start them by the
 /// thousand.
 pub const WORKSPACE_STREAMS: usize = 2;
+
+/// How many downloads of its workspace a run may start in all: its
+/// executor needs one; the rest are for retries. Each makes the server
+/// archive the whole commit.
+pub const WORKSPACE_DOWNLOADS: usize = 8;
+
+/// Why a download of a run's workspace cannot start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DownloadRefused {
+    /// The server follows no executor of the run.
+    NotFollowed,
+    /// [`WORKSPACE_STREAMS`] are under way.
+    UnderWay,
+    /// The run has started [`WORKSPACE_DOWNLOADS`] already.
+    Exhausted,
+}
 
 /// One download of a run's workspace under way; it ends with this.
 pub struct WorkspaceStream {
@@ -67,6 +85,7 @@ impl Executors {
                 writing: Arc::default(),
                 archive: None,
                 streams: Arc::default(),
+                downloads: 0,
             },
         );
     }
@@ -145,13 +164,18 @@ impl Executors {
         self.lock().get_mut(&id).and_then(|run| run.archive.take())
     }
 
-    /// Room for one more download of the run's workspace; `None` when
-    /// [`WORKSPACE_STREAMS`] are under way (or the run is not followed).
-    pub fn start_workspace_stream(&self, id: RunId) -> Option<WorkspaceStream> {
-        let followed = self.lock();
-        let streams = &followed.get(&id)?.streams;
-        (Arc::strong_count(streams) <= WORKSPACE_STREAMS)
-            .then(|| WorkspaceStream { _counted: streams.clone() })
+    /// Room for one more download of the run's workspace.
+    pub fn start_workspace_stream(&self, id: RunId) -> Result<WorkspaceStream, DownloadRefused> {
+        let mut followed = self.lock();
+        let run = followed.get_mut(&id).ok_or(DownloadRefused::NotFollowed)?;
+        if run.downloads >= WORKSPACE_DOWNLOADS {
+            return Err(DownloadRefused::Exhausted);
+        }
+        if Arc::strong_count(&run.streams) > WORKSPACE_STREAMS {
+            return Err(DownloadRefused::UnderWay);
+        }
+        run.downloads += 1;
+        Ok(WorkspaceStream { _counted: run.streams.clone() })
     }
 
     /// The lock a batch of the run's output is written under.
@@ -180,18 +204,21 @@ mod tests {
     }
 
     #[test]
-    fn a_run_has_at_most_two_workspace_downloads_under_way() {
+    fn a_run_has_at_most_two_workspace_downloads_under_way_and_eight_in_all() {
         let executors = Executors::default();
         let id = RunId::generate();
-        assert!(executors.start_workspace_stream(id).is_none(), "not followed");
+        assert_eq!(executors.start_workspace_stream(id).err(), Some(DownloadRefused::NotFollowed));
         executors.follow(id);
         let first = executors.start_workspace_stream(id).unwrap();
         let second = executors.start_workspace_stream(id).unwrap();
-        assert!(executors.start_workspace_stream(id).is_none());
+        assert_eq!(executors.start_workspace_stream(id).err(), Some(DownloadRefused::UnderWay));
         drop(first);
         let third = executors.start_workspace_stream(id).unwrap();
-        assert!(executors.start_workspace_stream(id).is_none());
+        assert_eq!(executors.start_workspace_stream(id).err(), Some(DownloadRefused::UnderWay));
         drop((second, third));
-        assert!(executors.start_workspace_stream(id).is_some());
+        for _ in 3..WORKSPACE_DOWNLOADS {
+            drop(executors.start_workspace_stream(id).unwrap());
+        }
+        assert_eq!(executors.start_workspace_stream(id).err(), Some(DownloadRefused::Exhausted));
     }
 }

@@ -190,6 +190,32 @@ fn a_pipelines_top_level_output_goes_to_the_runs_log() {
     assert!(!root.server_log().contains("top-level-says-zq81"), "{}", root.server_log());
 }
 
+/// A commit dated in the future with many files: GNU tar would warn once
+/// per file about its time stamp; enough warnings to fill a pipe must not
+/// stall the workspace download.
+#[test]
+fn a_commit_from_the_future_with_many_files_runs() {
+    let root = Root::new();
+    let _server = root.serve();
+    let work = root.repo("app.git");
+    work.pipeline(PASSING);
+    for i in 0..2000 {
+        work.write(&format!("files/f{i}.txt"), "x\n");
+    }
+    common::git(work.path(), &["add", "-A"]);
+    let committed = std::process::Command::new("git")
+        .current_dir(work.path())
+        .args(["commit", "-q", "-m", "from the future"])
+        .env("GIT_AUTHOR_DATE", "@3786825600 +0000")
+        .env("GIT_COMMITTER_DATE", "@3786825600 +0000")
+        .status()
+        .unwrap();
+    assert!(committed.success());
+    work.push("main");
+    let id = only_run(&root, "app.git");
+    assert_eq!(root.wait_finished(&id), ("complete".to_string(), None), "{}", root.server_log());
+}
+
 #[test]
 fn a_crashing_executor_is_process_crashed() {
     let root = Root::new();

@@ -170,6 +170,11 @@ impl Compiler {
         Ok(Prepared { lua, fennel, driver, search_path, macro_path })
     }
 
+    /// What the compile VM holds now, in bytes.
+    pub fn memory_in_use(&self) -> usize {
+        self.prepared.as_ref().map_or(0, |prepared| prepared.lua.used_memory())
+    }
+
     /// Compiles `source` to Lua; any global but `allowed_globals` is an
     /// error, and so is still compiling (macros included) at `deadline`.
     /// One compilation per compiler: macros may leave state in its VM.

@@ -110,9 +110,16 @@ pub struct Instance {
 /// dropping it closes that VM, which a caller in a hurry does once the
 /// pipeline is on its way.
 pub struct Loader {
-    compiler: compile::Compiler,
+    /// `None` once closed early (see [`KEEP_COMPILER_BYTES`]).
+    compiler: Option<compile::Compiler>,
     limits: LuaLimits,
 }
+
+/// A compile VM holding more than this after compiling (a macro built
+/// something big) is closed before the top level is evaluated instead of
+/// after: a loader then holds one Lua VM's memory limit at most, plus
+/// Fennel's few MiB.
+const KEEP_COMPILER_BYTES: usize = 32 * 1024 * 1024;
 
 impl Loader {
     /// A loader for a pipeline of `workspace`, whose compile-time file
@@ -125,12 +132,12 @@ impl Loader {
                 return Err(LoadError::Io { path, source: source_error });
             }
         };
-        Ok(Loader { compiler: compile::Compiler::new(files, limits.memory), limits })
+        Ok(Loader { compiler: Some(compile::Compiler::new(files, limits.memory)), limits })
     }
 
     /// Compiles and validates `source`, evaluating its top level in the
     /// execute VM to collect the `ci.job` declarations.
-    pub fn load(&self, source: SourceFile) -> Result<Pipeline, LoadError> {
+    pub fn load(&mut self, source: SourceFile) -> Result<Pipeline, LoadError> {
         let limits = self.limits;
         match self.build(&source) {
             Ok((compiled, positions, jobs)) => Ok(Pipeline { source, compiled, positions, jobs, limits }),
@@ -140,18 +147,23 @@ impl Loader {
 
     #[allow(clippy::type_complexity)]
     fn build(
-        &self,
+        &mut self,
         source: &SourceFile,
     ) -> Result<(String, Arc<compile::PositionMap>, Vec<Job>), Vec<Diagnostic>> {
-        let Loader { compiler, limits } = self;
-        let limits = *limits;
+        let limits = self.limits;
         let internal = |e: mlua::Error| {
             vec![Diagnostic::error(format!("internal error preparing the pipeline VM: {e}"))]
         };
+        let compiler = self.compiler.as_ref().ok_or_else(|| {
+            vec![Diagnostic::error("internal error: a loader compiles one pipeline".to_string())]
+        })?;
         let lua = execute::new_execute_vm(limits.memory).map_err(internal)?;
         let globals = execute::global_names(&lua).map_err(internal)?;
         let deadline = Instant::now() + limits.declare_timeout;
         let compiled = compiler.compile(source, &globals, deadline).map_err(|d| vec![d])?;
+        if compiler.memory_in_use() > KEEP_COMPILER_BYTES {
+            self.compiler = None;
+        }
         let positions = Arc::new(compiled.positions);
         let chunk =
             execute::ChunkInfo { name: source.display_name().to_string(), positions: positions.clone() };
@@ -184,7 +196,8 @@ impl Pipeline {
         workspace: Option<&Path>,
         limits: LuaLimits,
     ) -> Result<Pipeline, LoadError> {
-        Loader::new(workspace, limits)?.load(source)
+        let mut loader = Loader::new(workspace, limits)?;
+        loader.load(source)
     }
 
     /// Evaluates the pipeline again in a fresh execute VM, on the calling

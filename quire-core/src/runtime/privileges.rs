@@ -68,6 +68,9 @@ fn check_unprivileged(uid: Uid, gid: Gid) -> Result<(), PrivilegeError> {
     if (getuid(), geteuid(), getgid(), getegid()) != (uid, uid, gid, gid) {
         return not(format!("running as {}:{} (effective {}:{})", getuid(), getgid(), geteuid(), getegid()));
     }
+    if !rustix::process::getgroups().is_ok_and(|groups| groups.is_empty()) {
+        return not("supplementary groups are left".into());
+    }
     let left = credentials::capabilities(None).map_err(|e| PrivilegeError::NotDropped(e.to_string()))?;
     if !(left.effective | left.permitted | left.inheritable).is_empty() {
         return not(format!("capabilities left: {left:?}"));
