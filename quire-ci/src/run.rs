@@ -217,21 +217,50 @@ fn load_when_ready(
 
 /// Ends quire-ci (through SIGTERM: it stops its commands and sends what it
 /// has) when whatever started it — the launcher's sandbox, a Slurm step —
-/// is gone. A parent-death signal cannot be relied on: it is dropped when
-/// the dying parent may not signal quire-ci (bubblewrap without
-/// capabilities, quire-ci switched to `nobody`), so a thread watches for
-/// quire-ci being handed to another parent. If that has happened already,
-/// there is nobody to run for.
+/// is gone, or the server that launched it on this machine
+/// (`QUIRE__SERVER_PID`) is. A parent-death signal cannot be relied on: it
+/// is dropped when the dying parent may not signal quire-ci (bubblewrap
+/// without capabilities, quire-ci switched to `nobody`), and bubblewrap
+/// arms its own only once it runs. So a thread watches the server through
+/// a pidfd and, every 250 ms, for quire-ci being handed to another parent.
+/// If either has happened already, there is nobody to run for.
 fn die_with_parent() {
     use rustix::process::{getpid, getppid, kill_process, Signal};
+    let gone = |what: &str| -> ! {
+        eprintln!("quire-ci: error: {what} is gone");
+        std::process::exit(exit::FAILED.into());
+    };
     let parent = getppid();
     if parent.is_none_or(|p| p.is_init()) {
-        eprintln!("quire-ci: error: whatever started this run is gone");
-        std::process::exit(exit::FAILED.into());
+        gone("whatever started this run");
     }
+    let server = match server_pidfd() {
+        Ok(server) => server,
+        Err(rustix::io::Errno::SRCH) => gone("the server that started this run"),
+        Err(e) => {
+            eprintln!("quire-ci: warning: cannot watch the server's process ({e}); watching the parent only");
+            None
+        }
+    };
     let watching = std::thread::Builder::new().name("parent-watch".into()).spawn(move || loop {
-        std::thread::sleep(Duration::from_millis(250));
-        if getppid() != parent {
+        let quarter_second = rustix::event::Timespec { tv_sec: 0, tv_nsec: 250_000_000 };
+        let server_ended = match &server {
+            Some(pidfd) => {
+                let mut fds = [rustix::event::PollFd::new(pidfd, rustix::event::PollFlags::IN)];
+                match rustix::event::poll(&mut fds, Some(&quarter_second)) {
+                    Ok(ready) => ready > 0,
+                    Err(_) => {
+                        std::thread::sleep(Duration::from_millis(250));
+                        false
+                    }
+                }
+            }
+            None => {
+                std::thread::sleep(Duration::from_millis(250));
+                false
+            }
+        };
+        if server_ended || getppid() != parent {
             let _ = kill_process(getpid(), Signal::TERM);
             return;
         }
@@ -239,6 +268,18 @@ fn die_with_parent() {
     if let Err(e) = watching {
         eprintln!("quire-ci: warning: cannot watch for the launcher's end: {e}");
     }
+}
+
+/// A pidfd of the server named by `QUIRE__SERVER_PID`, when it is set.
+fn server_pidfd() -> Result<Option<std::os::fd::OwnedFd>, rustix::io::Errno> {
+    let Some(pid) = std::env::var(quire_core::output::SERVER_PID_VARIABLE)
+        .ok()
+        .and_then(|raw| raw.parse::<i32>().ok())
+        .and_then(rustix::process::Pid::from_raw)
+    else {
+        return Ok(None);
+    };
+    rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty()).map(Some)
 }
 
 /// quire-ci's stdout and stderr to `/dev/null`.

@@ -25,6 +25,9 @@ use crate::run_dir::{LogFile, RunDir};
 pub const SERVER_URL_VARIABLE: &str = "QUIRE__SERVER_URL";
 /// …and the run token it authenticates with.
 pub const RUN_TOKEN_VARIABLE: &str = "QUIRE__RUN_TOKEN";
+/// Set by launchers whose executors share the server's machine (and pid
+/// namespace): the server's pid, which the executor ends with.
+pub const SERVER_PID_VARIABLE: &str = "QUIRE__SERVER_PID";
 
 /// `GET`: the commit as a tar stream.
 pub const WORKSPACE_PATH: &str = "/api/run/workspace";

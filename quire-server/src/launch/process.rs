@@ -123,8 +123,8 @@ impl ProcessLauncher {
             return run_command(command, spec, work);
         };
         // Confined, bubblewrap's `--die-with-parent` ends the sandbox with
-        // the server, and quire-ci stops its commands and ends once it
-        // finds its parent gone. Nothing runs in the child before exec, so
+        // the server, and quire-ci stops its commands and ends once the
+        // server (`QUIRE__SERVER_PID`) or its parent is gone. Nothing runs in the child before exec, so
         // the spawn needs no copy of the server's memory (a fork): a few
         // milliseconds off every run's start.
         // Bound where they really are, below the hidden root (which is
@@ -163,6 +163,7 @@ fn run_command(mut command: Command, spec: &ExecutorSpec, work: &Path) -> Comman
         .env("TMPDIR", work)
         .env(quire_core::output::SERVER_URL_VARIABLE, &spec.server_url)
         .env(quire_core::output::RUN_TOKEN_VARIABLE, &spec.token)
+        .env(quire_core::output::SERVER_PID_VARIABLE, std::process::id().to_string())
         .env_remove("QUIRE_ROOT")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
