@@ -284,9 +284,14 @@ fn server_pidfd() -> Result<Option<std::os::fd::OwnedFd>, rustix::io::Errno> {
 
 /// quire-ci's stdout and stderr to `/dev/null`.
 fn silence_output() -> io::Result<()> {
-    let null = File::options().write(true).open("/dev/null")?;
-    rustix::stdio::dup2_stdout(&null)?;
-    rustix::stdio::dup2_stderr(&null)?;
+    send_output_to(&File::options().write(true).open("/dev/null")?)
+}
+
+/// From here on, what quire-ci prints goes to `file`.
+fn send_output_to(file: &File) -> io::Result<()> {
+    io::stdout().flush()?;
+    rustix::stdio::dup2_stdout(file)?;
+    rustix::stdio::dup2_stderr(file)?;
     Ok(())
 }
 
@@ -310,11 +315,7 @@ impl ServerDirectory {
 
     /// From here on, what quire-ci prints lands in the run's quire-ci.log.
     fn redirect_output(&self) -> io::Result<()> {
-        let log = File::create(self.out.join("quire-ci.log"))?;
-        io::stdout().flush()?;
-        rustix::stdio::dup2_stdout(&log)?;
-        rustix::stdio::dup2_stderr(&log)?;
-        Ok(())
+        send_output_to(&File::create(self.out.join("quire-ci.log"))?)
     }
 }
 

@@ -37,8 +37,8 @@ pub use limits::Limits;
 pub use privileges::{become_unprivileged, PrivilegeError};
 pub use reaper::{become_subreaper, stop_everything, sweep_children, sweep_orphans};
 pub use sandbox::{
-    chown_tree, find_bwrap, find_system_program, Bwrap, RunAs, Sandbox, CACHE_VARIABLE, HELPER_COMMAND,
-    UNPRIVILEGED_ID,
+    chown_tree, closed_ancestor, dirs_between, find_bwrap, find_system_program, Bwrap, RunAs, Sandbox,
+    CACHE_VARIABLE, HELPER_COMMAND, UNPRIVILEGED_ID,
 };
 pub use schedule::UnknownJob;
 

@@ -181,14 +181,10 @@ impl Bwrap {
         let mut made: Vec<PathBuf> = Vec::new();
         for cover in &covers {
             for path in &writable {
-                if let Ok(below) = path.strip_prefix(cover) {
-                    let mut dir = cover.clone();
-                    for part in below.parent().into_iter().flat_map(Path::components) {
-                        dir.push(part);
-                        if !made.contains(&dir) {
-                            push(&[&"--perms", &"0755", &"--dir", &dir]);
-                            made.push(dir.clone());
-                        }
+                for dir in dirs_between(cover, path) {
+                    if !made.contains(&dir) {
+                        push(&[&"--perms", &"0755", &"--dir", &dir]);
+                        made.push(dir);
                     }
                 }
             }
@@ -252,16 +248,42 @@ impl Bwrap {
     /// The highest ancestor of `path` that the unprivileged user cannot
     /// traverse, if commands run as one.
     fn closed_ancestor(&self, path: &Path) -> Option<PathBuf> {
-        use std::os::unix::fs::PermissionsExt;
         self.run_as?;
-        let mut ancestors: Vec<&Path> = path.ancestors().skip(1).collect();
-        ancestors.reverse();
-        ancestors
-            .into_iter()
-            .skip(1)
-            .find(|dir| std::fs::metadata(dir).map(|m| m.permissions().mode() & 0o001 == 0).unwrap_or(false))
-            .map(Path::to_path_buf)
+        closed_ancestor(path)
     }
+}
+
+/// The highest directory above `path` (below `/`) that others may not walk
+/// through: an unprivileged user reaches `path` only if that directory is
+/// covered with an empty one it may traverse (what it hid was closed to
+/// that user anyway), with the way down made again ([`dirs_between`]).
+/// Both bubblewraps use this: the commands' and the server's executor's.
+pub fn closed_ancestor(path: &Path) -> Option<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut ancestors: Vec<&Path> = path.ancestors().skip(1).collect();
+    ancestors.reverse();
+    ancestors
+        .into_iter()
+        .skip(1)
+        .find(|dir| std::fs::metadata(dir).is_ok_and(|m| m.permissions().mode() & 0o001 == 0))
+        .map(Path::to_path_buf)
+}
+
+/// The directories strictly between `cover` and `path`, outermost first
+/// (none when `path` is not below `cover`): what bubblewrap must make,
+/// traversable, for `path` to be reached inside an empty cover.
+pub fn dirs_between(cover: &Path, path: &Path) -> Vec<PathBuf> {
+    let Ok(below) = path.strip_prefix(cover) else { return Vec::new() };
+    let mut dir = cover.to_path_buf();
+    below
+        .parent()
+        .into_iter()
+        .flat_map(Path::components)
+        .map(|part| {
+            dir.push(part);
+            dir.clone()
+        })
+        .collect()
 }
 
 /// `name` looked up in `path` like a shell would, unless it has a slash.
@@ -384,6 +406,15 @@ fn apply_limits(command: &mut Command, limits: &Limits) {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn the_way_down_to_a_bound_directory_is_listed_outermost_first() {
+        use std::path::{Path, PathBuf};
+        let dirs = super::dirs_between(Path::new("/tmp"), Path::new("/tmp/a/b/root"));
+        assert_eq!(dirs, [PathBuf::from("/tmp/a"), PathBuf::from("/tmp/a/b")]);
+        assert!(super::dirs_between(Path::new("/tmp"), Path::new("/var/root")).is_empty());
+        assert!(super::dirs_between(Path::new("/r"), Path::new("/r/x")).is_empty());
+    }
+
     use super::*;
 
     fn bwrap(run_as: Option<(u32, u32)>, hide: Vec<PathBuf>) -> Bwrap {

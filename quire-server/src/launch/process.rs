@@ -20,7 +20,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use quire_core::id::RunId;
-use quire_core::runtime::{chown_tree, UNPRIVILEGED_ID};
+use quire_core::runtime::{chown_tree, closed_ancestor, dirs_between, UNPRIVILEGED_ID};
 use rustix::process::{kill_process_group, Pid, Signal};
 
 use super::{handle_number, ExecutorSpec, Launch, LaunchError, Status};
@@ -124,9 +124,11 @@ impl ProcessLauncher {
         };
         // Confined, bubblewrap's `--die-with-parent` ends the sandbox with
         // the server, and quire-ci stops its commands and ends once the
-        // server (`QUIRE__SERVER_PID`) or its parent is gone. Nothing runs in the child before exec, so
-        // the spawn needs no copy of the server's memory (a fork): a few
-        // milliseconds off every run's start.
+        // server (`QUIRE__SERVER_PID`) or its parent is gone. Nothing runs
+        // in the child before exec, so the spawn needs no copy of the
+        // server's memory (a fork): a few milliseconds off every run's
+        // start.
+        //
         // Bound where they really are, below the hidden root (which is
         // hidden where it really is).
         let real = |path: &Path| path.canonicalize().unwrap_or_else(|_| path.to_path_buf());
@@ -231,32 +233,6 @@ fn confinement(root: &Path, work: &Path, cache: Option<&Path>, quire_ci: &Path) 
         }
     }
     args
-}
-
-/// The highest directory above `path` that others may not walk through.
-fn closed_ancestor(path: &Path) -> Option<PathBuf> {
-    use std::os::unix::fs::PermissionsExt;
-    let mut above: Vec<&Path> = path.ancestors().skip(1).collect();
-    above.reverse();
-    above
-        .into_iter()
-        .find(|dir| std::fs::metadata(dir).is_ok_and(|m| m.permissions().mode() & 0o001 == 0))
-        .map(Path::to_path_buf)
-}
-
-/// The directories strictly between `cover` and `path`, outermost first
-/// (none when `path` is not below `cover`).
-fn dirs_between(cover: &Path, path: &Path) -> Vec<PathBuf> {
-    let Ok(below) = path.strip_prefix(cover) else { return Vec::new() };
-    let mut dir = cover.to_path_buf();
-    let parts: Vec<_> = below.components().collect();
-    parts[..parts.len().saturating_sub(1)]
-        .iter()
-        .map(|part| {
-            dir.push(part);
-            dir.clone()
-        })
-        .collect()
 }
 
 impl Launch for ProcessLauncher {
@@ -433,14 +409,6 @@ fn make_private_dir(dir: &Path) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn the_way_down_to_a_bound_directory_is_listed_outermost_first() {
-        let dirs = dirs_between(Path::new("/tmp"), Path::new("/tmp/a/b/root"));
-        assert_eq!(dirs, [PathBuf::from("/tmp/a"), PathBuf::from("/tmp/a/b")]);
-        assert!(dirs_between(Path::new("/tmp"), Path::new("/var/root")).is_empty());
-        assert!(dirs_between(Path::new("/r"), Path::new("/r/x")).is_empty());
-    }
 
     #[test]
     fn the_executor_keeps_no_privilege_and_sees_no_host_process() {
