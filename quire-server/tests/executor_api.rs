@@ -517,6 +517,32 @@ fn a_file_cannot_grow_past_its_limit() {
 /// Nobody but the live run's executor gets in: no header, a wrong or
 /// mangled token, another scheme, or the hash the database keeps are all
 /// 401 with a JSON error; once the run has ended its own token is dead.
+/// An executor cannot have the server create files without end: one-byte
+/// logs under made-up jobs stop at 2 × `:max-commands` + 1024 files, the
+/// refusal is a JSON 413 naming the file, and the run still takes bytes
+/// for a file it has.
+#[test]
+fn a_run_cannot_make_the_server_create_files_without_end() {
+    let root = Root::new();
+    let config = "{:ci {:max-commands 1 :heartbeat-timeout-secs 600 :sandbox :none}}";
+    let (_server, _scripts, seat) = live_run(&root, config, TELL_AND_WAIT);
+    let limit = 2 + 1024;
+    let chunks: Vec<Value> =
+        (0..limit + 50).map(|i| chunk(&format!("jobs/j{i}/sh-1.log"), 0, b"x")).collect();
+    let answer = seat.output(&batch(chunks));
+    assert_eq!(answer.status, 413, "{}", answer.text());
+    assert!(answer.is_json_error(), "{}", answer.text());
+    assert_eq!(answer.json()["file"], format!("jobs/j{limit}/sh-1.log"));
+    let files = common::files_below(&run_dir(&root, &seat.id).join("jobs"));
+    assert_eq!(files.len(), limit, "the files before the limit are kept, none past it");
+    // A new file is still refused; a file the run has still grows.
+    let answer = seat.output(&batch(vec![chunk("events.jsonl", 0, b"{}\n")]));
+    assert_eq!(answer.status, 413, "{}", answer.text());
+    let answer = seat.output(&batch(vec![chunk("jobs/j0/sh-1.log", 1, b"y")]));
+    assert_eq!(answer.status, 200, "{}", answer.text());
+    assert_eq!(std::fs::read(run_dir(&root, &seat.id).join("jobs/j0/sh-1.log")).unwrap(), b"xy");
+}
+
 #[test]
 fn every_executor_endpoint_needs_the_runs_own_live_token() {
     let root = Root::new();
