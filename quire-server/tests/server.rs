@@ -216,6 +216,23 @@ fn a_commit_from_the_future_with_many_files_runs() {
     assert_eq!(root.wait_finished(&id), ("complete".to_string(), None), "{}", root.server_log());
 }
 
+/// Nothing of the executor's own environment reaches a server run's
+/// commands: not the run token, the server's address or the server's pid
+/// (`QUIRE__*`), whatever the launcher adds.
+#[test]
+fn a_server_runs_commands_see_no_quire_variable() {
+    let root = Root::new();
+    let _server = root.serve();
+    let pipeline =
+        "(local ci (require :quire.ci))\n(ci.job :env [:quire/push] (fn [{: sh}] (sh [\"env\"])))\n";
+    root.push_pipeline("app.git", pipeline, "main");
+    let id = only_run(&root, "app.git");
+    assert_eq!(root.wait_finished(&id), ("complete".to_string(), None), "{}", root.server_log());
+    let log = std::fs::read_to_string(run_dir(&root, "app.git", &id).join("jobs/env/sh-1.log")).unwrap();
+    assert!(log.contains("PATH="), "the command's environment is in its log: {log}");
+    assert!(!log.contains("QUIRE__"), "{log}");
+}
+
 #[test]
 fn a_crashing_executor_is_process_crashed() {
     let root = Root::new();
